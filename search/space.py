@@ -625,3 +625,21 @@ def random_samples(space: Node, count: int, seed: int = 0) -> typing.Iterator[An
             yield space.sample(suggester)
         except InvalidSample:
             continue
+
+
+class LowEndSuggester:
+    """The small corner of a space: every range at its low end, every numeric choice at its
+    smallest option, every other choice at its first."""
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return low
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        choices = list(choices)
+        numbers = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return min(numbers) if len(numbers) == len(choices) else choices[0]

@@ -273,6 +273,13 @@ class DataConfig:
     std: tuple[float, float, float] | None = None
     split_seed: int = bounded(0, ge=0)
 
+    @property
+    def input_size(self) -> int | None:
+        """The side of the model's input: ``image_size``, else CIFAR's 32; unknown for an image folder."""
+        if self.image_size is not None:
+            return self.image_size
+        return 32 if self.dataset in ("cifar10", "cifar100") else None
+
 
 # --------------------------------------------------------------------------- study
 

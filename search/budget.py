@@ -1,0 +1,384 @@
+"""Parameter and FLOP counts, and the budget check that runs before a config trains.
+
+Two ways to count, equal to the unit:
+
+* :func:`count_model` - the reference: parameters of a built model and fvcore's FLOPs.
+* :func:`fast_count` - the same numbers from the config alone, in microseconds, so that a
+  sampler can reject over-budget configs without building (let alone tracing) a model.
+
+FLOPs follow fvcore's conventions, traced in eval mode on one image (batch 1):
+
+* one fused multiply-add is one FLOP; convolution = ``C_out * C_in * k * k * H_out * W_out``
+  and linear = ``in * out``, biases not counted;
+* BatchNorm in eval mode = 2 per element of its input (scale and shift);
+* ``adaptive_avg_pool2d`` (global pooling, the SE squeeze) = 1 per input element;
+* free: ReLU, sigmoid, max-pool, fixed ``AvgPool2d``, the residual addition, the SE
+  multiplication, option A's subsampling and padding, dropout, flatten;
+* the auxiliary head only runs in training mode, so its FLOPs are not counted (its
+  parameters are).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from search.errors import InvalidValue, SpecError
+from search.models import build_model
+from search.models.resnet import pooled_size
+from search.space import LowEndSuggester, random_samples
+from search.spec import (
+    BudgetConfig,
+    ModelConfig,
+    ResNetConfig,
+    Spec,
+    Stage,
+    Stem,
+    TorchvisionResNetConfig,
+    TrialConfig,
+)
+
+__all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values", "count_spec", "CountReport"]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Size of one model: all parameters, the trainable ones, FLOPs of one forward pass."""
+
+    params: int
+    trainable_params: int
+    flops: int
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def count_model(model: nn.Module, image_size: int, in_channels: int = 3) -> Counts:
+    """Count ``model``'s parameters, and its FLOPs with fvcore on one ``image_size`` image.
+
+    The model is traced in eval mode (and put back in its former mode), on the device of
+    its parameters.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch: tracing is deprecated; tracer warnings
+            from fvcore.nn import FlopCountAnalysis  # slow import, warns; only the reference needs it
+
+            analysis = FlopCountAnalysis(model, torch.zeros(1, in_channels, image_size, image_size, device=device))
+            # fvcore would log every op it has no counter for (add, max_pool2d...) and every
+            # module the trace never called (the aux head): expected, hence silenced.
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            flops = int(analysis.total())
+    finally:
+        model.train(was_training)
+    return Counts(params, trainable, flops)
+
+
+# --------------------------------------------------------------------------- from the config
+
+
+class _Tally:
+    """Running totals of a walk through the architecture; the helpers mirror the layers."""
+
+    __slots__ = ("params", "flops")
+
+    def __init__(self) -> None:
+        self.params = 0
+        self.flops = 0
+
+    def conv(self, c_in: int, c_out: int, kernel: int, size_out: int, bias: bool = False) -> None:
+        weights = c_out * c_in * kernel * kernel
+        self.params += weights + (c_out if bias else 0)
+        self.flops += weights * size_out * size_out
+
+    def bn(self, channels: int, size: int) -> None:
+        self.params += 2 * channels
+        self.flops += 2 * channels * size * size
+
+    def linear(self, n_in: int, n_out: int) -> None:
+        self.params += n_in * n_out + n_out
+        self.flops += n_in * n_out
+
+    def se(self, channels: int, size: int, ratio: int) -> None:
+        hidden = max(1, channels // ratio)
+        self.flops += channels * size * size  # the squeeze: adaptive_avg_pool2d
+        self.conv(channels, hidden, 1, 1, bias=True)
+        self.conv(hidden, channels, 1, 1, bias=True)
+
+
+def _down(size: int, stride: int) -> int:
+    """Side after a 3x3/pad 1 or 1x1/pad 0 conv (or ``::stride`` slicing) of that stride."""
+    return (size - 1) // stride + 1
+
+
+def _tally_block(t: _Tally, config: ResNetConfig, c_in: int, width: int, stride: int, size: int) -> None:
+    """One block of :mod:`search.models.resnet`, ``size`` being its input's side."""
+    preact = config.preact
+    out = _down(size, stride)
+    if config.block == "basic":
+        c_out = width
+        if preact:
+            t.bn(c_in, size)
+        t.conv(c_in, width, 3, out)
+        t.bn(width, out)
+        t.conv(width, width, 3, out)
+        if not preact:
+            t.bn(width, out)
+    else:
+        c_out = 4 * width
+        if preact:
+            t.bn(c_in, size)
+        t.conv(c_in, width, 1, size)
+        t.bn(width, size)
+        t.conv(width, width, 3, out)
+        t.bn(width, out)
+        t.conv(width, c_out, 1, out)
+        if not preact:
+            t.bn(c_out, out)
+    if config.se.name == "blocks":
+        t.se(c_out, out, config.se.ratio)
+    if config.shortcut == "projection" and (stride != 1 or c_in != c_out):
+        t.conv(c_in, c_out, 1, out)
+        if not preact:
+            t.bn(c_out, out)
+
+
+def _tally_resnet(t: _Tally, config: ResNetConfig, image_size: int) -> list[int]:
+    """Walk the whole network; returns the params in the tally after each stage."""
+    stem = config.stem
+    size = (image_size + 2 * (stem.kernel // 2) - stem.kernel) // stem.stride + 1
+    t.conv(config.in_channels, stem.width, stem.kernel, size)
+    if not config.preact:
+        t.bn(stem.width, size)
+    if config.se.name == "stem":
+        t.se(stem.width, size, config.se.ratio)
+    if stem.maxpool:
+        size = _down(size, 2)  # 3x3, stride 2, padding 1
+
+    channels = stem.width
+    expansion = 1 if config.block == "basic" else 4
+    after_stage: list[int] = []
+    aux_channels = 0
+    for index, stage in enumerate(config.stages):
+        stride = 1 if index == 0 else 2
+        for _ in range(stage.blocks):
+            _tally_block(t, config, channels, stage.width, stride, size)
+            channels, size, stride = stage.width * expansion, _down(size, stride), 1
+        after_stage.append(t.params)
+        if config.aux_head is not None and index == config.aux_head.after_stage:
+            aux_channels = channels
+
+    if config.preact:
+        t.bn(channels, size)
+    if config.pool_kernel is None:
+        t.flops += channels * size * size  # adaptive_avg_pool2d
+        features = channels
+    else:
+        pooled = pooled_size(config, image_size)
+        features = channels * pooled * pooled
+    for width in config.head.hidden:
+        t.linear(features, width)
+        if config.head.batchnorm:
+            t.bn(width, 1)
+        features = width
+    t.linear(features, config.num_classes)
+
+    if config.aux_head is not None:
+        # Parameters only: the aux head does not run in eval mode, where FLOPs are counted.
+        aux = _Tally()
+        for width in config.aux_head.hidden:
+            aux.linear(aux_channels, width)
+            aux_channels = width
+        aux.linear(aux_channels, config.num_classes)
+        t.params += aux.params
+    return after_stage
+
+
+_TORCHVISION_LAYERS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def _as_resnet_config(config: TorchvisionResNetConfig) -> ResNetConfig:
+    """Our config for the same architecture: torchvision's ResNet is our ImageNet-style one."""
+    block, layers = _TORCHVISION_LAYERS[config.name]
+    return ResNetConfig(
+        num_classes=config.num_classes,
+        stem=Stem(64, 7, 2, True),
+        stages=tuple(Stage(n, w) for n, w in zip(layers, (64, 128, 256, 512))),
+        block=block,  # type: ignore[arg-type]
+    )
+
+
+def fast_count(config: ModelConfig, image_size: int = 32) -> Counts:
+    """Parameters and FLOPs of ``build_model(config, image_size)`` without building it.
+
+    Equal to :func:`count_model` to the unit (see the module docstring for what counts).
+
+    Raises:
+        InvalidValue: ``pool_kernel`` is larger than the last feature map.
+    """
+    t = _Tally()
+    if isinstance(config, ResNetConfig):
+        _tally_resnet(t, config, image_size)
+        return Counts(t.params, t.params, t.flops)
+    after_stage = _tally_resnet(t, _as_resnet_config(config), image_size)
+    if config.freeze == "none":
+        trainable = t.params
+    elif config.freeze == "all_but_last_stage":
+        trainable = t.params - after_stage[2]  # layer4 and fc
+    else:
+        trainable = t.params - after_stage[3]  # fc
+    return Counts(t.params, trainable, t.flops)
+
+
+# --------------------------------------------------------------------------- the budget
+
+
+def check_budget(counts: Counts, budget: BudgetConfig) -> str | None:
+    """``None`` if ``counts`` fit ``budget``, else why not ("4,912,330 params > max 4,000,000").
+
+    The parameter limit is on all parameters, frozen ones included: it bounds model size.
+    """
+    reasons = []
+    if budget.max_params is not None and counts.params > budget.max_params:
+        reasons.append(f"{counts.params:,} params > max {budget.max_params:,}")
+    if budget.max_flops is not None and counts.flops > budget.max_flops:
+        reasons.append(f"{counts.flops:,} FLOPs > max {budget.max_flops:,}")
+    return "; ".join(reasons) or None
+
+
+def constraint_values(counts: Counts, budget: BudgetConfig) -> tuple[float, ...]:
+    """Optuna constraint values (feasible where every value is <= 0), one per set limit.
+
+    ``params / max_params - 1`` then ``flops / max_flops - 1``; empty without limits.
+    """
+    values: list[float] = []
+    if budget.max_params is not None:
+        values.append(counts.params / budget.max_params - 1.0)
+    if budget.max_flops is not None:
+        values.append(counts.flops / budget.max_flops - 1.0)
+    return tuple(values)
+
+
+# --------------------------------------------------------------------------- a spec's counts
+
+
+@dataclass(frozen=True)
+class SizedConfig:
+    """A config with its counts and whether it fits the budget."""
+
+    config: TrialConfig
+    counts: Counts
+    fits: bool
+
+    def as_dict(self) -> dict:
+        return {**asdict(self.counts), "fits_budget": self.fits}
+
+
+@dataclass(frozen=True)
+class CountReport:
+    """What ``resnet-search count`` prints for a fixed config or a space.
+
+    For a fixed config ``fixed`` holds fvcore's count. For a space, ``sizes`` holds the
+    fast counts of ``samples`` random draws plus the space's low end, sorted by size.
+    """
+
+    source: str
+    image_size: int
+    budget: BudgetConfig
+    fixed: SizedConfig | None
+    sizes: tuple[SizedConfig, ...] = ()
+
+    @property
+    def fitting(self) -> tuple[SizedConfig, ...]:
+        return tuple(s for s in self.sizes if s.fits) if self.fixed is None else (self.fixed,) * self.fixed.fits
+
+    @property
+    def fit_share(self) -> float:
+        return len(self.fitting) / len(self.sizes) if self.sizes else float(bool(self.fitting))
+
+    @property
+    def median_fitting(self) -> TrialConfig:
+        fitting = self.fitting
+        return fitting[len(fitting) // 2].config
+
+    @property
+    def median_params(self) -> int:
+        fitting = self.fitting
+        return fitting[len(fitting) // 2].counts.params
+
+    def smallest_line(self) -> str:
+        smallest = self.fixed or self.sizes[0]
+        limit = check_budget(smallest.counts, self.budget)
+        return f"the smallest config found has {smallest.counts.params:,} params, {smallest.counts.flops:,} FLOPs" + (
+            f" ({limit})" if limit else ""
+        )
+
+    def as_dict(self) -> dict:
+        head = {"source": self.source, "image_size": self.image_size, "flops_convention": FLOPS_CONVENTION,
+                "max_params": self.budget.max_params, "max_flops": self.budget.max_flops}
+        if self.fixed is not None:
+            return {**head, **self.fixed.as_dict()}
+        return {**head, "samples": len(self.sizes), "fit_share": round(self.fit_share, 4),
+                "smallest": self.sizes[0].as_dict(), "largest": self.sizes[-1].as_dict()}
+
+    def table(self) -> str:
+        limits = f"max params {_num(self.budget.max_params)}, max FLOPs {_num(self.budget.max_flops)}"
+        lines = [f"{self.source} at {self.image_size}x{self.image_size}: {limits}"]
+        rows = [("config", self.fixed)] if self.fixed else [("smallest", self.sizes[0]), ("largest", self.sizes[-1])]
+        lines.append(f"{'':9} {'params':>13} {'trainable':>13} {'FLOPs':>16}  fits")
+        for name, sized in rows:
+            c = sized.counts
+            lines.append(f"{name:9} {c.params:>13,} {c.trainable_params:>13,} {c.flops:>16,}  {'yes' if sized.fits else 'NO'}")
+        if self.fixed is None:
+            lines.append(f"{self.fit_share:.1%} of {len(self.sizes):,} sampled configs fit the budget")
+        lines.append(f"FLOPs: {FLOPS_CONVENTION}")
+        return "\n".join(lines)
+
+
+FLOPS_CONVENTION = "fvcore's, one fused multiply-add = one FLOP, one image"
+
+
+def _num(value: int | None) -> str:
+    return "none" if value is None else f"{value:,}"
+
+
+def count_spec(spec: Spec, samples: int = 2000, seed: int = 0) -> CountReport:
+    """Counts for ``resnet-search count``: fvcore's for a fixed config; for a space, fast
+    counts of ``samples`` random draws and of its low end (every range at its low end,
+    every choice at its smallest option).
+
+    Raises:
+        SpecError: the input size is unknown (an image folder without ``data.image_size``).
+    """
+    image_size = spec.data.input_size
+    if image_size is None:
+        raise SpecError(spec.source, "data.image_size", "is needed to count an image folder's model (e.g. 224)")
+    if spec.is_fixed:
+        config = spec.fixed()
+        model = build_model(config.model, image_size)
+        counts = count_model(model, image_size, getattr(config.model, "in_channels", 3))
+        return CountReport(spec.source, image_size, spec.budget, SizedConfig(config, counts, check_budget(counts, spec.budget) is None))
+    configs = [spec.space.sample(LowEndSuggester()), *random_samples(spec.space, samples, seed)]
+    sizes = []
+    for config in configs:
+        try:
+            counts = fast_count(config.model, image_size)
+        except InvalidValue:
+            continue  # e.g. a pool kernel larger than the last feature map: never trained either
+        sizes.append(SizedConfig(config, counts, check_budget(counts, spec.budget) is None))
+    sizes.sort(key=lambda s: (s.counts.params, s.counts.flops))
+    return CountReport(spec.source, image_size, spec.budget, None, tuple(sizes))

@@ -1,0 +1,153 @@
+"""The ``resnet-search`` command: parses arguments, calls the library, prints.
+
+Every user error (a bad spec, flag, storage or data folder) is one line on stderr
+and exit status 2; Ctrl-C is exit status 130 after a clean stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from search import __version__
+from search.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except UserError as error:
+        print(f"resnet-search: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("resnet-search: interrupted; finished trials are kept, run the same command to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is under --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="resnet-search",
+        description="Search ResNet architectures and training recipes under a hard parameter budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnet-search {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    count = commands.add_parser("count", help="parameters and FLOPs of a config, or of a space's extremes")
+    count.add_argument("spec", help="a spec file (fixed config or search space)")
+    count.add_argument("--json", action="store_true", help="print one JSON object")
+    count.add_argument("--samples", type=_positive_int, default=2000, help="samples to survey a space (default 2000)")
+    count.set_defaults(handler=_count)
+
+    train = commands.add_parser("train", help="train one fixed config")
+    train.add_argument("spec", help="a fixed spec file (every leaf fixed), e.g. an exported best config")
+    _data_flags(train)
+    train.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    train.add_argument("--seeds", type=_seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    train.add_argument("--out", default=None, help="output folder (default runs/<study name>)")
+    train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    train.set_defaults(handler=_train)
+
+    run = commands.add_parser("run", help="search a space: Ray Tune trials, Optuna sampling and pruning")
+    run.add_argument("spec", help="a spec file with a search space")
+    _data_flags(run)
+    run.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///studies/<name>.db)")
+    run.add_argument("--address", default=None, help="join a Ray cluster (ray start --head) instead of a local Ray")
+    run.add_argument("--dry-run", action="store_true", help="validate, survey the budget and estimate the cost")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="dataset folder or archive (beats data.root)")
+    parser.add_argument("--no-download", action="store_true", help="never download a known dataset")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers like 0,1,2, got {text!r}")
+    return seeds
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _count(args: argparse.Namespace) -> int:
+    from search.spec import load_spec
+
+    spec = load_spec(args.spec)
+    from search.budget import count_spec  # torch loads only once the spec is known to be good
+
+    report = count_spec(spec, samples=args.samples)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from search.spec import load_spec
+    from search.train import train_spec
+
+    summary = train_spec(
+        load_spec(args.spec),
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        out_dir=args.out,
+        device=args.device,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(summary)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.spec import load_spec
+    from search.tune import plan_search, run_search
+
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        print(plan_search(spec, data_dir=args.data_dir))
+        return 0
+    summary = run_search(
+        spec,
+        storage=args.storage,
+        data_dir=args.data_dir,
+        address=args.address,
+        download=not args.no_download,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(summary.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Our own ResNet, assembled from a :class:`~search.spec.ResNetConfig`.
+
+Reads like torchvision's ``models/resnet.py``: conv helpers, then the blocks (one
+constructor signature, an ``expansion`` class attribute), then the ``ResNet`` module.
+Post-activation blocks follow torchvision (Bottleneck v1.5: stride on the 3x3); the
+pre-activation blocks follow He et al., "Identity Mappings in Deep Residual Networks"
+(2016). Every shape rule here is mirrored by :func:`search.budget.fast_count`, which
+counts parameters and FLOPs without building the model: change both together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from search.errors import InvalidValue
+from search.spec import AuxHead, Head, ResNetConfig
+
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "SqueezeExcite"]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (a BatchNorm follows or precedes it)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): channel gates from globally pooled features."""
+
+    def __init__(self, channels: int, ratio: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // ratio)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=True)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut (He et al. 2015, CIFAR): strided subsampling, zero-padded channels.
+
+    Parameter-free. When a stage narrows (fewer output than input channels, possible in
+    a searched config) the extra input channels are dropped instead.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra = out_planes - in_planes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra > 0:
+            x = F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        elif self.extra < 0:
+            x = x[:, : x.shape[1] + self.extra]
+        return x
+
+
+def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str, preact: bool) -> nn.Module | None:
+    """The shortcut of a block whose shape changes, ``None`` where it does not.
+
+    Args:
+        kind: ``projection`` (1x1 conv + BN) or ``identity`` (parameter-free option A).
+        preact: In a pre-activation network the projection is a bare 1x1 conv: its input
+            is already normalised by the block's first BN (He et al. 2016).
+    """
+    if stride == 1 and in_planes == out_planes:
+        return None
+    if kind == "identity":
+        return PadShortcut(in_planes, out_planes, stride)
+    if preact:
+        return conv1x1(in_planes, out_planes, stride)
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs, post-activation (conv-BN-ReLU); ``expansion`` 1."""
+
+    expansion: int = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        se_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.se = SqueezeExcite(planes, se_ratio) if se_ratio else nn.Identity()
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided, torchvision v1.5), 1x1 expand to ``4 * planes``."""
+
+    expansion: int = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        se_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, outplanes)
+        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio else nn.Identity()
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.se(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+
+class PreActBasicBlock(nn.Module):
+    """Pre-activation BasicBlock: BN-ReLU-conv twice, nothing after the addition."""
+
+    expansion: int = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        se_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(planes, se_ratio) if se_ratio else nn.Identity()
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Not in place: ``x`` itself is the identity shortcut.
+        out = F.relu(self.bn1(x))
+        identity = _preact_shortcut(self.shortcut, x, out)
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return self.se(out) + identity
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation Bottleneck (stride on the 3x3, as in the post-activation one)."""
+
+    expansion: int = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        se_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, outplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio else nn.Identity()
+        self.shortcut = shortcut
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        identity = _preact_shortcut(self.shortcut, x, out)
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        return self.se(out) + identity
+
+
+def _preact_shortcut(shortcut: nn.Module | None, x: Tensor, activated: Tensor) -> Tensor:
+    """A projection sees the pre-activated input (He et al. 2016); option A and identity see ``x``."""
+    if shortcut is None:
+        return x
+    if isinstance(shortcut, PadShortcut):
+        return shortcut(x)
+    return shortcut(activated)
+
+
+BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneck,
+}
+
+
+def feature_size(config: ResNetConfig, image_size: int) -> int:
+    """Side of the last stage's feature map for a square ``image_size`` input."""
+    size = (image_size + 2 * (config.stem.kernel // 2) - config.stem.kernel) // config.stem.stride + 1
+    if config.stem.maxpool:
+        size = (size - 1) // 2 + 1
+    for _ in config.stages[1:]:
+        size = (size - 1) // 2 + 1
+    return size
+
+
+def pooled_size(config: ResNetConfig, image_size: int) -> int:
+    """Side of the map after pooling: 1 for global pooling, else ``AvgPool2d(pool_kernel)``'s.
+
+    Raises:
+        InvalidValue: ``pool_kernel`` is larger than the last feature map.
+    """
+    size = feature_size(config, image_size)
+    if config.pool_kernel is None:
+        return 1
+    if config.pool_kernel > size:
+        raise InvalidValue(
+            "pool_kernel",
+            f"{config.pool_kernel} is larger than the last feature map ({size}x{size} "
+            f"for {image_size}x{image_size} input)",
+        )
+    return (size - config.pool_kernel) // config.pool_kernel + 1
+
+
+def make_head(in_features: int, head: Head, num_classes: int) -> nn.Sequential:
+    """Hidden layers (Linear [+BN] + ReLU [+Dropout]) then the last Linear."""
+    layers: list[nn.Module] = []
+    for width in head.hidden:
+        layers.append(nn.Linear(in_features, width))
+        if head.batchnorm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(nn.ReLU(inplace=True))
+        if head.dropout > 0:
+            layers.append(nn.Dropout(head.dropout))
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def make_aux_head(in_channels: int, aux: AuxHead, num_classes: int) -> nn.Sequential:
+    """Auxiliary classifier: global average pool, hidden Linear + ReLU layers, Linear."""
+    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    for width in aux.hidden:
+        layers += [nn.Linear(in_channels, width), nn.ReLU(inplace=True)]
+        in_channels = width
+    layers.append(nn.Linear(in_channels, num_classes))
+    return nn.Sequential(*layers)
+
+
+class ResNet(nn.Module):
+    """A ResNet built from a :class:`ResNetConfig`.
+
+    ``forward`` returns logits, or ``(logits, aux_logits)`` in training mode when the
+    config has an auxiliary head (torchvision's GoogLeNet/Inception convention).
+
+    Args:
+        config: The architecture.
+        image_size: Side of the square input; only ``pool_kernel`` makes the classifier
+            depend on it (its input is channels x pooled positions).
+
+    Raises:
+        InvalidValue: ``pool_kernel`` does not fit the feature map of ``image_size``.
+    """
+
+    def __init__(self, config: ResNetConfig, image_size: int = 32) -> None:
+        super().__init__()
+        block = BLOCKS[(config.block, config.preact)]
+        se_ratio = config.se.ratio
+
+        # Stem: conv [+ BN + ReLU] [+ SE] [+ max-pool]. A pre-activation net normalises
+        # inside its first block instead.
+        stem = config.stem
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.in_channels, stem.width, stem.kernel, stem.stride, stem.kernel // 2, bias=False)
+        ]
+        if not config.preact:
+            layers += [nn.BatchNorm2d(stem.width), nn.ReLU(inplace=True)]
+        if config.se.name == "stem":
+            layers.append(SqueezeExcite(stem.width, se_ratio))
+        if stem.maxpool:
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.stem = nn.Sequential(*layers)
+
+        inplanes = stem.width
+        stages: list[nn.Module] = []
+        stage_channels: list[int] = []
+        for index, stage in enumerate(config.stages):
+            stride = 1 if index == 0 else 2
+            blocks: list[nn.Module] = []
+            for _ in range(stage.blocks):
+                outplanes = stage.width * block.expansion
+                shortcut = make_shortcut(inplanes, outplanes, stride, config.shortcut, config.preact)
+                blocks.append(
+                    block(inplanes, stage.width, stride, shortcut, se_ratio if config.se.name == "blocks" else None)
+                )
+                inplanes, stride = outplanes, 1
+            stages.append(nn.Sequential(*blocks))
+            stage_channels.append(inplanes)
+        self.stages = nn.ModuleList(stages)
+
+        self.aux_after = config.aux_head.after_stage if config.aux_head is not None else -1
+        self.aux_head = (
+            make_aux_head(stage_channels[self.aux_after], config.aux_head, config.num_classes)
+            if config.aux_head is not None
+            else None
+        )
+
+        # Pre-activation blocks end on an addition: normalise once before pooling.
+        self.final_act = (
+            nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if config.preact else nn.Identity()
+        )
+        pooled = pooled_size(config, image_size)
+        self.pool = nn.AdaptiveAvgPool2d(1) if config.pool_kernel is None else nn.AvgPool2d(config.pool_kernel)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.head = make_head(inplanes * pooled * pooled, config.head, config.num_classes)
+
+        self._init_weights(config.zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        """torchvision's init; ``zero_init_residual`` makes each block start as the identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, tuple(BLOCKS.values())):
+                    nn.init.constant_(m.last_bn().weight, 0)
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Stem and stages; the auxiliary logits only in training mode."""
+        x = self.stem(x)
+        aux = None
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index == self.aux_after and self.training and self.aux_head is not None:
+                aux = self.aux_head(x)
+        return self.final_act(x), aux
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x, aux = self.forward_features(x)
+        logits = self.forward_head(x)
+        return logits if aux is None else (logits, aux)

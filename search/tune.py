@@ -1,0 +1,761 @@
+"""The search: Ray Tune runs the trials; one Optuna study samples, prunes and records them.
+
+Why not ``ray.tune.search.optuna.OptunaSearch``: it hard-codes a NopPruner, tells
+Optuna that trials stopped by a Tune scheduler are COMPLETE, and its restore leaves
+RUNNING trials behind. Here the study is the single source of truth and only the
+driver writes to it (so SQLite never sees parallel writers):
+
+- :class:`StudyBridge` asks the study for configs, checks them against the budget
+  before anything trains (rejected samples are told PRUNED with a constraint value,
+  so TPE learns to avoid them, and never count as results), and records reports,
+  pruning decisions and outcomes.
+- :class:`OptunaSearcher` (a Tune ``Searcher``) and :class:`OptunaPruningScheduler`
+  (a Tune ``TrialScheduler``) are thin adapters that hand Tune's calls to the bridge;
+  a pruned trial is stopped by Tune at once, which frees its CPU/GPU.
+- :func:`run_trial` is the Tune trainable: it loads the uint8 data cache, trains, and
+  reports every epoch. Failures become a final report with the reason.
+
+A rerun of the same spec and storage continues the study: trials a killed driver
+left RUNNING are marked FAIL and their parameters enqueued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.errors import UserError
+from search.models import build_model
+from search.space import InvalidSample
+from search.spec import (
+    DataConfig,
+    PrunerConfig,
+    SamplerConfig,
+    Spec,
+    TrialConfig,
+    load_spec,
+)
+from search.storage import default_storage, mask_password, open_storage, study_dir
+
+# User attributes the bridge writes on trials.
+REJECTED = "rejected"  # why a sample was not trained (over budget)
+INTERRUPTED = "interrupted"  # why a trial did not finish (driver stopped)
+ERROR = "error"  # why a trial failed
+
+Log = Callable[[str], None]
+
+
+def _ignore(_: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What a Ray worker needs to train one trial; travels inside the Tune config."""
+
+    number: int
+    trial: TrialConfig
+    data: DataConfig
+    data_dir: str | None
+    counts: Counts
+    use_gpu: bool
+    threads: int
+
+
+def run_trial(config: dict) -> None:
+    """The Tune trainable: train one trial, report every epoch, never raise.
+
+    The last report carries ``final: True`` and either the run's summary or ``error``.
+    """
+    import torch
+    from ray import tune
+
+    from search.data import load_dataset
+    from search.train import train
+
+    job: TrialJob = config["job"]
+    torch.set_num_threads(job.threads)
+    device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
+    counts = {"params": job.counts.params, "flops": job.counts.flops}
+
+    def on_epoch(metrics: Any) -> None:
+        tune.report({**_epoch_report(metrics), **counts})
+
+    try:
+        data = load_dataset(job.data, data_dir=job.data_dir, download=False)
+        result = train(job.trial, data, device=device, callback=on_epoch)
+    except torch.OutOfMemoryError as error:
+        tune.report({"final": True, ERROR: f"out of memory: {_first_line(error)}", **counts})
+        return
+    except Exception as error:  # a failed trial is recorded, the search goes on
+        tune.report({"final": True, ERROR: f"{type(error).__name__}: {_first_line(error)}", **counts})
+        return
+    if result.status == "nan":
+        tune.report({"final": True, ERROR: f"non-finite loss: {result.reason}", **counts})
+        return
+    tune.report(
+        {
+            "final": True,
+            "val_acc": result.history[-1].val_acc if result.history else float("nan"),
+            "val_loss": result.history[-1].val_loss if result.history else float("nan"),
+            "epochs_run": result.epochs_run,
+            "train_time_s": result.train_time_s,
+            "images_per_s": result.images_per_s,
+            **counts,
+        }
+    )
+
+
+def _epoch_report(metrics: Any) -> dict:
+    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "elapsed_s")
+    return {key: getattr(metrics, key) for key in keys}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def make_sampler(config: SamplerConfig, seed: int | None, n_objectives: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a spec names. TPE is multivariate, grouped (for conditional
+    spaces) and uses the constant liar so that parallel trials spread out."""
+    startup = config.n_startup_trials
+    if config.name == "tpe":
+        return optuna.samplers.TPESampler(
+            n_startup_trials=startup, multivariate=True, group=True, constant_liar=True, seed=seed
+        )
+    if config.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.name == "gp":
+        return optuna.samplers.GPSampler(n_startup_trials=startup, seed=seed)
+    if config.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(n_startup_trials=startup, seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def make_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner a spec names; the step is the epoch."""
+    if config.name == "median":
+        return optuna.pruners.MedianPruner(config.n_startup_trials, config.n_warmup_steps)
+    if config.name == "percentile":
+        return optuna.pruners.PercentilePruner(config.percentile, config.n_startup_trials, config.n_warmup_steps)
+    if config.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.min_resource, reduction_factor=config.reduction_factor
+        )
+    if config.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that counts towards ``n_trials``: trained to the end, pruned, or failed in training."""
+    if trial.state == TrialState.COMPLETE:
+        return True
+    if trial.state == TrialState.PRUNED:
+        return REJECTED not in trial.user_attrs
+    if trial.state == TrialState.FAIL:
+        return INTERRUPTED not in trial.user_attrs
+    return False
+
+
+@dataclass
+class Tally:
+    """What the progress line shows."""
+
+    done: int = 0
+    running: int = 0
+    pruned: int = 0
+    failed: int = 0
+    rejected: int = 0
+    best: float | None = None
+    best_params: int | None = None
+    trial_seconds: list[float] = field(default_factory=list)
+
+
+class StudyBridge:
+    """The driver's side of the study: the only process that writes to it.
+
+    Args:
+        study: The Optuna study (its sampler and pruner already set).
+        spec: The parsed spec.
+        image_size: Input size the budget is counted at.
+        data_dir: The ``--data-dir`` given by the user, passed on to the workers.
+        use_gpu: Whether trials get a GPU.
+        threads: Torch threads per trial.
+        log: Where progress lines go.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: Spec,
+        *,
+        image_size: int,
+        data_dir: str | None,
+        use_gpu: bool,
+        threads: int,
+        log: Log = _ignore,
+    ) -> None:
+        self.study = study
+        self.spec = spec
+        self.image_size = image_size
+        self.data_dir = data_dir
+        self.use_gpu = use_gpu
+        self.threads = threads
+        self.log = log
+        self.multi_objective = len(spec.study.objectives) > 1
+        self.open: dict[int, optuna.Trial] = {}
+        self.counts: dict[int, Counts] = {}
+        self.started: dict[int, float] = {}
+        self.pruned: set[int] = set()
+        self.tally = Tally()
+        self.finished_before = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+        self.launched = 0
+        self.rejections_in_a_row = 0
+        self.stop_reason: str | None = None
+        self.start_time = time.monotonic()
+        self.train_seconds = 0.0  # the trials' own training time, as they report it
+
+    @property
+    def remaining(self) -> int:
+        return self.spec.study.n_trials - self.finished_before - self.launched
+
+    # ---- sampling and the budget
+
+    def next_job(self, ray_trial_id: str = "") -> TrialJob | None:
+        """Sample until a config fits the budget; None when the study has its trials (or gives up)."""
+        while self.remaining > 0 and self.stop_reason is None:
+            trial = self.study.ask()
+            try:
+                config = self.spec.space.sample(trial)
+            except InvalidSample as error:
+                self._reject(trial, str(error), None)
+                continue
+            counts = fast_count(config.model, self.image_size)
+            reason = check_budget(counts, self.spec.budget)
+            if reason is None:
+                counts = self._reference_count(config)
+                reason = check_budget(counts, self.spec.budget)
+            if reason is not None:
+                self._reject(trial, reason, counts)
+                continue
+            self.rejections_in_a_row = 0
+            self._record_counts(trial, counts)
+            trial.set_user_attr("ray_trial_id", ray_trial_id)
+            self.open[trial.number] = trial
+            self.counts[trial.number] = counts
+            self.started[trial.number] = time.monotonic()
+            self.launched += 1
+            self.tally.running += 1
+            return TrialJob(trial.number, config, self.spec.data, self.data_dir, counts, self.use_gpu, self.threads)
+        return None
+
+    def _reference_count(self, config: TrialConfig) -> Counts:
+        """fvcore's count of the built model: the budget's final word before any training."""
+        model = build_model(config.model, self.image_size)
+        return count_model(model, self.image_size, _in_channels(config))
+
+    def _record_counts(self, trial: optuna.Trial, counts: Counts) -> None:
+        trial.set_user_attr("params", counts.params)
+        trial.set_user_attr("trainable_params", counts.trainable_params)
+        trial.set_user_attr("flops", counts.flops)
+        for key, value in zip(("params", "flops"), constraint_values(counts, self.spec.budget)):
+            trial.set_constraint(key, value)
+
+    def _reject(self, trial: optuna.Trial, reason: str, counts: Counts | None) -> None:
+        if counts is not None:
+            self._record_counts(trial, counts)
+        trial.set_user_attr(REJECTED, reason)
+        # PRUNED, not FAIL: TPE learns from pruned trials' constraint values; the
+        # ``rejected`` attribute keeps them out of every count and export.
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.tally.rejected += 1
+        self.rejections_in_a_row += 1
+        if self.rejections_in_a_row >= self.spec.study.max_rejections:
+            self.stop_reason = (
+                f"{self.rejections_in_a_row} samples in a row were over the budget ({reason}); "
+                "shrink the space (fewer blocks, narrower widths) or raise budget.max_params"
+            )
+
+    # ---- reports, pruning, outcomes
+
+    def report(self, number: int, result: dict) -> bool:
+        """Record one epoch's metric; True when the pruner says stop."""
+        if "epoch" not in result or number not in self.open or self.multi_objective:
+            return False
+        value = result.get(self.spec.study.objectives[0].metric)
+        if value is None or not math.isfinite(value):
+            return False
+        trial = self.open[number]
+        trial.report(value, step=int(result["epoch"]))
+        if trial.should_prune():
+            self.pruned.add(number)
+            return True
+        return False
+
+    def finish(self, number: int, result: dict | None, error: bool) -> None:
+        """Tell the study how a trial ended (COMPLETE, PRUNED or FAIL)."""
+        trial = self.open.pop(number, None)
+        if trial is None:
+            return
+        result = result or {}
+        seconds = time.monotonic() - self.started.pop(number)
+        self.tally.running -= 1
+        self.tally.trial_seconds.append(seconds)
+        self.train_seconds += result.get("train_time_s") or result.get("elapsed_s") or 0.0
+        for key in ("epochs_run", "train_time_s", "images_per_s"):
+            if key in result:
+                trial.set_user_attr(key, result[key])
+        if "epoch" in result:
+            trial.set_user_attr("epochs_run", int(result["epoch"]))
+        failure = result.get(ERROR) or ("the Ray worker died or raised" if error else None)
+        if failure is None and number not in self.pruned:
+            values = self._objective_values(number, result)
+            if values is None:
+                failure = "the trial reported no finite objective value"
+        if failure is not None:
+            trial.set_user_attr(ERROR, failure)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.tally.failed += 1
+            self.log(f"trial {number} failed: {failure}")
+        elif number in self.pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.tally.pruned += 1
+        else:
+            self.study.tell(trial, values)
+            self.tally.done += 1
+            self._update_best(values[0], number)
+        self.log(self.progress_line())
+
+    def _objective_values(self, number: int, result: dict) -> list[float] | None:
+        counts = self.counts.pop(number)
+        values = []
+        for objective in self.spec.study.objectives:
+            value = {"params": counts.params, "flops": counts.flops}.get(objective.metric, result.get(objective.metric))
+            if value is None or not math.isfinite(value):
+                return None
+            values.append(float(value))
+        return values
+
+    def _update_best(self, value: float, number: int) -> None:
+        maximize = self.spec.study.objectives[0].direction == "maximize"
+        if self.tally.best is None or (value > self.tally.best if maximize else value < self.tally.best):
+            self.tally.best = value
+            self.tally.best_params = self.study.trials[number].user_attrs.get("params")
+
+    def progress_line(self) -> str:
+        t = self.tally
+        total = self.spec.study.n_trials
+        finished = self.finished_before + t.done + t.pruned + t.failed
+        best = f"best {t.best:.4f} ({t.best_params:,} params)" if t.best is not None else "best -"
+        return (
+            f"[{finished}/{total}] done {t.done} | running {t.running} | pruned {t.pruned} | "
+            f"failed {t.failed} | rejected {t.rejected} | {best} | {self._eta()}"
+        )
+
+    def _eta(self) -> str:
+        finished = len(self.tally.trial_seconds)
+        if not finished:
+            return "ETA -"
+        elapsed = time.monotonic() - self.start_time
+        left = self.spec.study.n_trials - self.finished_before - finished
+        return f"ETA {_duration(elapsed / finished * left)}"
+
+    def close_open_trials(self, reason: str) -> int:
+        """Mark trials still open (Ctrl-C, an error) FAIL and enqueue their parameters again."""
+        for number, trial in list(self.open.items()):
+            trial.set_user_attr(INTERRUPTED, reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(self.study.trials[number].params, user_attrs={"retry_of": number})
+            self.open.pop(number)
+        return len(self.open)
+
+
+def _in_channels(config: TrialConfig) -> int:
+    return getattr(config.model, "in_channels", 3)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Trials a killed driver left RUNNING: mark them FAIL and enqueue their parameters again.
+
+    Returns:
+        How many trials were recovered.
+    """
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for frozen in stale:
+        optuna.Trial(study, frozen._trial_id).set_user_attr(INTERRUPTED, "the driver stopped before it finished")
+        study.tell(frozen.number, state=TrialState.FAIL)
+        study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+    return len(stale)
+
+
+# --------------------------------------------------------------------------- Tune adapters
+
+
+def _tune_classes() -> tuple[type, type]:
+    """The Tune adapters, defined on first use so that importing this module stays light."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+    from ray.tune.search import Searcher
+
+    class OptunaSearcher(Searcher):
+        """A Tune ``Searcher`` over the bridge's study (ask/tell; the study is the truth)."""
+
+        def __init__(self, bridge: StudyBridge) -> None:
+            super().__init__(metric=None, mode=None)
+            self.bridge = bridge
+            self.numbers: dict[str, int] = {}
+
+        def suggest(self, trial_id: str) -> dict | str | None:
+            job = self.bridge.next_job(ray_trial_id=trial_id)
+            if job is None:
+                return Searcher.FINISHED
+            self.numbers[trial_id] = job.number
+            return {"job": job}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            number = self.numbers.pop(trial_id, None)
+            if number is not None:
+                self.bridge.finish(number, result, error)
+
+    class OptunaPruningScheduler(FIFOScheduler):
+        """A Tune ``TrialScheduler`` that asks the study's Optuna pruner after every report."""
+
+        def __init__(self, bridge: StudyBridge) -> None:
+            super().__init__()
+            self.bridge = bridge
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            job: TrialJob = trial.config["job"]
+            if self.bridge.report(job.number, result):
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+    return OptunaSearcher, OptunaPruningScheduler
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What a run did, and the top trials of the study."""
+
+    study_name: str
+    storage: str
+    finished: int
+    rejected: int
+    wall_time_s: float
+    trial_time_s: float
+    slots: int
+    top: tuple[optuna.trial.FrozenTrial, ...]
+
+    @property
+    def overhead(self) -> float:
+        """Share of the trial slots' wall time not spent training (Ray, start-up, sampling, recording)."""
+        capacity = self.wall_time_s * self.slots
+        return 1 - self.trial_time_s / capacity if capacity else 0.0
+
+    def table(self) -> str:
+        lines = [
+            f"study {self.study_name}: {self.finished} finished trials, {self.rejected} samples rejected for the budget",
+            f"wall time {_duration(self.wall_time_s)}, search overhead {self.overhead:.1%} of it",
+            "",
+            f"{'trial':>5}  {'value':>8}  {'params':>11}  {'FLOPs':>15}  epochs",
+        ]
+        for trial in self.top:
+            attrs = trial.user_attrs
+            lines.append(
+                f"{trial.number:>5}  {trial.values[0]:>8.4f}  {attrs.get('params', 0):>11,}  "
+                f"{attrs.get('flops', 0):>15,}  {attrs.get('epochs_run', '-')}"
+            )
+        lines += [
+            "",
+            f"dashboard: optuna-dashboard {self.storage}",
+            f"trials:    optuna trials --study-name {self.study_name} --storage {self.storage}",
+        ]
+        return "\n".join(lines)
+
+
+def create_study(spec: Spec, storage_url: str) -> optuna.Study:
+    """Create or load the spec's study; a new study gets the spec's warm-start configs enqueued."""
+    storage = open_storage(storage_url)
+    objectives = spec.study.objectives
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    resuming = spec.study.name in existing
+    n_before = len(optuna.load_study(study_name=spec.study.name, storage=storage).trials) if resuming else 0
+    seed = None if spec.study.seed is None else spec.study.seed + n_before  # no replay of old draws
+    study = optuna.create_study(
+        study_name=spec.study.name,
+        storage=storage,
+        load_if_exists=True,
+        directions=[o.direction for o in objectives],
+        sampler=make_sampler(spec.study.sampler, seed, len(objectives)),
+        pruner=make_pruner(spec.study.pruner, _max_epochs(spec)),
+    )
+    if not resuming:
+        study.set_metric_names([o.metric for o in objectives])
+        for params in warm_start_params(spec):
+            study.enqueue_trial(params)
+    return study
+
+
+def _max_epochs(spec: Spec) -> int:
+    from search.space import random_samples
+
+    return max((c.train.epochs for c in random_samples(spec.space, 20, seed=0)), default=1)
+
+
+def warm_start_params(spec: Spec) -> list[dict]:
+    """The Optuna parameters of each ``study.enqueue`` file, mapped into the spec's space.
+
+    Raises:
+        SpecError: an enqueued file is not a fixed config of this space.
+    """
+    from search.errors import SpecError
+
+    base = Path(spec.source).parent
+    out = []
+    for index, name in enumerate(spec.study.enqueue):
+        config = load_spec(base / name).fixed()
+        try:
+            out.append(spec.space.params_of(config))
+        except ValueError as error:
+            raise SpecError(spec.source, f"study.enqueue[{index}]", f"{name} is not in this space: {error}") from None
+    return out
+
+
+def run_search(
+    spec: Spec,
+    *,
+    storage: str | None = None,
+    data_dir: str | None = None,
+    address: str | None = None,
+    download: bool = True,
+    log: Log = print,
+) -> SearchSummary:
+    """Run (or continue) the spec's study to ``n_trials`` finished trials.
+
+    Args:
+        spec: A parsed spec with a search space.
+        storage: An Optuna storage URL; default ``sqlite:///studies/<name>.db``.
+        data_dir: Data location (beats ``data.root``).
+        address: A Ray cluster to join (``ray start --head``); default: a local Ray of our own.
+        download: Whether a known dataset found nowhere may be downloaded.
+        log: Where progress lines go.
+
+    Returns:
+        A summary of the run.
+
+    Raises:
+        UserError: bad storage, data, resources, or a space whose samples never fit the budget.
+    """
+    import ray
+    from ray import tune
+
+    from search.data import load_dataset
+
+    storage_url = storage or default_storage(spec.study.name)
+    out_dir = study_dir(spec.study.name).resolve()
+    _check_writable(out_dir)
+    if spec.is_fixed:
+        raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
+                        f"train it with: resnet-search train {spec.source}")
+    data = load_dataset(spec.data, data_dir=data_dir, download=download)  # once, before any trial: builds the cache
+    study = create_study(spec, storage_url)
+    recovered = recover_interrupted(study)
+    if recovered:
+        log(f"{recovered} trial(s) left running by an earlier driver were marked FAIL and enqueued again")
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _log_ray_to_file(out_dir / "ray.log")
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+    try:
+        use_gpu = _check_resources(spec, ray.cluster_resources(), log)
+        bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=data_dir, use_gpu=use_gpu,
+                             threads=max(1, int(spec.resources.cpu)), log=log)
+        log(f"study {spec.study.name} in {mask_password(storage_url)}: "
+            f"{bridge.finished_before}/{spec.study.n_trials} trials finished before this run")
+        searcher_cls, scheduler_cls = _tune_classes()
+        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu if use_gpu else 0}
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, resources),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher_cls(bridge),
+                scheduler=scheduler_cls(bridge),
+                num_samples=-1,
+                max_concurrent_trials=spec.resources.max_concurrent,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / "ray"), verbose=0),
+        )
+        start = time.monotonic()
+        try:
+            tuner.fit()
+        finally:
+            bridge.close_open_trials("the run was stopped before the trial finished")
+        wall = time.monotonic() - start
+    finally:
+        if started_ray:
+            ray.shutdown()
+    if bridge.stop_reason:
+        raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
+    return _summary(study, storage_url, bridge, wall)
+
+
+def _summary(study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float) -> SearchSummary:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    return SearchSummary(
+        study_name=study.study_name,
+        storage=mask_password(storage_url),
+        finished=sum(is_finished(t) for t in trials),
+        rejected=sum(REJECTED in t.user_attrs for t in trials),
+        wall_time_s=wall,
+        trial_time_s=bridge.train_seconds,
+        slots=bridge.spec.resources.max_concurrent,
+        top=tuple(sorted(complete, key=lambda t: sign * t.values[0])[:5]),
+    )
+
+
+def _check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
+    """Whether trials get GPUs. No GPU at all: run on the CPU and say so; too few: an error."""
+    wanted = spec.resources.gpu
+    have = cluster.get("GPU", 0)
+    if wanted > 0 and have == 0:
+        log(f"resources.gpu is {wanted} per trial but the Ray cluster has no GPU: trials run on the CPU")
+        return False
+    if wanted > have:
+        raise UserError(f"{spec.source}: resources.gpu: {wanted} GPUs per trial, the Ray cluster has {have:g}")
+    if spec.resources.cpu > cluster.get("CPU", 0):
+        raise UserError(
+            f"{spec.source}: resources.cpu: {spec.resources.cpu:g} CPUs per trial, "
+            f"the Ray cluster has {cluster.get('CPU', 0):g}"
+        )
+    return wanted > 0
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{directory}: cannot write the study's folder ({error.strerror or error})") from None
+
+
+def _log_ray_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) -> str:
+    """What a run would do: the share of the space that fits the budget, a measured time per
+    epoch on this machine, and the cost of the whole study (before pruning).
+
+    Raises:
+        UserError: the spec is not a search space, or nothing in it fits the budget.
+    """
+    import torch
+
+    from search.budget import count_spec
+
+    report = count_spec(spec, samples=samples)
+    if not report.fitting:
+        raise UserError(f"{spec.source}: budget: none of {samples} samples fits; {report.smallest_line()}")
+    config = report.median_fitting
+    has_cuda = torch.cuda.is_available()
+    device = "cuda" if has_cuda and spec.resources.gpu > 0 else "cpu"
+    step_s = probe_step_time(config, report.image_size, device)
+    n_train = _train_size(spec)
+    epoch_s = step_s * math.ceil(n_train / config.train.batch_size)
+    slots = spec.resources.max_concurrent
+    total_s = spec.study.n_trials * config.train.epochs * epoch_s / slots
+    lines = [
+        report.table(),
+        "",
+        f"probe: a median-size config ({report.median_params:,} params, batch {config.train.batch_size}) "
+        f"takes {step_s * 1000:.0f} ms per step on {device}: {_duration(epoch_s)} per epoch of {n_train:,} images",
+        f"estimate: {spec.study.n_trials} trials x {config.train.epochs} epochs on {slots} slot(s) = "
+        f"{_duration(total_s)} before pruning",
+    ]
+    if spec.resources.gpu > 0 and not has_cuda:
+        lines.append(
+            f"this spec asks for {spec.resources.gpu:g} GPU per trial but this machine has no CUDA GPU: "
+            "the estimate above is for its CPU; run it on a GPU machine or a Ray cluster with GPUs"
+        )
+    return "\n".join(lines)
+
+
+def probe_step_time(config: TrialConfig, image_size: int, device: str, steps: int = 3) -> float:
+    """Seconds per training step of ``config`` on random data (after one warm-up step)."""
+    import torch
+
+    from search.train import build_optimizer, param_groups
+
+    torch.manual_seed(0)
+    model = build_model(config.model, image_size).to(device).train()
+    optimizer = build_optimizer(
+        param_groups(model, config.train.optimizer.weight_decay, config.train.decay_norm_and_bias),
+        config.train.optimizer,
+        torch.device(device),
+    )
+    batch = torch.randn(config.train.batch_size, _in_channels(config), image_size, image_size, device=device)
+    labels = torch.randint(0, config.model.num_classes, (config.train.batch_size,), device=device)
+    elapsed = 0.0
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        output = model(batch)
+        logits = output[0] if isinstance(output, tuple) else output
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            elapsed += time.perf_counter() - start
+    return elapsed / steps
+
+
+def _train_size(spec: Spec) -> int:
+    """Training images per epoch: the subset if set, else the known size of CIFAR's training split."""
+    if spec.data.train_subset:
+        return spec.data.train_subset
+    return int(50_000 * (1 - spec.data.val_fraction))

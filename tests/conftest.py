@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny generated image dataset, and a data cache kept out of the user's home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Distinct base colours, so that even a tiny model can learn the classes.
+TINY_CLASSES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
+TINY_TRAIN, TINY_TEST, TINY_SIZE = 12, 6, 32
+
+
+def write_class_images(
+    folder: Path,
+    colour: tuple[int, int, int],
+    count: int,
+    rng: np.random.Generator,
+    size: int = TINY_SIZE,
+    suffix: str = ".png",
+) -> None:
+    """Write ``count`` noisy solid-colour RGB images into ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        noise = rng.normal(0, 25, size=(size, size, 3))
+        pixels = np.clip(np.asarray(colour, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class class-folder dataset: ``root/{train,test}/<class>/NNNN.png``, 12 + 6 images per class, 32x32.
+
+    Made once per session; treat it as read-only.
+    """
+    root = tmp_path_factory.mktemp("tiny_imagefolder")
+    rng = np.random.default_rng(0)
+    for name, colour in TINY_CLASSES.items():
+        write_class_images(root / "train" / name, colour, TINY_TRAIN, rng)
+        write_class_images(root / "test" / name, colour, TINY_TEST, rng)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _session_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("resnet_search_cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, _session_data_cache: Path) -> None:
+    """Keep every test's tensor cache out of ``~/.cache`` and ignore the caller's RESNET_SEARCH_DATA.
+
+    The cache is shared by the session, so the tiny dataset is decoded once for all tests;
+    a test that needs an empty cache sets ``RESNET_SEARCH_CACHE`` itself.
+    """
+    monkeypatch.setenv("RESNET_SEARCH_CACHE", str(_session_data_cache))
+    monkeypatch.delenv("RESNET_SEARCH_DATA", raising=False)

@@ -1,0 +1,165 @@
+"""Budget: fast_count equals fvcore's reference count on every option; the budget check."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.errors import InvalidValue
+from search.models import VARIANTS, build_model
+from search.spec import (
+    AuxHead,
+    BudgetConfig,
+    Head,
+    ResNetConfig,
+    SqueezeExcite,
+    Stage,
+    Stem,
+    TorchvisionResNetConfig,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> object:
+    """fvcore traces batch-1 images of tiny models: threads only add overhead, and on a
+    busy 2-core machine OpenMP's spinning threads make each conv ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_config(rng: random.Random) -> ResNetConfig:
+    """A small config drawn over every option (odd kernels, strides, sizes, heads...)."""
+    n_stages = rng.randint(1, 4)
+    aux = None
+    if n_stages > 1 and rng.random() < 0.3:
+        aux = AuxHead(rng.randrange(n_stages - 1), tuple(rng.choice([3, 5]) for _ in range(rng.randint(0, 2))))
+    return ResNetConfig(
+        num_classes=rng.randint(2, 12),
+        in_channels=rng.choice([1, 3]),
+        stem=Stem(rng.choice([4, 8, 16]), rng.randint(1, 7), rng.randint(1, 3), rng.random() < 0.4),
+        stages=tuple(Stage(rng.randint(1, 2), rng.choice([1, 3, 4, 8, 12])) for _ in range(n_stages)),
+        block=rng.choice(["basic", "bottleneck"]),
+        preact=rng.random() < 0.5,
+        shortcut=rng.choice(["projection", "identity"]),
+        se=SqueezeExcite(rng.choice(["none", "stem", "blocks"]), rng.choice([1, 2, 4, 16])),
+        pool_kernel=rng.choice([None, None, 1, 2, 3]),
+        dropout=rng.choice([0.0, 0.2]),
+        head=Head(tuple(rng.choice([4, 7]) for _ in range(rng.randint(0, 2))), rng.random() < 0.5, rng.choice([0.0, 0.1])),
+        aux_head=aux,
+        zero_init_residual=rng.random() < 0.3,
+    )
+
+
+def random_cases(n: int, seed: int = 0) -> list[tuple[ResNetConfig, int]]:
+    """``n`` (config, image size) pairs whose pool_kernel fits the feature map."""
+    rng = random.Random(seed)
+    cases: list[tuple[ResNetConfig, int]] = []
+    while len(cases) < n:
+        config, size = random_config(rng), rng.choice([7, 13, 16, 31, 32, 33])
+        try:
+            fast_count(config, size)
+        except InvalidValue:
+            continue
+        cases.append((config, size))
+    return cases
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_count_equals_fvcore_on_random_configs(seed: int) -> None:
+    for config, size in random_cases(25, seed):  # 4 x 25 configs, a few seconds each
+        expected = count_model(build_model(config, size), size, config.in_channels)
+        assert fast_count(config, size) == expected, (config, size)
+
+
+@pytest.mark.parametrize("name", [n for n, c in VARIANTS.items() if isinstance(c, ResNetConfig)])
+def test_fast_count_equals_fvcore_on_variants(name: str) -> None:
+    config = VARIANTS[name]
+    size = 32 if config.stem.stride == 1 else 64
+    assert fast_count(config, size) == count_model(build_model(config, size), size)
+
+
+@pytest.mark.parametrize(
+"name", ["resnet18", "resnet34", "resnet50", "resnet152"])
+@pytest.mark.parametrize("freeze", ["none", "all_but_last_stage", "all_but_head"])
+def test_fast_count_equals_fvcore_on_torchvision(name: str, freeze: str) -> None:
+    config = TorchvisionResNetConfig(name=name, num_classes=10, freeze=freeze, dropout=0.1)  # type: ignore[arg-type]
+    assert fast_count(config, 32) == count_model(build_model(config), 32)
+
+
+def test_known_counts() -> None:
+    assert fast_count(VARIANTS["se_resnet_443"]).params == 4_697_742
+    # torchvision's published size and fvcore's 1.82 GFLOPs for ResNet-18 at 224x224.
+    assert fast_count(TorchvisionResNetConfig(name="resnet18"), 224) == Counts(11_689_512, 11_689_512, 1_819_065_856)
+    assert fast_count(TorchvisionResNetConfig(name="resnet50", freeze="all_but_head")).trainable_params == 2_049_000
+
+
+def test_aux_head_counts_params_but_not_flops() -> None:
+    base = ResNetConfig(stages=(Stage(1, 8), Stage(1, 16)))
+    with_aux = ResNetConfig(stages=base.stages, aux_head=AuxHead(0, (5,)))
+    a, b = fast_count(base), fast_count(with_aux)
+    assert b.params == a.params + (8 * 5 + 5) + (5 * 10 + 10)
+    assert b.flops == a.flops
+
+
+def test_fast_count_rejects_what_build_model_rejects() -> None:
+    config = ResNetConfig(stages=(Stage(1, 8), Stage(1, 8), Stage(1, 8)), pool_kernel=8)
+    with pytest.raises(InvalidValue, match="pool_kernel"):
+        fast_count(config, 16)
+
+
+def test_count_model_restores_training_mode() -> None:
+    model = build_model(VARIANTS["resnet20"])
+    model.train()
+    count_model(model, 32)
+    assert model.training
+
+
+def test_check_budget() -> None:
+    counts = Counts(params=4_912_330, trainable_params=4_912_330, flops=700_000_000)
+    assert check_budget(counts, BudgetConfig()) is None
+    assert check_budget(counts, BudgetConfig(max_params=5_000_000, max_flops=10**9)) is None
+    assert check_budget(counts, BudgetConfig(max_params=4_000_000)) == "4,912,330 params > max 4,000,000"
+    assert check_budget(counts, BudgetConfig(max_params=4_000_000, max_flops=500_000_000)) == (
+        "4,912,330 params > max 4,000,000; 700,000,000 FLOPs > max 500,000,000"
+    )
+
+
+def test_constraint_values() -> None:
+    counts = Counts(params=5_000, trainable_params=100, flops=2_000)
+    assert constraint_values(counts, BudgetConfig()) == ()
+    assert constraint_values(counts, BudgetConfig(max_params=10_000)) == (-0.5,)
+    assert constraint_values(counts, BudgetConfig(max_params=5_000, max_flops=1_000)) == (0.0, 1.0)
+
+
+SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "spaces"
+
+
+@pytest.mark.slow
+def test_fast_count_equals_fvcore_on_200_samples_of_the_main_space() -> None:
+    from search.space import random_samples
+    from search.spec import load_spec
+
+    spec = load_spec(SPACES / "cifar_5m.yaml")
+    configs = list(random_samples(spec.space, 200, seed=11))
+    assert len(configs) == 200
+    for config in configs:
+        assert fast_count(config.model, 32) == count_model(build_model(config.model, 32), 32), config.model
+
+
+def test_count_spec_of_a_space_reports_extremes_and_the_share_that_fits() -> None:
+    from search.budget import count_spec
+    from search.spec import load_spec
+
+    report = count_spec(load_spec(SPACES / "cifar_5m.yaml"), samples=300)
+    params = [s.counts.params for s in report.sizes]
+    assert params == sorted(params)
+    assert report.sizes[0].fits and not report.sizes[-1].fits
+    assert 0 < report.fit_share < 1
+    assert report.fit_share == sum(p <= 5_000_000 for p in params) / len(params)
+    data = report.as_dict()
+    assert data["smallest"]["params"] == params[0] and data["largest"]["fits_budget"] is False
