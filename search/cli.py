@@ -21,6 +21,7 @@ EXIT_INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return args.handler(args) or 0
     except UserError as error:
@@ -95,6 +96,13 @@ def _seed_list(text: str) -> tuple[int, ...]:
     if not seeds or any(seed < 0 for seed in seeds):
         raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers like 0,1,2, got {text!r}")
     return seeds
+
+
+def _quiet_libraries() -> None:
+    """The progress lines are ours: Optuna's INFO line per trial would bury them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # --------------------------------------------------------------------------- commands

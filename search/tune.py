@@ -25,16 +25,17 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional  # Dict/Optional: Tune's own signatures, copied
 
 import optuna
 from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
-from search.errors import UserError
+from search.errors import InvalidValue, UserError
 from search.models import build_model
 from search.space import InvalidSample
 from search.spec import (
@@ -53,6 +54,9 @@ INTERRUPTED = "interrupted"  # why a trial did not finish (driver stopped)
 ERROR = "error"  # why a trial failed
 
 Log = Callable[[str], None]
+
+# Samplers that learn from pruned infeasible trials (and the random one, which learns nothing).
+LEARNS_FROM_REJECTIONS = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler)
 
 
 def _ignore(_: str) -> None:
@@ -137,9 +141,11 @@ def make_sampler(config: SamplerConfig, seed: int | None, n_objectives: int) -> 
     spaces) and uses the constant liar so that parallel trials spread out."""
     startup = config.n_startup_trials
     if config.name == "tpe":
-        return optuna.samplers.TPESampler(
-            n_startup_trials=startup, multivariate=True, group=True, constant_liar=True, seed=seed
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
+            return optuna.samplers.TPESampler(
+                n_startup_trials=startup, multivariate=True, group=True, constant_liar=True, seed=seed
+            )
     if config.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.name == "gp":
@@ -231,6 +237,7 @@ class StudyBridge:
         self.finished_before = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
         self.launched = 0
         self.rejections_in_a_row = 0
+        self.retry_sampler = optuna.samplers.RandomSampler(seed=spec.study.seed)
         self.stop_reason: str | None = None
         self.start_time = time.monotonic()
         self.train_seconds = 0.0  # the trials' own training time, as they report it
@@ -244,13 +251,10 @@ class StudyBridge:
     def next_job(self, ray_trial_id: str = "") -> TrialJob | None:
         """Sample until a config fits the budget; None when the study has its trials (or gives up)."""
         while self.remaining > 0 and self.stop_reason is None:
-            trial = self.study.ask()
-            try:
-                config = self.spec.space.sample(trial)
-            except InvalidSample as error:
-                self._reject(trial, str(error), None)
+            trial, config, counts, invalid = self._draw()
+            if invalid is not None:
+                self._reject(trial, invalid, None)
                 continue
-            counts = fast_count(config.model, self.image_size)
             reason = check_budget(counts, self.spec.budget)
             if reason is None:
                 counts = self._reference_count(config)
@@ -268,6 +272,27 @@ class StudyBridge:
             self.tally.running += 1
             return TrialJob(trial.number, config, self.spec.data, self.data_dir, counts, self.use_gpu, self.threads)
         return None
+
+    def _draw(self) -> tuple[optuna.Trial, TrialConfig | None, Counts | None, str | None]:
+        """A new trial, its config and fast count, or why the sample is invalid.
+
+        TPE learns from rejected samples (PRUNED with a constraint value); GP and CMA-ES
+        model COMPLETE trials only and would propose a rejected config again, so for them
+        the draw after a rejection is random. The swap spans sampling as well: a trial
+        asks its sampler lazily, at its first suggestion.
+        """
+        sampler = self.study.sampler
+        if self.rejections_in_a_row and not isinstance(sampler, LEARNS_FROM_REJECTIONS):
+            self.study.sampler = self.retry_sampler
+        try:
+            trial = self.study.ask()
+            try:
+                config = self.spec.space.sample(trial)
+                return trial, config, fast_count(config.model, self.image_size), None
+            except (InvalidSample, InvalidValue) as error:
+                return trial, None, None, str(error)
+        finally:
+            self.study.sampler = sampler
 
     def _reference_count(self, config: TrialConfig) -> Counts:
         """fvcore's count of the built model: the budget's final word before any training."""
@@ -430,14 +455,14 @@ def _tune_classes() -> tuple[type, type]:
             self.bridge = bridge
             self.numbers: dict[str, int] = {}
 
-        def suggest(self, trial_id: str) -> dict | str | None:
+        def suggest(self, trial_id: str) -> Optional[Dict]:
             job = self.bridge.next_job(ray_trial_id=trial_id)
             if job is None:
                 return Searcher.FINISHED
             self.numbers[trial_id] = job.number
             return {"job": job}
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
             number = self.numbers.pop(trial_id, None)
             if number is not None:
                 self.bridge.finish(number, result, error)
@@ -449,7 +474,7 @@ def _tune_classes() -> tuple[type, type]:
             super().__init__()
             self.bridge = bridge
 
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        def on_trial_result(self, tune_controller: "TuneController", trial: "Trial", result: Dict) -> str:
             job: TrialJob = trial.config["job"]
             if self.bridge.report(job.number, result):
                 return TrialScheduler.STOP
@@ -518,7 +543,9 @@ def create_study(spec: Spec, storage_url: str) -> optuna.Study:
         pruner=make_pruner(spec.study.pruner, _max_epochs(spec)),
     )
     if not resuming:
-        study.set_metric_names([o.metric for o in objectives])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in objectives])
         for params in warm_start_params(spec):
             study.enqueue_trial(params)
     return study
@@ -581,6 +608,10 @@ def run_search(
 
     storage_url = storage or default_storage(spec.study.name)
     out_dir = study_dir(spec.study.name).resolve()
+    # Tune runs each trial in a folder of its own: data paths must not depend on the cwd.
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None
+    if spec.data.root:
+        spec = replace(spec, data=replace(spec.data, root=str(Path(spec.data.root).resolve())))
     _check_writable(out_dir)
     if spec.is_fixed:
         raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
@@ -597,7 +628,7 @@ def run_search(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=False)
+                 logging_level=logging.WARNING, configure_logging=False, runtime_env=_worker_env())
     try:
         use_gpu = _check_resources(spec, ray.cluster_resources(), log)
         bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=data_dir, use_gpu=use_gpu,
@@ -613,7 +644,11 @@ def run_search(
                 scheduler=scheduler_cls(bridge),
                 num_samples=-1,
                 max_concurrent_trials=spec.resources.max_concurrent,
-                reuse_actors=False,
+                # A worker (with torch imported) serves trial after trial: start-up is paid
+                # once per worker, not once per trial. A stopped trial's worker is reset.
+                reuse_actors=True,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / "ray"), verbose=0),
         )
@@ -647,6 +682,10 @@ def _summary(study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: f
     )
 
 
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.config['job'].number}"
+
+
 def _check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
     """Whether trials get GPUs. No GPU at all: run on the CPU and say so; too few: an error."""
     wanted = spec.resources.gpu
@@ -672,6 +711,12 @@ def _check_writable(directory: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UserError(f"{directory}: cannot write the study's folder ({error.strerror or error})") from None
+
+
+def _worker_env() -> dict:
+    """Our environment variables, for workers on other nodes (local workers inherit them)."""
+    names = ("RESNET_SEARCH_CACHE", "RESNET_SEARCH_DATA", "XDG_CACHE_HOME")
+    return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
 
 
 def _log_ray_to_file(path: Path) -> None:

@@ -1,0 +1,128 @@
+"""``resnet-search run`` end to end through the real CLI, real Ray and a real SQLite study,
+on a generated class-folder dataset: states, budget rejections, pruning, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.tune import REJECTED, is_finished
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+study:
+  name: {name}
+  n_trials: {n_trials}
+  objectives: [{{metric: val_loss, direction: minimize}}]
+  sampler: {{name: tpe, n_startup_trials: 3}}
+  pruner: {{name: median, n_startup_trials: 2, n_warmup_steps: 0}}
+  seed: 0
+data: {{dataset: imagefolder, val_fraction: 0.25}}
+model:
+  num_classes: 3
+  stem: {{width: 8}}
+  stages:
+    - {{blocks: {{range: [1, 2]}}, width: {{choice: [8, 16, 96]}}}}
+    - {{blocks: 1, width: 16}}
+train:
+  epochs: {epochs}
+  batch_size: 8
+  optimizer: {{name: sgd, lr: {{range: [0.0001, 0.5], log: true}}}}
+budget: {{max_params: 40000}}
+resources: {{cpu: 1, max_concurrent: 1}}
+"""
+
+
+def write_spec(folder: Path, name: str, n_trials: int, epochs: int) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, n_trials=n_trials, epochs=epochs))
+    return path
+
+
+def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
+    )
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'studies' / name}.db")
+
+
+def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = write_spec(tmp_path, "e2e", n_trials=8, epochs=3)
+    process = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], cwd=tmp_path)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+
+    trials = load(tmp_path, "e2e").trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    finished = [t for t in trials if is_finished(t)]
+    assert len(finished) == 8
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in finished if t.state == TrialState.PRUNED]
+    assert complete and pruned, [(t.number, t.state, t.intermediate_values) for t in trials]
+    for trial in complete:
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+        assert trial.user_attrs["params"] <= 40_000 and trial.user_attrs["epochs_run"] == 3
+    for trial in pruned:
+        assert 1 <= len(trial.intermediate_values) < 3
+
+    rejected = [t for t in trials if REJECTED in t.user_attrs]
+    assert rejected, "width 96 is over the budget and must have been sampled"
+    trained_dirs = {p.name for p in (tmp_path / "studies" / "e2e" / "ray" / "tune").glob("trial_*")}
+    assert trained_dirs == {f"trial_{t.number}" for t in finished}  # nothing rejected ever reached Ray
+    for trial in rejected:
+        assert trial.user_attrs["params"] > 40_000 and "ray_trial_id" not in trial.user_attrs
+
+    listed = subprocess.run(
+        ["optuna", "trials", "--study-name", "e2e", "--storage", f"sqlite:///studies/e2e.db", "-f", "json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 0 and '"PRUNED"' in listed.stdout and '"COMPLETE"' in listed.stdout
+
+
+def test_a_killed_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = write_spec(tmp_path, "killed", n_trials=5, epochs=6)
+    args = ["run", str(spec), "--data-dir", str(tiny_imagefolder)]
+    process = run_cli(args, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    before: dict[int, tuple] = {}
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = load(tmp_path, "killed").trials
+        except (KeyError, Exception):  # the study does not exist yet
+            continue
+        finished = [t for t in trials if is_finished(t)]
+        if len(finished) >= 2:
+            before = {t.number: (t.state, t.values, t.params) for t in finished}
+            break
+    assert before, "the driver never finished two trials"
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    process.communicate(timeout=60)
+
+    rerun = run_cli(args, cwd=tmp_path)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+
+    trials = load(tmp_path, "killed").trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(is_finished(t) for t in trials) == 5
+    for number, (state, values, params) in before.items():  # nothing finished was lost or changed
+        assert (trials[number].state, trials[number].values, trials[number].params) == (state, values, params)
+    retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
+    assert not set(retried) & set(before), "a finished trial was run again"
