@@ -12,6 +12,7 @@ fields live in ``__post_init__`` and raise :class:`InvalidValue`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -393,7 +394,8 @@ class Spec:
     """A parsed spec file: fixed sections, plus the search space of model and train.
 
     ``space`` is a :class:`search.space.Node` that samples a :class:`TrialConfig`.
-    ``source`` is the file it came from (used to resolve relative paths).
+    ``source`` is the file it came from (used to resolve relative paths); ``text`` is its
+    YAML, which a study keeps so that its trials can be rebuilt and exported later.
     """
 
     study: StudyConfig
@@ -402,6 +404,7 @@ class Spec:
     resources: ResourcesConfig
     space: Node
     source: str = "<spec>"
+    text: str = ""
 
     @property
     def is_fixed(self) -> bool:
@@ -466,12 +469,12 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(source, "", f"must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), got {type(raw).__name__}")
     try:
-        return _parse_sections(raw, source)
+        return _parse_sections(raw, source, text)
     except ParseError as error:
         raise SpecError(source, error.key, error.message) from None
 
 
-def _parse_sections(raw: dict, source: str) -> Spec:
+def _parse_sections(raw: dict, source: str, text: str) -> Spec:
     _check_schema_version(raw.get("schema_version", SCHEMA_VERSION))
     check_keys(raw, TOP_LEVEL_KEYS, Loc())
     fixed = {
@@ -480,7 +483,7 @@ def _parse_sections(raw: dict, source: str) -> Spec:
     }
     trial_raw = {key: _section(raw, key) for key in SEARCHABLE_SECTIONS}
     space = parse(trial_raw, TrialConfig, Loc(), searchable=True)
-    return Spec(space=space, source=source, **fixed)
+    return Spec(space=space, source=source, text=text, **fixed)
 
 
 def _section(raw: dict, key: str) -> dict:
@@ -498,3 +501,34 @@ def _check_schema_version(version: Any) -> None:
             "schema_version",
             f"this resnet-search reads schema version {SCHEMA_VERSION}, the file has {version!r}",
         )
+
+
+def to_plain(value: Any) -> Any:
+    """A config as plain YAML/JSON data: dataclasses become mappings, tuples lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(item) for item in value]
+    return value
+
+
+def fixed_document(spec: Spec, trial: TrialConfig, provenance: dict | None = None) -> dict:
+    """A fixed spec for ``trial``, in the schema of ``spaces/*.yaml``: every key written out,
+    so the file trains the same config whatever later versions choose as defaults.
+
+    ``load_spec`` reads it back as a fixed spec whose ``fixed()`` equals ``trial``; its
+    ``provenance`` (where the config came from) is kept in the file and ignored on load.
+    """
+    study = dataclasses.replace(spec.study, enqueue=())
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "study": to_plain(study),
+        "data": to_plain(spec.data),
+        "model": to_plain(trial.model),
+        "train": to_plain(trial.train),
+        "budget": to_plain(spec.budget),
+        "resources": to_plain(spec.resources),
+    }
+    if provenance:
+        document["provenance"] = provenance
+    return document

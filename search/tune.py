@@ -52,6 +52,9 @@ from search.storage import default_storage, mask_password, open_storage, study_d
 REJECTED = "rejected"  # why a sample was not trained (over budget)
 INTERRUPTED = "interrupted"  # why a trial did not finish (driver stopped)
 ERROR = "error"  # why a trial failed
+# User attributes the bridge writes on the study.
+SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to
+SPEC_SOURCE = "spec_source"  # the spec's file name as the user gave it
 
 Log = Callable[[str], None]
 
@@ -543,6 +546,8 @@ def create_study(spec: Spec, storage_url: str) -> optuna.Study:
         pruner=make_pruner(spec.study.pruner, _max_epochs(spec)),
     )
     if not resuming:
+        study.set_user_attr(SPEC_TEXT, spec.text)  # export and report rebuild trials from it
+        study.set_user_attr(SPEC_SOURCE, spec.source)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.metric for o in objectives])
