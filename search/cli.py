@@ -70,12 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="join a Ray cluster (ray start --head) instead of a local Ray")
     run.add_argument("--dry-run", action="store_true", help="validate, survey the budget and estimate the cost")
     run.set_defaults(handler=_run)
+    _results_commands(commands)
     return parser
+
+
+def _results_commands(commands: argparse._SubParsersAction) -> None:
+    """studies, dashboard, export, retrain, report: see :mod:`search.results`."""
+    studies = commands.add_parser("studies", help="the studies in a storage: trials by state, best value, dates")
+    studies.add_argument("--storage", default=None, help="Optuna storage URL (default: every studies/*.db here)")
+    studies.set_defaults(handler=_studies)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a storage (Ctrl-C stops it)")
+    _study_flags(dashboard)
+    dashboard.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    dashboard.set_defaults(handler=_dashboard)
+
+    export = commands.add_parser("export", help="write the best trials' configs as fixed spec files")
+    _study_flags(export)
+    export.add_argument("--top", type=_positive_int, default=1, help="how many of the best complete trials (default 1)")
+    export.add_argument("--out", default=None, help="output folder (default studies/<study>/export)")
+    export.add_argument("--pareto", action="store_true", help="the Pareto front of a multi-objective study")
+    export.set_defaults(handler=_export)
+
+    retrain = commands.add_parser("retrain", help="retrain the best configs on train+val over seeds, test them")
+    _study_flags(retrain)
+    retrain.add_argument("--top", type=_positive_int, required=True, help="how many of the best complete trials")
+    retrain.add_argument("--seeds", type=_seed_list, default=(0,), help="comma-separated seeds (default 0)")
+    retrain.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    _data_flags(retrain)
+    retrain.add_argument("--out", default=None, help="output folder (default runs/<study>/retrain)")
+    retrain.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    retrain.set_defaults(handler=_retrain)
+
+    report = commands.add_parser("report", help="a self-contained HTML report of a study, and trials.csv")
+    _study_flags(report)
+    report.add_argument("--out", default=None, help="HTML file (default studies/<study>/report.html)")
+    report.set_defaults(handler=_report)
 
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="dataset folder or archive (beats data.root)")
     parser.add_argument("--no-download", action="store_true", help="never download a known dataset")
+
+
+def _study_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL (default studies/<study>.db, or the only studies/*.db)")
+    parser.add_argument("--study", default=None, help="study name (may be left out when the storage holds one)")
 
 
 def _positive_int(text: str) -> int:
@@ -154,6 +196,61 @@ def _run(args: argparse.Namespace) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(summary.table())
+    return 0
+
+
+
+def _open_study(args: argparse.Namespace) -> tuple[str, "optuna.Study"]:
+    from search.results import load_study, resolve_storage
+
+    storage = resolve_storage(args.storage, args.study)
+    return storage, load_study(storage, args.study)
+
+
+def _studies(args: argparse.Namespace) -> int:
+    from search.results import list_studies, studies_table
+
+    print(studies_table(list_studies(args.storage)))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from search.results import resolve_storage, serve_dashboard
+
+    serve_dashboard(resolve_storage(args.storage, args.study), study_name=args.study, host=args.host,
+                    port=args.port, log=lambda line: print(line, flush=True))
+    print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from search.results import export_best
+
+    storage, study = _open_study(args)
+    for path in export_best(study, storage, top=args.top, out_dir=args.out, pareto=args.pareto):
+        print(path)
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from search.results import retrain
+
+    _, study = _open_study(args)
+    board = retrain(
+        study, top=args.top, seeds=args.seeds, epochs=args.epochs, data_dir=args.data_dir,
+        download=not args.no_download, out_dir=args.out, device=args.device,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(board.table())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    storage, study = _open_study(args)
+    files = write_report(study, storage, args.out)
+    print(f"{files.html}\n{files.csv}")
     return 0
 
 

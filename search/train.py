@@ -25,13 +25,14 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from search.data import ImageDataset, TensorSplit, augment_batch, normalize
 from search.errors import UserError
 from search.models import build_model
-from search.spec import Augment, OptimizerConfig, SchedulerConfig, Spec, TrainConfig, TrialConfig
+from search.spec import Augment, OptimizerConfig, SchedulerConfig, Spec, TrainConfig, TrialConfig, fixed_document, to_plain
 
 Status = Literal["completed", "stopped", "nan"]
 
@@ -699,12 +700,15 @@ def train_spec(
     seeds: list[int] | None = None,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> str:
     """Train a fixed spec's config once per seed and write each run's outputs (``train`` command).
 
     Each run trains on the training split, validates every epoch and evaluates the test
-    split at the end; its files go to ``out_dir`` (one seed) or ``out_dir/seed<N>``.
+    split at the end; its files go to ``out_dir`` (one seed) or ``out_dir/seed<N>``:
+    ``metrics.json``, ``history.csv``, ``curves.html``, ``checkpoint.pt`` (written every
+    epoch) and ``config.yaml`` (the config as a fixed spec, to train it again).
 
     Args:
         spec: A spec whose every leaf is fixed.
@@ -714,6 +718,7 @@ def train_spec(
         seeds: Seeds to train with; default the spec's ``train.seed``.
         out_dir: Output folder; default ``runs/<study name>``.
         device: ``cuda`` or ``cpu``; default CUDA when available.
+        resume: Continue each seed's run from its checkpoint, where there is one.
         log: Receives one progress line per epoch.
 
     Returns:
@@ -739,9 +744,11 @@ def train_spec(
         result = train(
             run, data, device=device, epochs=epochs,
             callback=ProgressPrinter(total, log=log, prefix=prefix), evaluate_test=True,
+            checkpoint_path=run_dir / "checkpoint.pt", resume=resume,
         )
         params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-        write_outputs(result, run_dir, config_dict=asdict(run), params=params)
+        write_outputs(result, run_dir, config_dict=to_plain(run), params=params)
+        _write_text(run_dir / "config.yaml", yaml.safe_dump(fixed_document(spec, run), sort_keys=False))
         val_accs.append(result.final_val_acc)
         test_accs.append(result.test_acc if result.test_acc is not None else math.nan)
         lines.append(

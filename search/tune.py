@@ -26,7 +26,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional  # Dict/Optional: Tune's own signatures, copied
@@ -349,12 +350,15 @@ class StudyBridge:
         seconds = time.monotonic() - self.started.pop(number)
         self.tally.running -= 1
         self.tally.trial_seconds.append(seconds)
-        self.train_seconds += result.get("train_time_s") or result.get("elapsed_s") or 0.0
-        for key in ("epochs_run", "train_time_s", "images_per_s"):
-            if key in result:
-                trial.set_user_attr(key, result[key])
-        if "epoch" in result:
-            trial.set_user_attr("epochs_run", int(result["epoch"]))
+        # A trial's own training time: its summary's, or (pruned) its last epoch report's.
+        train_time = result.get("train_time_s") or result.get("elapsed_s") or 0.0
+        self.train_seconds += train_time
+        trial.set_user_attr("train_time_s", train_time)
+        epochs_run = result.get("epochs_run") or result.get("epoch")
+        if epochs_run is not None:
+            trial.set_user_attr("epochs_run", int(epochs_run))
+        if "images_per_s" in result:
+            trial.set_user_attr("images_per_s", result["images_per_s"])
         failure = result.get(ERROR) or ("the Ray worker died or raised" if error else None)
         if failure is None and number not in self.pruned:
             values = self._objective_values(number, result)
@@ -606,69 +610,86 @@ def run_search(
     Raises:
         UserError: bad storage, data, resources, or a space whose samples never fit the budget.
     """
-    import ray
-    from ray import tune
-
     from search.data import load_dataset
 
-    storage_url = storage or default_storage(spec.study.name)
-    out_dir = study_dir(spec.study.name).resolve()
-    # Tune runs each trial in a folder of its own: data paths must not depend on the cwd.
-    data_dir = str(Path(data_dir).resolve()) if data_dir else None
-    if spec.data.root:
-        spec = replace(spec, data=replace(spec.data, root=str(Path(spec.data.root).resolve())))
-    _check_writable(out_dir)
     if spec.is_fixed:
         raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
                         f"train it with: resnet-search train {spec.source}")
+    storage_url = storage or default_storage(spec.study.name)
+    out_dir = study_dir(spec.study.name).resolve()
+    _check_writable(out_dir)
+    spec, data_dir = _absolute_data_paths(spec, data_dir)
     data = load_dataset(spec.data, data_dir=data_dir, download=download)  # once, before any trial: builds the cache
     study = create_study(spec, storage_url)
     recovered = recover_interrupted(study)
     if recovered:
         log(f"{recovered} trial(s) left running by an earlier driver were marked FAIL and enqueued again")
-
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    _log_ray_to_file(out_dir / "ray.log")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=False, runtime_env=_worker_env())
-    try:
-        use_gpu = _check_resources(spec, ray.cluster_resources(), log)
+    with _logs_to(out_dir / "ray.log"), _ray(address) as cluster:
+        use_gpu = _check_resources(spec, cluster, log)
         bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=data_dir, use_gpu=use_gpu,
                              threads=max(1, int(spec.resources.cpu)), log=log)
         log(f"study {spec.study.name} in {mask_password(storage_url)}: "
             f"{bridge.finished_before}/{spec.study.n_trials} trials finished before this run")
-        searcher_cls, scheduler_cls = _tune_classes()
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu if use_gpu else 0}
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, resources),
-            tune_config=tune.TuneConfig(
-                search_alg=searcher_cls(bridge),
-                scheduler=scheduler_cls(bridge),
-                num_samples=-1,
-                max_concurrent_trials=spec.resources.max_concurrent,
-                # A worker (with torch imported) serves trial after trial: start-up is paid
-                # once per worker, not once per trial. A stopped trial's worker is reset.
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / "ray"), verbose=0),
-        )
         start = time.monotonic()
         try:
-            tuner.fit()
+            _tuner(bridge, out_dir).fit()
         finally:
             bridge.close_open_trials("the run was stopped before the trial finished")
         wall = time.monotonic() - start
-    finally:
-        if started_ray:
-            ray.shutdown()
     if bridge.stop_reason:
         raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
     return _summary(study, storage_url, bridge, wall)
+
+
+def _absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:
+    """Tune runs each trial in a folder of its own: data paths must not depend on the cwd."""
+    if spec.data.root:
+        spec = replace(spec, data=replace(spec.data, root=str(Path(spec.data.root).resolve())))
+    return spec, str(Path(data_dir).resolve()) if data_dir else None
+
+
+@contextmanager
+def _ray(address: str | None) -> Iterator[dict]:
+    """Join the cluster at ``address``, or start a local Ray that lives as long as the run.
+
+    Yields:
+        The cluster's resources (``ray.cluster_resources()``).
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False, runtime_env=_worker_env())
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
+    """A Tune run whose trials the bridge samples, prunes and records."""
+    from ray import tune
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study records results
+    searcher_cls, scheduler_cls = _tune_classes()
+    resources = bridge.spec.resources
+    return tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": resources.cpu, "gpu": resources.gpu if bridge.use_gpu else 0}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher_cls(bridge),
+            scheduler=scheduler_cls(bridge),
+            num_samples=-1,  # until the searcher says FINISHED
+            max_concurrent_trials=resources.max_concurrent,
+            # A worker (with torch imported) serves trial after trial: start-up is paid
+            # once per worker, not once per trial. A stopped trial's worker is reset.
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / "ray"), verbose=0),
+    )
 
 
 def _summary(study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float) -> SearchSummary:
@@ -724,13 +745,20 @@ def _worker_env() -> dict:
     return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
 
 
-def _log_ray_to_file(path: Path) -> None:
+@contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Send library log records (Ray's, Tune's) to ``path`` while a run lasts: the terminal
+    shows our progress lines only. Ray re-creates its own loggers' handlers when it starts,
+    so the file handler sits on the root logger, where their records end up."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("ray", "ray.tune", "ray.train"):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.propagate = False
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 # --------------------------------------------------------------------------- dry run

@@ -80,6 +80,11 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
         assert trial.user_attrs["params"] <= 40_000 and trial.user_attrs["epochs_run"] == 3
     for trial in pruned:
         assert 1 <= len(trial.intermediate_values) < 3
+        assert trial.user_attrs["epochs_run"] == max(trial.intermediate_values)  # stopped at the decision
+    # One trial at a time: the trial after a pruned one starts only once the pruned one has stopped.
+    trained = sorted((t for t in finished), key=lambda t: t.datetime_start)
+    for before, after in zip(trained, trained[1:]):
+        assert after.datetime_start >= before.datetime_complete
 
     rejected = [t for t in trials if REJECTED in t.user_attrs]
     assert rejected, "width 96 is over the budget and must have been sampled"
