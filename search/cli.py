@@ -196,6 +196,10 @@ def _run(args: argparse.Namespace) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(summary.table())
+    if summary.interrupted:
+        print("resnet-search: interrupted; finished trials are kept, run the same command to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

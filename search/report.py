@@ -29,7 +29,7 @@ from search.results import (
     trial_status,
 )
 from search.storage import mask_password, study_dir
-from search.tune import ERROR, REJECTED
+from search.records import ERROR, REJECTED
 
 COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "failed": "#d62728", "rejected": "#7f7f7f",
           "running": "#2ca02c", "waiting": "#bcbd22"}
@@ -233,11 +233,15 @@ def leaderboard_table(board: dict[str, Any]) -> str:
     """The ``retrain`` leaderboard stored on the study."""
     header = ["rank", "trial", f"search {board.get('metric', 'value')}", "test acc mean", "test acc std",
               "seeds", "params", "FLOPs", "train s / seed"]
-    rows = [[r["rank"], r["trial"], r["search_value"], r["test_acc_mean"], r["test_acc_std"],
+    rows = [[r["rank"], r["trial"], r["search_value"], _percent(r["test_acc_mean"]), _percent(r["test_acc_std"]),
              " ".join(map(str, r["seeds"])), r["params"], format_flops(r["flops"]), r["train_time_s_mean"]]
             for r in board.get("rows", [])]
     epochs = f", {board['epochs']} epochs" if board.get("epochs") else ""
     return f"<p>Retrained on train+val, tested on the test set ({board.get('date', '')}{epochs}).</p>" + _table(header, rows)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 # --------------------------------------------------------------------------- the page

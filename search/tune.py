@@ -38,6 +38,8 @@ from optuna.trial import TrialState
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.errors import InvalidValue, UserError
 from search.models import build_model
+from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT, is_finished
+from search.results import annotate_trial
 from search.space import InvalidSample
 from search.spec import (
     DataConfig,
@@ -49,18 +51,12 @@ from search.spec import (
 )
 from search.storage import default_storage, mask_password, open_storage, study_dir
 
-# User attributes the bridge writes on trials.
-REJECTED = "rejected"  # why a sample was not trained (over budget)
-INTERRUPTED = "interrupted"  # why a trial did not finish (driver stopped)
-ERROR = "error"  # why a trial failed
-# User attributes the bridge writes on the study.
-SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to
-SPEC_SOURCE = "spec_source"  # the spec's file name as the user gave it
-
 Log = Callable[[str], None]
 
 # Samplers that learn from pruned infeasible trials (and the random one, which learns nothing).
 LEARNS_FROM_REJECTIONS = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler)
+# Samplers that read constraint values (CMA-ES warns that it ignores them).
+USES_CONSTRAINTS = (optuna.samplers.TPESampler, optuna.samplers.NSGAIISampler, optuna.samplers.GPSampler)
 
 
 def _ignore(_: str) -> None:
@@ -174,17 +170,6 @@ def make_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePru
             min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor
         )
     return optuna.pruners.NopPruner()
-
-
-def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial that counts towards ``n_trials``: trained to the end, pruned, or failed in training."""
-    if trial.state == TrialState.COMPLETE:
-        return True
-    if trial.state == TrialState.PRUNED:
-        return REJECTED not in trial.user_attrs
-    if trial.state == TrialState.FAIL:
-        return INTERRUPTED not in trial.user_attrs
-    return False
 
 
 @dataclass
@@ -307,8 +292,9 @@ class StudyBridge:
         trial.set_user_attr("params", counts.params)
         trial.set_user_attr("trainable_params", counts.trainable_params)
         trial.set_user_attr("flops", counts.flops)
-        for key, value in zip(("params", "flops"), constraint_values(counts, self.spec.budget)):
-            trial.set_constraint(key, value)
+        if isinstance(self.study.sampler, USES_CONSTRAINTS):
+            for key, value in zip(("params", "flops"), constraint_values(counts, self.spec.budget)):
+                trial.set_constraint(key, value)
 
     def _reject(self, trial: optuna.Trial, reason: str, counts: Counts | None) -> None:
         if counts is not None:
@@ -376,6 +362,7 @@ class StudyBridge:
             self.study.tell(trial, values)
             self.tally.done += 1
             self._update_best(values[0], number)
+        annotate_trial(self.study, self.study.trials[number])  # its note in optuna-dashboard, live
         self.log(self.progress_line())
 
     def _objective_values(self, number: int, result: dict) -> list[float] | None:
@@ -413,13 +400,18 @@ class StudyBridge:
         return f"ETA {_duration(elapsed / finished * left)}"
 
     def close_open_trials(self, reason: str) -> int:
-        """Mark trials still open (Ctrl-C, an error) FAIL and enqueue their parameters again."""
-        for number, trial in list(self.open.items()):
+        """Mark trials still open (Ctrl-C, an error) FAIL and enqueue their parameters again.
+
+        Returns:
+            How many trials were open.
+        """
+        closed = list(self.open.items())
+        for number, trial in closed:
             trial.set_user_attr(INTERRUPTED, reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self.study.enqueue_trial(self.study.trials[number].params, user_attrs={"retry_of": number})
             self.open.pop(number)
-        return len(self.open)
+        return len(closed)
 
 
 def _in_channels(config: TrialConfig) -> int:
@@ -474,6 +466,12 @@ def _tune_classes() -> tuple[type, type]:
             if number is not None:
                 self.bridge.finish(number, result, error)
 
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the study in the storage is the searcher's whole state."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore: a rerun reloads the study (see :func:`recover_interrupted`)."""
+
     class OptunaPruningScheduler(FIFOScheduler):
         """A Tune ``TrialScheduler`` that asks the study's Optuna pruner after every report."""
 
@@ -505,6 +503,7 @@ class SearchSummary:
     trial_time_s: float
     slots: int
     top: tuple[optuna.trial.FrozenTrial, ...]
+    interrupted: bool = False
 
     @property
     def overhead(self) -> float:
@@ -632,13 +631,14 @@ def run_search(
             f"{bridge.finished_before}/{spec.study.n_trials} trials finished before this run")
         start = time.monotonic()
         try:
-            _tuner(bridge, out_dir).fit()
+            _tuner(bridge, out_dir).fit()  # returns early, not raising, on Ctrl-C
         finally:
-            bridge.close_open_trials("the run was stopped before the trial finished")
+            stopped = bridge.close_open_trials("the run was stopped before the trial finished")
         wall = time.monotonic() - start
+        interrupted = bool(stopped) or (bridge.remaining > 0 and bridge.stop_reason is None)
     if bridge.stop_reason:
         raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
-    return _summary(study, storage_url, bridge, wall)
+    return _summary(study, storage_url, bridge, wall, interrupted)
 
 
 def _absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:
@@ -662,7 +662,8 @@ def _ray(address: str | None) -> Iterator[dict]:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False, runtime_env=_worker_env())
     try:
-        yield ray.cluster_resources()
+        with _through_root("ray"):
+            yield ray.cluster_resources()
     finally:
         if started:
             ray.shutdown()
@@ -673,6 +674,7 @@ def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
     from ray import tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study records results
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: the progress lines are ours
     searcher_cls, scheduler_cls = _tune_classes()
     resources = bridge.spec.resources
     return tune.Tuner(
@@ -692,7 +694,9 @@ def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
     )
 
 
-def _summary(study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float) -> SearchSummary:
+def _summary(
+    study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float, interrupted: bool
+) -> SearchSummary:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
@@ -704,6 +708,7 @@ def _summary(study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: f
         wall_time_s=wall,
         trial_time_s=bridge.train_seconds,
         slots=bridge.spec.resources.max_concurrent,
+        interrupted=interrupted,
         top=tuple(sorted(complete, key=lambda t: sign * t.values[0])[:5]),
     )
 
@@ -747,18 +752,37 @@ def _worker_env() -> dict:
 
 @contextmanager
 def _logs_to(path: Path) -> Iterator[None]:
-    """Send library log records (Ray's, Tune's) to ``path`` while a run lasts: the terminal
-    shows our progress lines only. Ray re-creates its own loggers' handlers when it starts,
-    so the file handler sits on the root logger, where their records end up."""
+    """Send library log records to ``path`` while a run lasts: the terminal shows our progress
+    lines only (see also :func:`_through_root`). The file handler sits on the root logger and
+    stands in as ``logging.lastResort``, which gets the records of loggers that Ray leaves
+    without handlers or propagation while it starts."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
+    root, last_resort = logging.getLogger(), logging.lastResort
     root.addHandler(handler)
+    logging.lastResort = handler
     try:
         yield
     finally:
+        logging.lastResort = last_resort
         root.removeHandler(handler)
         handler.close()
+
+
+@contextmanager
+def _through_root(prefix: str) -> Iterator[None]:
+    """Set aside the handlers of the loggers under ``prefix`` so that their records reach the
+    root logger's (our file). Ray gives its loggers stream handlers when it starts, and Tune
+    would print, say, its advice to resume with ``Tuner.restore``, which is not how ours resumes."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(prefix)]
+    saved = {logger: (logger.handlers, logger.propagate) for logger in loggers}
+    for logger in loggers:
+        logger.handlers, logger.propagate = [], True
+    try:
+        yield
+    finally:
+        for logger, (handlers, propagate) in saved.items():
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 # --------------------------------------------------------------------------- dry run

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +39,8 @@ from search.results import (
     trial_status,
 )
 from search.spec import load_spec, parse_spec
-from search.tune import REJECTED, StudyBridge, TrialJob, create_study
+from search.records import REJECTED
+from search.tune import StudyBridge, TrialJob, create_study
 
 SPEC = """
 study:
@@ -206,7 +205,8 @@ def test_exported_configs_count_and_train_through_the_cli(trained_study, tiny_im
         counted = cli(["count", str(path), "--json"], cwd=tmp_path)
         assert counted.returncode == 0, counted.stderr
         # The exported config rebuilds the very model the trial trained.
-        assert json.loads(counted.stdout)["config"]["params"] == trial.user_attrs["params"]
+        counts = json.loads(counted.stdout)
+        assert (counts["params"], counts["flops"]) == (trial.user_attrs["params"], trial.user_attrs["flops"])
         trained = cli(["train", str(path), "--epochs", "1", "--data-dir", str(tiny_imagefolder),
                        "--out", str(tmp_path / path.stem)], cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr
@@ -217,7 +217,6 @@ def test_exported_configs_count_and_train_through_the_cli(trained_study, tiny_im
 # --------------------------------------------------------------------------- retrain
 
 
-@pytest.mark.slow
 def test_retrain_leaderboard_matches_the_per_seed_metrics(trained_study, tiny_imagefolder: Path,
                                                           tmp_path: Path) -> None:
     _, study = trained_study
@@ -330,8 +329,12 @@ def test_dashboard_serves_the_study_and_stops_on_ctrl_c(quick_study, workdir: Pa
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
-    with socket.socket() as again:  # the port is free again
+    with pytest.raises(ConnectionRefusedError):  # nobody listens there any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.socket() as again:  # and a new server can bind it (TIME_WAIT leftovers allowed, as servers do)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
+        again.listen()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -348,10 +351,11 @@ def bad_inputs(quick: str, empty: str, busy_port: int) -> list[tuple[list[str], 
     secret = "postgresql://alice:s3cret@127.0.0.1:9/optuna"
     return [
         (["export", "--storage", "redis://localhost/0"], "unknown scheme 'redis'"),
-        (["report", "--storage", secret], "cannot connect"),
-        (["studies", "--storage", secret], "cannot connect"),
+        # Without psycopg (the postgres extra) the same URL fails for its missing driver.
+        (["report", "--storage", secret], "cannot connect|database driver is missing"),
+        (["studies", "--storage", secret], "cannot connect|database driver is missing"),
         (["export", "--storage", "sqlite:///no/such.db"], "no such database file"),
-        (["export", "--storage", quick, "--study", "nope"], "no study 'nope'; studies there: quick"),
+        (["export", "--storage", quick, "--study", "nope"], "no study 'nope'; studies there: quick$"),
         (["export", "--storage", quick, "--top", "0"], "--top: must be a whole number >= 1"),
         (["retrain", "--storage", quick, "--top", "0"], "--top: must be a whole number >= 1"),
         (["export", "--storage", empty], "no complete trial"),
@@ -359,7 +363,7 @@ def bad_inputs(quick: str, empty: str, busy_port: int) -> list[tuple[list[str], 
         (["report", "--storage", empty], "no complete trial"),
         (["export", "--storage", quick, "--pareto"], "--pareto needs a multi-objective study"),
         (["dashboard", "--storage", quick, "--port", str(busy_port)], f"port {busy_port} on 127.0.0.1 is in use"),
-        (["studies"], "no studies/*.db under"),
+        (["studies"], r"no studies/\*\.db under"),
     ]
 
 
@@ -383,7 +387,7 @@ def test_bad_input_is_one_line_and_exit_2(quick_study, empty_storage: str, tmp_p
             assert code == 2, (args, out, err)
             lines = err.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("resnet-search"), (args, err)
-            assert "error:" in lines[0] and expected in lines[0], (args, err)
+            assert "error:" in lines[0] and re.search(expected, lines[0]), (args, err)
             assert "s3cret" not in out + err and "Traceback" not in err
 
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.tune import REJECTED, is_finished
+from search.records import REJECTED, is_finished
 
 pytestmark = pytest.mark.slow
 
@@ -100,31 +100,46 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
     assert listed.returncode == 0 and '"PRUNED"' in listed.stdout and '"COMPLETE"' in listed.stdout
 
 
-def test_a_killed_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, tiny_imagefolder: Path) -> None:
-    spec = write_spec(tmp_path, "killed", n_trials=5, epochs=6)
-    args = ["run", str(spec), "--data-dir", str(tiny_imagefolder)]
-    process = run_cli(args, cwd=tmp_path)
+def wait_for_finished(process: subprocess.Popen, cwd: Path, name: str, count: int) -> dict[int, tuple]:
+    """Poll the study until ``count`` trials finished; their (state, values, params) by number."""
     deadline = time.monotonic() + 300
-    before: dict[int, tuple] = {}
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
+        if not (cwd / "studies" / f"{name}.db").exists():
+            continue
         try:
-            trials = load(tmp_path, "killed").trials
-        except (KeyError, Exception):  # the study does not exist yet
+            trials = load(cwd, name).trials
+        except KeyError:  # the study does not exist yet
             continue
         finished = [t for t in trials if is_finished(t)]
-        if len(finished) >= 2:
-            before = {t.number: (t.state, t.values, t.params) for t in finished}
-            break
-    assert before, "the driver never finished two trials"
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    process.communicate(timeout=60)
+        if len(finished) >= count:
+            return {t.number: (t.state, t.values, t.params) for t in finished}
+    raise AssertionError(f"the driver never finished {count} trials")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_a_stopped_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, tiny_imagefolder: Path, how: str) -> None:
+    spec = write_spec(tmp_path, "stopped", n_trials=5, epochs=8)
+    args = ["run", str(spec), "--data-dir", str(tiny_imagefolder)]
+    process = run_cli(args, cwd=tmp_path)
+    before = wait_for_finished(process, tmp_path, "stopped", 2)
+    if how == "sigkill":
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        process.communicate(timeout=60)
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 130, output
+        assert "run the same command to continue" in output and "Traceback" not in output
+        trials = load(tmp_path, "stopped").trials
+        assert not [t for t in trials if t.state == TrialState.RUNNING]  # ended and recorded
+        assert all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
 
     rerun = run_cli(args, cwd=tmp_path)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
 
-    trials = load(tmp_path, "killed").trials
+    trials = load(tmp_path, "stopped").trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(is_finished(t) for t in trials) == 5
     for number, (state, values, params) in before.items():  # nothing finished was lost or changed

@@ -11,16 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.spec import parse_spec
-from search.tune import (
-    ERROR,
-    INTERRUPTED,
-    REJECTED,
-    StudyBridge,
-    _tune_classes,
-    create_study,
-    is_finished,
-    recover_interrupted,
-)
+from search.records import ERROR, INTERRUPTED, REJECTED, is_finished
+from search.tune import StudyBridge, _tune_classes, create_study, recover_interrupted
 
 SPACE = """
 study: {name: bridge, n_trials: 3, pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}, max_rejections: 50}
