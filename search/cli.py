@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=_seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2")
     train.add_argument("--out", default=None, help="output folder (default runs/<study name>)")
     train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="search a space: Ray Tune trials, Optuna sampling and pruning")
@@ -173,6 +174,7 @@ def _train(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out_dir=args.out,
         device=args.device,
+        resume=args.resume,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(summary)

@@ -197,6 +197,8 @@ class StudyBridge:
         use_gpu: Whether trials get a GPU.
         threads: Torch threads per trial.
         log: Where progress lines go.
+        reference_check: Count configs that pass the fast check with fvcore too (the budget's
+            final word); off only for rehearsals, which train nothing.
     """
 
     def __init__(
@@ -209,8 +211,10 @@ class StudyBridge:
         use_gpu: bool,
         threads: int,
         log: Log = _ignore,
+        reference_check: bool = True,
     ) -> None:
         self.study = study
+        self.reference_check = reference_check
         self.spec = spec
         self.image_size = image_size
         self.data_dir = data_dir
@@ -245,7 +249,7 @@ class StudyBridge:
                 self._reject(trial, invalid, None)
                 continue
             reason = check_budget(counts, self.spec.budget)
-            if reason is None:
+            if reason is None and self.reference_check:
                 counts = self._reference_count(config)
                 reason = check_budget(counts, self.spec.budget)
             if reason is not None:
@@ -524,17 +528,25 @@ class SearchSummary:
                 f"{trial.number:>5}  {trial.values[0]:>8.4f}  {attrs.get('params', 0):>11,}  "
                 f"{attrs.get('flops', 0):>15,}  {attrs.get('epochs_run', '-')}"
             )
+        storage = f" --storage {self.storage}" if self.storage != default_storage(self.study_name) else ""
         lines += [
             "",
-            f"dashboard: optuna-dashboard {self.storage}",
-            f"trials:    optuna trials --study-name {self.study_name} --storage {self.storage}",
+            f"watch:   resnet-search dashboard{storage} --study {self.study_name}",
+            f"export:  resnet-search export{storage} --study {self.study_name} --top 3",
+            f"retrain: resnet-search retrain{storage} --study {self.study_name} --top 3 --seeds 0,1,2",
+            f"report:  resnet-search report{storage} --study {self.study_name}",
         ]
         return "\n".join(lines)
 
 
-def create_study(spec: Spec, storage_url: str) -> optuna.Study:
-    """Create or load the spec's study; a new study gets the spec's warm-start configs enqueued."""
-    storage = open_storage(storage_url)
+def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+    """Create or load the spec's study; a new study gets the spec's warm-start configs enqueued.
+
+    Args:
+        spec: The parsed spec.
+        storage: An Optuna storage URL, or a storage (in memory, for rehearsals).
+    """
+    storage = open_storage(storage) if isinstance(storage, str) else storage
     objectives = spec.study.objectives
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     resuming = spec.study.name in existing
@@ -611,9 +623,7 @@ def run_search(
     """
     from search.data import load_dataset
 
-    if spec.is_fixed:
-        raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
-                        f"train it with: resnet-search train {spec.source}")
+    _require_space(spec)
     storage_url = storage or default_storage(spec.study.name)
     out_dir = study_dir(spec.study.name).resolve()
     _check_writable(out_dir)
@@ -639,6 +649,12 @@ def run_search(
     if bridge.stop_reason:
         raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
     return _summary(study, storage_url, bridge, wall, interrupted)
+
+
+def _require_space(spec: Spec) -> None:
+    if spec.is_fixed:
+        raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
+                        f"train it with: resnet-search train {spec.source}")
 
 
 def _absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:
@@ -799,13 +815,14 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
 
     from search.budget import count_spec
 
+    _require_space(spec)
     report = count_spec(spec, samples=samples)
     if not report.fitting:
         raise UserError(f"{spec.source}: budget: none of {samples} samples fits; {report.smallest_line()}")
     config = report.median_fitting
     has_cuda = torch.cuda.is_available()
     device = "cuda" if has_cuda and spec.resources.gpu > 0 else "cpu"
-    step_s = probe_step_time(config, report.image_size, device)
+    step_s = probe_step_time(config, report.image_size, device, threads=max(1, int(spec.resources.cpu)))
     n_train = _train_size(spec)
     epoch_s = step_s * math.ceil(n_train / config.train.batch_size)
     slots = spec.resources.max_concurrent
@@ -817,6 +834,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
         f"takes {step_s * 1000:.0f} ms per step on {device}: {_duration(epoch_s)} per epoch of {n_train:,} images",
         f"estimate: {spec.study.n_trials} trials x {config.train.epochs} epochs on {slots} slot(s) = "
         f"{_duration(total_s)} before pruning",
+        rehearsal_line(spec, rehearse_budget(spec, report.image_size)),
     ]
     if spec.resources.gpu > 0 and not has_cuda:
         lines.append(
@@ -826,12 +844,14 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     return "\n".join(lines)
 
 
-def probe_step_time(config: TrialConfig, image_size: int, device: str, steps: int = 3) -> float:
-    """Seconds per training step of ``config`` on random data (after one warm-up step)."""
+def probe_step_time(config: TrialConfig, image_size: int, device: str, threads: int, steps: int = 3) -> float:
+    """Seconds per training step of ``config`` on random data (after one warm-up step), with
+    as many torch threads as one trial gets."""
     import torch
 
     from search.train import build_optimizer, param_groups
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(config.model, image_size).to(device).train()
     optimizer = build_optimizer(
@@ -861,3 +881,31 @@ def _train_size(spec: Spec) -> int:
     if spec.data.train_subset:
         return spec.data.train_subset
     return int(50_000 * (1 - spec.data.val_fraction))
+
+
+def rehearse_budget(spec: Spec, image_size: int) -> list[int]:
+    """Draw ``n_trials`` configs with the spec's own sampler and the budget check alone (no
+    training: every accepted config gets the same value), as a run would.
+
+    Returns:
+        For each accepted trial, how many samples were rejected just before it: the sampler
+        has learned the budget when these fall to zero.
+    """
+    study = create_study(spec, optuna.storages.InMemoryStorage())
+    bridge = StudyBridge(study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1,
+                         reference_check=False)
+    rejected_before = []
+    while (job := bridge.next_job()) is not None:
+        rejected_before.append(bridge.tally.rejected - sum(rejected_before))
+        bridge.finish(job.number, {"val_acc": 0.0, "val_loss": 0.0}, error=False)
+    return rejected_before
+
+
+def rehearsal_line(spec: Spec, rejected_before: list[int]) -> str:
+    """One line on how many samples the budget rejected, early and late in a rehearsal."""
+    window = max(1, min(10, len(rejected_before) // 3))
+    return (
+        f"budget rehearsal with the {spec.study.sampler.name} sampler (no training): {len(rejected_before)} trials "
+        f"took {sum(rejected_before)} rejected samples, {sum(rejected_before[:window])} before the first {window} "
+        f"and {sum(rejected_before[-window:])} before the last {window}"
+    )

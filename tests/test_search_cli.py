@@ -146,3 +146,14 @@ def test_a_stopped_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, t
         assert (trials[number].state, trials[number].values, trials[number].params) == (state, values, params)
     retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
     assert not set(retried) & set(before), "a finished trial was run again"
+
+
+def test_dry_run_surveys_the_budget_probes_and_rehearses(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), "--dry-run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "sampled configs fit the budget" in result.stdout
+    assert "per step on cpu" in result.stdout and "estimate: 8 trials x 4 epochs on 2 slot(s)" in result.stdout
+    assert "budget rehearsal with the tpe sampler (no training): 8 trials" in result.stdout
+    assert not (tmp_path / "studies").exists()  # a dry run writes no study
