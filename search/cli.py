@@ -183,7 +183,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from search.spec import load_spec
-    from search.tune import plan_search, run_search
+    from search.plan import plan_search
+    from search.tune import run_search
 
     spec = load_spec(args.spec)
     if args.dry_run:

@@ -136,7 +136,7 @@ def _first_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------- the study
 
 
-def make_sampler(config: SamplerConfig, seed: int | None, n_objectives: int) -> optuna.samplers.BaseSampler:
+def make_sampler(config: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a spec names. TPE is multivariate, grouped (for conditional
     spaces) and uses the constant liar so that parallel trials spread out."""
     startup = config.n_startup_trials
@@ -401,7 +401,7 @@ class StudyBridge:
             return "ETA -"
         elapsed = time.monotonic() - self.start_time
         left = self.spec.study.n_trials - self.finished_before - finished
-        return f"ETA {_duration(elapsed / finished * left)}"
+        return f"ETA {format_duration(elapsed / finished * left)}"
 
     def close_open_trials(self, reason: str) -> int:
         """Mark trials still open (Ctrl-C, an error) FAIL and enqueue their parameters again.
@@ -422,7 +422,8 @@ def _in_channels(config: TrialConfig) -> int:
     return getattr(config.model, "in_channels", 3)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -518,7 +519,7 @@ class SearchSummary:
     def table(self) -> str:
         lines = [
             f"study {self.study_name}: {self.finished} finished trials, {self.rejected} samples rejected for the budget",
-            f"wall time {_duration(self.wall_time_s)}, search overhead {self.overhead:.1%} of it",
+            f"wall time {format_duration(self.wall_time_s)}, search overhead {self.overhead:.1%} of it",
             "",
             f"{'trial':>5}  {'value':>8}  {'params':>11}  {'FLOPs':>15}  epochs",
         ]
@@ -557,7 +558,7 @@ def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optu
         storage=storage,
         load_if_exists=True,
         directions=[o.direction for o in objectives],
-        sampler=make_sampler(spec.study.sampler, seed, len(objectives)),
+        sampler=make_sampler(spec.study.sampler, seed),
         pruner=make_pruner(spec.study.pruner, _max_epochs(spec)),
     )
     if not resuming:
@@ -623,7 +624,7 @@ def run_search(
     """
     from search.data import load_dataset
 
-    _require_space(spec)
+    require_space(spec)
     storage_url = storage or default_storage(spec.study.name)
     out_dir = study_dir(spec.study.name).resolve()
     _check_writable(out_dir)
@@ -651,7 +652,8 @@ def run_search(
     return _summary(study, storage_url, bridge, wall, interrupted)
 
 
-def _require_space(spec: Spec) -> None:
+def require_space(spec: Spec) -> None:
+    """Raises UserError for a fixed spec: there is nothing to search."""
     if spec.is_fixed:
         raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
                         f"train it with: resnet-search train {spec.source}")
@@ -799,113 +801,3 @@ def _through_root(prefix: str) -> Iterator[None]:
     finally:
         for logger, (handlers, propagate) in saved.items():
             logger.handlers, logger.propagate = handlers, propagate
-
-
-# --------------------------------------------------------------------------- dry run
-
-
-def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) -> str:
-    """What a run would do: the share of the space that fits the budget, a measured time per
-    epoch on this machine, and the cost of the whole study (before pruning).
-
-    Raises:
-        UserError: the spec is not a search space, or nothing in it fits the budget.
-    """
-    import torch
-
-    from search.budget import count_spec
-
-    _require_space(spec)
-    report = count_spec(spec, samples=samples)
-    if not report.fitting:
-        raise UserError(f"{spec.source}: budget: none of {samples} samples fits; {report.smallest_line()}")
-    config = report.median_fitting
-    has_cuda = torch.cuda.is_available()
-    device = "cuda" if has_cuda and spec.resources.gpu > 0 else "cpu"
-    step_s = probe_step_time(config, report.image_size, device, threads=max(1, int(spec.resources.cpu)))
-    n_train = _train_size(spec)
-    epoch_s = step_s * math.ceil(n_train / config.train.batch_size)
-    slots = spec.resources.max_concurrent
-    total_s = spec.study.n_trials * config.train.epochs * epoch_s / slots
-    lines = [
-        report.table(),
-        "",
-        f"probe: a median-size config ({report.median_params:,} params, batch {config.train.batch_size}) "
-        f"takes {step_s * 1000:.0f} ms per step on {device}: {_duration(epoch_s)} per epoch of {n_train:,} images",
-        f"estimate: {spec.study.n_trials} trials x {config.train.epochs} epochs on {slots} slot(s) = "
-        f"{_duration(total_s)} before pruning",
-        rehearsal_line(spec, rehearse_budget(spec, report.image_size)),
-    ]
-    if spec.resources.gpu > 0 and not has_cuda:
-        lines.append(
-            f"this spec asks for {spec.resources.gpu:g} GPU per trial but this machine has no CUDA GPU: "
-            "the estimate above is for its CPU; run it on a GPU machine or a Ray cluster with GPUs"
-        )
-    return "\n".join(lines)
-
-
-def probe_step_time(config: TrialConfig, image_size: int, device: str, threads: int, steps: int = 3) -> float:
-    """Seconds per training step of ``config`` on random data (after one warm-up step), with
-    as many torch threads as one trial gets."""
-    import torch
-
-    from search.train import build_optimizer, param_groups
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = build_model(config.model, image_size).to(device).train()
-    optimizer = build_optimizer(
-        param_groups(model, config.train.optimizer.weight_decay, config.train.decay_norm_and_bias),
-        config.train.optimizer,
-        torch.device(device),
-    )
-    batch = torch.randn(config.train.batch_size, _in_channels(config), image_size, image_size, device=device)
-    labels = torch.randint(0, config.model.num_classes, (config.train.batch_size,), device=device)
-    elapsed = 0.0
-    for step in range(steps + 1):
-        start = time.perf_counter()
-        output = model(batch)
-        logits = output[0] if isinstance(output, tuple) else output
-        torch.nn.functional.cross_entropy(logits, labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step:
-            elapsed += time.perf_counter() - start
-    return elapsed / steps
-
-
-def _train_size(spec: Spec) -> int:
-    """Training images per epoch: the subset if set, else the known size of CIFAR's training split."""
-    if spec.data.train_subset:
-        return spec.data.train_subset
-    return int(50_000 * (1 - spec.data.val_fraction))
-
-
-def rehearse_budget(spec: Spec, image_size: int) -> list[int]:
-    """Draw ``n_trials`` configs with the spec's own sampler and the budget check alone (no
-    training: every accepted config gets the same value), as a run would.
-
-    Returns:
-        For each accepted trial, how many samples were rejected just before it: the sampler
-        has learned the budget when these fall to zero.
-    """
-    study = create_study(spec, optuna.storages.InMemoryStorage())
-    bridge = StudyBridge(study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1,
-                         reference_check=False)
-    rejected_before = []
-    while (job := bridge.next_job()) is not None:
-        rejected_before.append(bridge.tally.rejected - sum(rejected_before))
-        bridge.finish(job.number, {"val_acc": 0.0, "val_loss": 0.0}, error=False)
-    return rejected_before
-
-
-def rehearsal_line(spec: Spec, rejected_before: list[int]) -> str:
-    """One line on how many samples the budget rejected, early and late in a rehearsal."""
-    window = max(1, min(10, len(rejected_before) // 3))
-    return (
-        f"budget rehearsal with the {spec.study.sampler.name} sampler (no training): {len(rejected_before)} trials "
-        f"took {sum(rejected_before)} rejected samples, {sum(rejected_before[:window])} before the first {window} "
-        f"and {sum(rejected_before[-window:])} before the last {window}"
-    )
