@@ -307,6 +307,7 @@ class StudyBridge:
         # PRUNED, not FAIL: TPE learns from pruned trials' constraint values; the
         # ``rejected`` attribute keeps them out of every count and export.
         self.study.tell(trial, state=TrialState.PRUNED)
+        annotate_trial(self.study, self.study.trials[trial.number], curves=False)  # not a real pruning
         self.tally.rejected += 1
         self.rejections_in_a_row += 1
         if self.rejections_in_a_row >= self.spec.study.max_rejections:

@@ -7,6 +7,7 @@ import inspect
 from types import SimpleNamespace
 
 import optuna
+import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
@@ -57,6 +58,8 @@ def test_over_budget_samples_are_rejected_before_training_and_do_not_count(stora
         assert trial.constraints and max(trial.constraints.values()) > 0
         assert not trial.intermediate_values
         assert not is_finished(trial)
+        note = optuna_dashboard.get_note(optuna.Trial(bridge.study, trial._trial_id))
+        assert note.startswith("**rejected**") and "never trained" in note  # told apart from pruning
 
 
 def test_reports_are_intermediate_values_and_the_pruner_stops_bad_trials(storage: str) -> None:
