@@ -31,9 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import __version__
 from search.errors import SpecError, UserError
+from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT
 from search.spec import ResNetConfig, Spec, TrialConfig, fixed_document, parse_spec
 from search.storage import STUDIES_DIR, default_storage, mask_password, open_storage, study_dir
-from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT
 
 Log = Callable[[str], None]
 
