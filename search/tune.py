@@ -40,12 +40,13 @@ from search.errors import InvalidValue, UserError
 from search.models import build_model
 from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT, is_finished
 from search.results import annotate_trial
-from search.space import InvalidSample
+from search.space import InvalidSample, random_samples
 from search.spec import (
     DataConfig,
     PrunerConfig,
     SamplerConfig,
     Spec,
+    TorchvisionResNetConfig,
     TrialConfig,
     load_spec,
 )
@@ -288,9 +289,12 @@ class StudyBridge:
             self.study.sampler = sampler
 
     def _reference_count(self, config: TrialConfig) -> Counts:
-        """fvcore's count of the built model: the budget's final word before any training."""
-        model = build_model(config.model, self.image_size)
-        return count_model(model, self.image_size, _in_channels(config))
+        """fvcore's count of the built model: the budget's final word before any training.
+        Pretrained weights change no count, so the model is built without loading them."""
+        model_config = config.model
+        if isinstance(model_config, TorchvisionResNetConfig):
+            model_config = replace(model_config, weights=None)
+        return count_model(build_model(model_config, self.image_size), self.image_size, _in_channels(config))
 
     def _record_counts(self, trial: optuna.Trial, counts: Counts) -> None:
         trial.set_user_attr("params", counts.params)
@@ -574,8 +578,6 @@ def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optu
 
 
 def _max_epochs(spec: Spec) -> int:
-    from search.space import random_samples
-
     return max((c.train.epochs for c in random_samples(spec.space, 20, seed=0)), default=1)
 
 
@@ -626,6 +628,7 @@ def run_search(
     from search.data import load_dataset
 
     require_space(spec)
+    _check_weights(spec)
     storage_url = storage or default_storage(spec.study.name)
     out_dir = study_dir(spec.study.name).resolve()
     _check_writable(out_dir)
@@ -658,6 +661,19 @@ def require_space(spec: Spec) -> None:
     if spec.is_fixed:
         raise UserError(f"{spec.source}: model/train: nothing to search, every key is fixed; "
                         f"train it with: resnet-search train {spec.source}")
+
+
+def _check_weights(spec: Spec) -> None:
+    """Pretrained weights that cannot be found fail the run before any trial, not every trial.
+
+    Raises:
+        UserError: the weights a sampled config names are neither a file nor in the hub cache.
+    """
+    from search.models.torchvision_resnet import weights_file
+
+    for config in {c.model for c in random_samples(spec.space, 20, seed=0)}:
+        if isinstance(config, TorchvisionResNetConfig) and config.weights is not None:
+            weights_file(config)
 
 
 def _absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:

@@ -157,3 +157,18 @@ def test_dry_run_surveys_the_budget_probes_and_rehearses(tmp_path: Path) -> None
     assert "per step on cpu" in result.stdout and "estimate: 8 trials x 4 epochs on 2 slot(s)" in result.stdout
     assert "budget rehearsal with the tpe sampler (no training): 8 trials" in result.stdout
     assert not (tmp_path / "studies").exists()  # a dry run writes no study
+
+
+def test_missing_pretrained_weights_fail_before_any_trial(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = tmp_path / "transfer.yaml"
+    spec.write_text(
+        "study: {name: transfer}\n"
+        "data: {dataset: imagefolder, image_size: 32}\n"
+        "model: {name: resnet18, num_classes: 3, weights: missing.pth, freeze: {choice: [none, all_but_head]}}\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), "--data-dir", str(tiny_imagefolder)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "weights 'missing.pth'" in lines[0]
+    assert not (tmp_path / "studies").exists()  # nothing written, nothing trained
