@@ -16,6 +16,7 @@ from search.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED_HINT = "resnet-search: interrupted; finished trials are kept, run the same command to continue"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,8 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resnet-search: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("resnet-search: interrupted; finished trials are kept, run the same command to continue",
-              file=sys.stderr)
+        print(INTERRUPTED_HINT, file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -175,15 +175,15 @@ def _train(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         resume=args.resume,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_to_stderr,
     )
     print(summary)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search.spec import load_spec
     from search.plan import plan_search
+    from search.spec import load_spec
     from search.tune import run_search
 
     spec = load_spec(args.spec)
@@ -196,15 +196,18 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         address=args.address,
         download=not args.no_download,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_to_stderr,
     )
     print(summary.table())
     if summary.interrupted:
-        print("resnet-search: interrupted; finished trials are kept, run the same command to continue",
-              file=sys.stderr)
+        print(INTERRUPTED_HINT, file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
+
+def _to_stderr(line: str) -> None:
+    """Progress lines go to stderr: stdout keeps the command's result (a table, JSON, paths)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _open_study(args: argparse.Namespace) -> tuple[str, "optuna.Study"]:
@@ -246,7 +249,7 @@ def _retrain(args: argparse.Namespace) -> int:
     board = retrain(
         study, top=args.top, seeds=args.seeds, epochs=args.epochs, data_dir=args.data_dir,
         download=not args.no_download, out_dir=args.out, device=args.device,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_to_stderr,
     )
     print(board.table())
     return 0
