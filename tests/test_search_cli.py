@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -100,17 +102,25 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
     assert listed.returncode == 0 and '"PRUNED"' in listed.stdout and '"COMPLETE"' in listed.stdout
 
 
+def study_exists(db: Path, name: str) -> bool:
+    """Read-only: opening a half-made SQLite study with Optuna would race the driver's schema setup."""
+    if not db.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:  # tables not created yet
+        return False
+
+
 def wait_for_finished(process: subprocess.Popen, cwd: Path, name: str, count: int) -> dict[int, tuple]:
     """Poll the study until ``count`` trials finished; their (state, values, params) by number."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-        if not (cwd / "studies" / f"{name}.db").exists():
+        if not study_exists(cwd / "studies" / f"{name}.db", name):
             continue
-        try:
-            trials = load(cwd, name).trials
-        except KeyError:  # the study does not exist yet
-            continue
+        trials = load(cwd, name).trials
         finished = [t for t in trials if is_finished(t)]
         if len(finished) >= count:
             return {t.number: (t.state, t.values, t.params) for t in finished}
