@@ -504,7 +504,9 @@ def trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None) -> st
     return "\n".join(lines).strip() + "\n"
 
 
-def annotate_trial(study: optuna.Study, trial: FrozenTrial, *, curves: bool = True) -> bool:
+def annotate_trial(
+    study: optuna.Study, trial: FrozenTrial, *, curves: bool = True, spec: Spec | None = None
+) -> bool:
     """Write ``trial``'s note for optuna-dashboard (architecture and recipe in one line each)
     and, with ``curves``, refresh the study's learning-curves plot (all trials, pruned marked).
 
@@ -514,6 +516,8 @@ def annotate_trial(study: optuna.Study, trial: FrozenTrial, *, curves: bool = Tr
         study: The trial's study (a live :class:`optuna.Study`: notes are written through it).
         trial: The finished trial.
         curves: Also rewrite the study-level learning-curves figure (one write of its JSON).
+        spec: The study's spec, where the caller holds it (the search does): saves parsing
+            the stored spec text again for every trial.
 
     Returns:
         False when the study has no stored spec (not made by ``resnet-search run``): the note
@@ -521,10 +525,11 @@ def annotate_trial(study: optuna.Study, trial: FrozenTrial, *, curves: bool = Tr
     """
     from optuna_dashboard import save_note
 
-    try:
-        spec = study_spec(study)
-    except (UserError, SpecError):
-        spec = None
+    if spec is None:
+        try:
+            spec = study_spec(study)
+        except (UserError, SpecError):
+            spec = None
     # optuna_dashboard.save_note wants a live Trial; any finished one can be reopened by id.
     save_note(optuna.Trial(study, trial._trial_id), trial_note(study, trial, spec))
     if curves:

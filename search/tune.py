@@ -311,7 +311,7 @@ class StudyBridge:
         # PRUNED, not FAIL: TPE learns from pruned trials' constraint values; the
         # ``rejected`` attribute keeps them out of every count and export.
         self.study.tell(trial, state=TrialState.PRUNED)
-        annotate_trial(self.study, self.study.trials[trial.number], curves=False)  # not a real pruning
+        annotate_trial(self.study, self._frozen(trial.number), curves=False, spec=self.spec)  # not a real pruning
         self.tally.rejected += 1
         self.rejections_in_a_row += 1
         if self.rejections_in_a_row >= self.spec.study.max_rejections:
@@ -319,6 +319,10 @@ class StudyBridge:
                 f"{self.rejections_in_a_row} samples in a row were over the budget ({reason}); "
                 "shrink the space (fewer blocks, narrower widths) or raise budget.max_params"
             )
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        """A trial as stored, read without deep-copying every trial of the study."""
+        return self.study.get_trials(deepcopy=False)[number]
 
     # ---- reports, pruning, outcomes
 
@@ -371,7 +375,7 @@ class StudyBridge:
             self.study.tell(trial, values)
             self.tally.done += 1
             self._update_best(values[0], number)
-        annotate_trial(self.study, self.study.trials[number])  # its note in optuna-dashboard, live
+        annotate_trial(self.study, self._frozen(number), spec=self.spec)  # its note in optuna-dashboard, live
         self.log(self.progress_line())
 
     def _objective_values(self, number: int, result: dict) -> list[float] | None:
@@ -388,7 +392,7 @@ class StudyBridge:
         maximize = self.spec.study.objectives[0].direction == "maximize"
         if self.tally.best is None or (value > self.tally.best if maximize else value < self.tally.best):
             self.tally.best = value
-            self.tally.best_params = self.study.trials[number].user_attrs.get("params")
+            self.tally.best_params = self._frozen(number).user_attrs.get("params")
 
     def progress_line(self) -> str:
         t = self.tally
@@ -418,7 +422,7 @@ class StudyBridge:
         for number, trial in closed:
             trial.set_user_attr(INTERRUPTED, reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(self.study.trials[number].params, user_attrs={"retry_of": number})
+            self.study.enqueue_trial(self._frozen(number).params, user_attrs={"retry_of": number})
             self.open.pop(number)
         return len(closed)
 
