@@ -356,15 +356,18 @@ def _num(value: int | None) -> str:
     return "none" if value is None else f"{value:,}"
 
 
-def count_spec(spec: Spec, samples: int = 2000, seed: int = 0) -> CountReport:
+def count_spec(spec: Spec, samples: int = 2000, seed: int = 0, image_size: int | None = None) -> CountReport:
     """Counts for ``resnet-search count``: fvcore's for a fixed config; for a space, fast
     counts of ``samples`` random draws and of its low end (every range at its low end,
     every choice at its smallest option).
 
+    Args:
+        image_size: The input size (default: the spec's, ``data.input_size``).
+
     Raises:
         SpecError: the input size is unknown (an image folder without ``data.image_size``).
     """
-    image_size = spec.data.input_size
+    image_size = image_size or spec.data.input_size
     if image_size is None:
         raise SpecError(spec.source, "data.image_size", "is needed to count an image folder's model (e.g. 224)")
     if spec.is_fixed:

@@ -14,6 +14,7 @@ ERROR = "error"  # why a trial failed in training
 # On the study.
 SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to
 SPEC_SOURCE = "spec_source"  # the spec's file name as the user gave it
+DRIVER = "driver"  # the driver running the study now: host, pid, token, heartbeat (search/lease.py)
 
 
 def is_finished(trial: optuna.trial.FrozenTrial) -> bool:

@@ -376,6 +376,7 @@ class ResourcesConfig:
     cpu: float = bounded(1.0, gt=0.0)
     gpu: float = bounded(0.0, ge=0.0)
     max_concurrent: int = bounded(1, ge=1)
+    max_failures: int = bounded(0, ge=0)  # restarts of a trial whose worker died, before it is FAIL
 
 
 # --------------------------------------------------------------------------- the spec

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,8 +36,9 @@ from typing import Any, Dict, Optional  # Dict/Optional: Tune's own signatures, 
 import optuna
 from optuna.trial import TrialState
 
-from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.budget import Counts, check_budget, constraint_values, count_model, count_spec, fast_count
 from search.errors import InvalidValue, UserError
+from search.lease import DriverLease
 from search.models import build_model
 from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT, is_finished
 from search.results import annotate_trial
@@ -50,9 +52,12 @@ from search.spec import (
     TrialConfig,
     load_spec,
 )
-from search.storage import default_storage, mask_password, open_storage, study_dir
+from search.storage import RetryingStorage, default_storage, mask_password, open_storage, study_dir
 
 Log = Callable[[str], None]
+Trainable = Callable[[dict], None]
+# Free space a run wants in the study's folder before it starts (logs, Ray's results, checkpoints).
+MIN_FREE_BYTES = 200 * 2**20
 
 # Samplers that learn from pruned infeasible trials (and the random one, which learns nothing).
 LEARNS_FROM_REJECTIONS = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler)
@@ -102,11 +107,8 @@ def run_trial(config: dict) -> None:
     try:
         data = load_dataset(job.data, data_dir=job.data_dir, download=False)
         result = train(job.trial, data, device=device, callback=on_epoch)
-    except torch.OutOfMemoryError as error:
-        tune.report({"final": True, ERROR: f"out of memory: {_first_line(error)}", **counts})
-        return
     except Exception as error:  # a failed trial is recorded, the search goes on
-        tune.report({"final": True, ERROR: f"{type(error).__name__}: {_first_line(error)}", **counts})
+        tune.report({"final": True, ERROR: _failure(error), **counts})
         return
     if result.status == "nan":
         tune.report({"final": True, ERROR: f"non-finite loss: {result.reason}", **counts})
@@ -127,6 +129,16 @@ def run_trial(config: dict) -> None:
 def _epoch_report(metrics: Any) -> dict:
     keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "elapsed_s")
     return {key: getattr(metrics, key) for key in keys}
+
+
+def _failure(error: Exception) -> str:
+    """A trial's failure in one line; running out of memory is named as such (on a GPU torch
+    raises ``OutOfMemoryError``, on the CPU a ``RuntimeError`` from its allocator)."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error):
+        return f"out of memory: {_first_line(error)}"
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:
@@ -486,6 +498,9 @@ def _tune_classes() -> tuple[type, type]:
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: a rerun reloads the study (see :func:`recover_interrupted`)."""
 
+        def __getstate__(self) -> dict:
+            return _without_bridge(self)
+
     class OptunaPruningScheduler(FIFOScheduler):
         """A Tune ``TrialScheduler`` that asks the study's Optuna pruner after every report."""
 
@@ -499,7 +514,17 @@ def _tune_classes() -> tuple[type, type]:
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
 
+        def __getstate__(self) -> dict:
+            return _without_bridge(self)
+
     return OptunaSearcher, OptunaPruningScheduler
+
+
+def _without_bridge(adapter: object) -> dict:
+    """An adapter's pickled state. Tune pickles its searcher and scheduler into ``tuner.pkl``;
+    the bridge holds the storage (and its URL's password), and a rerun resumes from the study,
+    never from that file, so the bridge stays out."""
+    return {**vars(adapter), "bridge": None}
 
 
 # --------------------------------------------------------------------------- the run
@@ -612,8 +637,13 @@ def run_search(
     address: str | None = None,
     download: bool = True,
     log: Log = print,
+    trainable: Trainable = run_trial,
 ) -> SearchSummary:
     """Run (or continue) the spec's study to ``n_trials`` finished trials.
+
+    Everything that can be wrong with the input is checked before the study is written
+    to: the space, pretrained weights, the storage, the study's folder, the data, the
+    budget, and the cluster's resources.
 
     Args:
         spec: A parsed spec with a search space.
@@ -622,39 +652,44 @@ def run_search(
         address: A Ray cluster to join (``ray start --head``); default: a local Ray of our own.
         download: Whether a known dataset found nowhere may be downloaded.
         log: Where progress lines go.
+        trainable: The Tune trainable (default :func:`run_trial`; tests wrap it to inject faults).
 
     Returns:
         A summary of the run.
 
     Raises:
-        UserError: bad storage, data, resources, or a space whose samples never fit the budget.
+        UserError: bad storage, data, resources, a space none of whose configs fits the
+            budget, or another driver running the same study.
     """
     from search.data import load_dataset
 
     require_space(spec)
     _check_weights(spec)
     storage_url = storage or default_storage(spec.study.name)
+    opened = RetryingStorage(open_storage(storage_url), on_retry=log)  # a wrong URL or password fails here
     out_dir = study_dir(spec.study.name).resolve()
     _check_writable(out_dir)
     spec, data_dir = _absolute_data_paths(spec, data_dir)
     data = load_dataset(spec.data, data_dir=data_dir, download=download)  # once, before any trial: builds the cache
-    study = create_study(spec, storage_url)
-    recovered = recover_interrupted(study)
-    if recovered:
-        log(f"{recovered} trial(s) left running by an earlier driver were marked FAIL and enqueued again")
+    _check_space_fits(spec, data.image_size)
     with _logs_to(out_dir / "ray.log"), _ray(address) as cluster:
         use_gpu = _check_resources(spec, cluster, log)
-        bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=data_dir, use_gpu=use_gpu,
-                             threads=max(1, int(spec.resources.cpu)), log=log)
-        log(f"study {spec.study.name} in {mask_password(storage_url)}: "
-            f"{bridge.finished_before}/{spec.study.n_trials} trials finished before this run")
-        start = time.monotonic()
-        try:
-            _tuner(bridge, out_dir).fit()  # returns early, not raising, on Ctrl-C
-        finally:
-            stopped = bridge.close_open_trials("the run was stopped before the trial finished")
-        wall = time.monotonic() - start
-        interrupted = bool(stopped) or (bridge.remaining > 0 and bridge.stop_reason is None)
+        study = create_study(spec, opened)
+        with DriverLease(study):
+            recovered = recover_interrupted(study)
+            if recovered:
+                log(f"{recovered} trial(s) left running by an earlier driver were marked FAIL and enqueued again")
+            bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=data_dir, use_gpu=use_gpu,
+                                 threads=max(1, int(spec.resources.cpu)), log=log)
+            log(f"study {spec.study.name} in {mask_password(storage_url)}: "
+                f"{bridge.finished_before}/{spec.study.n_trials} trials finished before this run")
+            start = time.monotonic()
+            try:
+                _tuner(bridge, out_dir, trainable).fit()  # returns early, not raising, on Ctrl-C
+            finally:
+                stopped = bridge.close_open_trials("the run was stopped before the trial finished")
+            wall = time.monotonic() - start
+    interrupted = bool(stopped) or (bridge.remaining > 0 and bridge.stop_reason is None)
     if bridge.stop_reason:
         raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
     return _summary(study, storage_url, bridge, wall, interrupted)
@@ -668,16 +703,35 @@ def require_space(spec: Spec) -> None:
 
 
 def _check_weights(spec: Spec) -> None:
-    """Pretrained weights that cannot be found fail the run before any trial, not every trial.
+    """Pretrained weights that cannot be found or do not fit fail the run before any trial,
+    not every trial: each architecture the space samples is built with its weights once.
 
     Raises:
-        UserError: the weights a sampled config names are neither a file nor in the hub cache.
+        UserError: the weights a sampled config names are neither a file nor in the hub
+            cache, or their names or shapes do not fit the architecture.
     """
-    from search.models.torchvision_resnet import weights_file
+    configs = [c.model for c in random_samples(spec.space, 20, seed=0)]
+    with_weights = {(c.name, c.num_classes, c.weights): c for c in configs
+                    if isinstance(c, TorchvisionResNetConfig) and c.weights is not None}
+    for config in with_weights.values():
+        try:
+            build_model(config)  # loads the weights; torchvision's ResNets take any input size
+        except UserError as error:
+            raise UserError(f"{spec.source}: model.weights: {error}") from None
 
-    for config in {c.model for c in random_samples(spec.space, 20, seed=0)}:
-        if isinstance(config, TorchvisionResNetConfig) and config.weights is not None:
-            weights_file(config)
+
+def _check_space_fits(spec: Spec, image_size: int) -> None:
+    """A budget that no config of the space meets fails before the study is written to.
+
+    Raises:
+        UserError: none of the space's low end and 2,000 random samples fits; names the smallest.
+    """
+    report = count_spec(spec, image_size=image_size)
+    if not report.fitting:
+        raise UserError(
+            f"{spec.source}: budget: no config of the space fits ({report.smallest_line()}); "
+            "raise budget.max_params/max_flops or shrink the space (fewer blocks, narrower widths)"
+        )
 
 
 def _absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:
@@ -708,7 +762,7 @@ def _ray(address: str | None) -> Iterator[dict]:
             ray.shutdown()
 
 
-def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
+def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable) -> Any:
     """A Tune run whose trials the bridge samples, prunes and records."""
     from ray import tune
 
@@ -717,7 +771,7 @@ def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
     searcher_cls, scheduler_cls = _tune_classes()
     resources = bridge.spec.resources
     return tune.Tuner(
-        tune.with_resources(run_trial, {"cpu": resources.cpu, "gpu": resources.gpu if bridge.use_gpu else 0}),
+        tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu if bridge.use_gpu else 0}),
         tune_config=tune.TuneConfig(
             search_alg=searcher_cls(bridge),
             scheduler=scheduler_cls(bridge),
@@ -729,7 +783,14 @@ def _tuner(bridge: StudyBridge, out_dir: Path) -> Any:
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir / "ray"), verbose=0),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out_dir / "ray"),
+            verbose=0,
+            # A trial whose worker died is started again from scratch this many times
+            # before it is recorded FAIL (its epoch reports are not repeated in the study).
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+        ),
     )
 
 
@@ -757,14 +818,16 @@ def _trial_name(trial: Any) -> str:
 
 
 def _check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
-    """Whether trials get GPUs. No GPU at all: run on the CPU and say so; too few: an error."""
+    """Whether trials get GPUs. A GPU (or part of one) per trial and no GPU at all: run on the
+    CPU and say so, so that a GPU spec also runs on a laptop; more GPUs than exist: an error."""
     wanted = spec.resources.gpu
     have = cluster.get("GPU", 0)
-    if wanted > 0 and have == 0:
-        log(f"resources.gpu is {wanted} per trial but the Ray cluster has no GPU: trials run on the CPU")
+    if 0 < wanted <= 1 and have == 0:
+        log(f"resources.gpu is {wanted:g} per trial but the Ray cluster has no GPU: trials run on the CPU")
         return False
     if wanted > have:
-        raise UserError(f"{spec.source}: resources.gpu: {wanted} GPUs per trial, the Ray cluster has {have:g}")
+        raise UserError(f"{spec.source}: resources.gpu: {wanted:g} GPUs per trial, the Ray cluster has {have:g}; "
+                        "a trial trains on one GPU, so use at most 1 (a fraction packs trials on a GPU)")
     if spec.resources.cpu > cluster.get("CPU", 0):
         raise UserError(
             f"{spec.source}: resources.cpu: {spec.resources.cpu:g} CPUs per trial, "
@@ -774,13 +837,25 @@ def _check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
 
 
 def _check_writable(directory: Path) -> None:
+    """A study folder that cannot be written, or a disk that is (nearly) full, fails before any training.
+
+    Raises:
+        UserError: the folder cannot be made or written, or has under ``MIN_FREE_BYTES`` free.
+    """
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".write-test"
-        probe.write_bytes(b"0" * 4096)
+        with probe.open("wb") as file:
+            file.write(b"0" * 4096)
+            file.flush()
+            os.fsync(file.fileno())  # a full disk may only say so when the data is written out
         probe.unlink()
+        free = shutil.disk_usage(directory).free
     except OSError as error:
         raise UserError(f"{directory}: cannot write the study's folder ({error.strerror or error})") from None
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"{directory}: only {free / 2**20:.0f} MiB free on its disk; "
+                        f"a run needs at least {MIN_FREE_BYTES // 2**20} MiB: free some space")
 
 
 def _worker_env() -> dict:

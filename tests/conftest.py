@@ -1,12 +1,15 @@
-"""Shared fixtures: a tiny generated image dataset, and a data cache kept out of the user's home."""
+"""Shared fixtures: a tiny generated image dataset, a data cache kept out of the user's home,
+and the real services some tests need (PostgreSQL, a `ray start` cluster; see services.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from services import PostgresServer, RayCluster
 
 # Distinct base colours, so that even a tiny model can learn the classes.
 TINY_CLASSES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
@@ -57,3 +60,22 @@ def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, _session_data_cache: Pat
     """
     monkeypatch.setenv("RESNET_SEARCH_CACHE", str(_session_data_cache))
     monkeypatch.delenv("RESNET_SEARCH_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own; skips where PostgreSQL is not installed."""
+    try:
+        server = PostgresServer().start()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A Ray cluster started with ``ray start``: a head node and one worker node."""
+    cluster = RayCluster().start()
+    yield cluster
+    cluster.close()

@@ -3,63 +3,18 @@ on a generated class-folder dataset: states, budget rejections, pruning, kill an
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
-from contextlib import closing
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
+from searching import kill, load, run_cli, sqlite_url, wait_for_finished, write_spec
 
 from search.records import REJECTED, is_finished
 
 pytestmark = pytest.mark.slow
-
-SPEC = """
-study:
-  name: {name}
-  n_trials: {n_trials}
-  objectives: [{{metric: val_loss, direction: minimize}}]
-  sampler: {{name: tpe, n_startup_trials: 3}}
-  pruner: {{name: median, n_startup_trials: 2, n_warmup_steps: 0}}
-  seed: 0
-data: {{dataset: imagefolder, val_fraction: 0.25}}
-model:
-  num_classes: 3
-  stem: {{width: 8}}
-  stages:
-    - {{blocks: {{range: [1, 2]}}, width: {{choice: [8, 16, 96]}}}}
-    - {{blocks: 1, width: 16}}
-train:
-  epochs: {epochs}
-  batch_size: 8
-  optimizer: {{name: sgd, lr: {{range: [0.0001, 0.5], log: true}}}}
-budget: {{max_params: 40000}}
-resources: {{cpu: 1, max_concurrent: 1}}
-"""
-
-
-def write_spec(folder: Path, name: str, n_trials: int, epochs: int) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, n_trials=n_trials, epochs=epochs))
-    return path
-
-
-def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
-    )
-
-
-def load(cwd: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'studies' / name}.db")
 
 
 def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_imagefolder: Path) -> None:
@@ -69,7 +24,7 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
     assert process.returncode == 0, output
     assert "Traceback" not in output
 
-    trials = load(tmp_path, "e2e").trials
+    trials = load(sqlite_url(tmp_path, "e2e"), "e2e").trials
     states = [t.state for t in trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     finished = [t for t in trials if is_finished(t)]
@@ -102,60 +57,45 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
     assert listed.returncode == 0 and '"PRUNED"' in listed.stdout and '"COMPLETE"' in listed.stdout
 
 
-def study_exists(db: Path, name: str) -> bool:
-    """Read-only: opening a half-made SQLite study with Optuna would race the driver's schema setup."""
-    if not db.exists():
-        return False
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-            return connection.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
-    except sqlite3.Error:  # tables not created yet
-        return False
-
-
-def wait_for_finished(process: subprocess.Popen, cwd: Path, name: str, count: int) -> dict[int, tuple]:
-    """Poll the study until ``count`` trials finished; their (state, values, params) by number."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-        if not study_exists(cwd / "studies" / f"{name}.db", name):
-            continue
-        trials = load(cwd, name).trials
-        finished = [t for t in trials if is_finished(t)]
-        if len(finished) >= count:
-            return {t.number: (t.state, t.values, t.params) for t in finished}
-    raise AssertionError(f"the driver never finished {count} trials")
-
-
 @pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
 def test_a_stopped_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, tiny_imagefolder: Path, how: str) -> None:
-    spec = write_spec(tmp_path, "stopped", n_trials=5, epochs=8)
-    args = ["run", str(spec), "--data-dir", str(tiny_imagefolder)]
-    process = run_cli(args, cwd=tmp_path)
-    before = wait_for_finished(process, tmp_path, "stopped", 2)
+    storage = sqlite_url(tmp_path, "stopped")
+    stop_and_rerun(tmp_path, tiny_imagefolder, "stopped", storage, how)
+
+
+def stop_and_rerun(cwd: Path, data: Path, name: str, storage: str, how: str) -> str:
+    """Stop a driver (SIGKILL or Ctrl-C) after 2 finished trials, rerun it, and check that
+    the study then has its 5 trials, none lost, none run twice, none left RUNNING.
+
+    Returns:
+        What both drivers printed.
+    """
+    spec = write_spec(cwd, name, n_trials=5, epochs=8)
+    args = ["run", str(spec), "--data-dir", str(data), "--storage", storage]
+    process = run_cli(args, cwd=cwd)
+    before = wait_for_finished(process, storage, name, 2)
     if how == "sigkill":
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        process.communicate(timeout=60)
+        output = kill(process, signal.SIGKILL)
     else:
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        output, _ = process.communicate(timeout=120)
+        output = kill(process, signal.SIGINT)  # what Ctrl-C in a terminal sends
         assert process.returncode == 130, output
         assert "run the same command to continue" in output and "Traceback" not in output
-        trials = load(tmp_path, "stopped").trials
+        trials = load(storage, name).trials
         assert not [t for t in trials if t.state == TrialState.RUNNING]  # ended and recorded
         assert all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
 
-    rerun = run_cli(args, cwd=tmp_path)
-    output, _ = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, output
+    rerun = run_cli(args, cwd=cwd)
+    rerun_output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, rerun_output
 
-    trials = load(tmp_path, "stopped").trials
+    trials = load(storage, name).trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(is_finished(t) for t in trials) == 5
     for number, (state, values, params) in before.items():  # nothing finished was lost or changed
         assert (trials[number].state, trials[number].values, trials[number].params) == (state, values, params)
     retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
     assert not set(retried) & set(before), "a finished trial was run again"
+    return output + rerun_output
 
 
 def test_dry_run_surveys_the_budget_probes_and_rehearses(tmp_path: Path) -> None:
