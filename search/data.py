@@ -252,6 +252,12 @@ def _class_dirs(path: Path) -> list[Path]:
     return [p for p in _entries(path) if p.is_dir() and has_image(p)]
 
 
+def _require_two_classes(folder: Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise UserError(f"{folder} has {len(classes)} class folder ({', '.join(classes)}); a classifier needs "
+                        "at least 2: one folder of images per class")
+
+
 def _describe(path: Path) -> str:
     """A short account of what a folder holds, for error messages."""
     if path.is_file():
@@ -344,7 +350,8 @@ def _extract(archive: Path, dest: Path) -> None:
                 # The "data" filter re-checks all of the above and drops odd permissions.
                 tf.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise UserError(f"archive {archive} cannot be read ({e})") from e
+        reason = str(e).strip().splitlines()[0].rstrip(":") if str(e).strip() else type(e).__name__
+        raise UserError(f"archive {archive} cannot be read ({reason})") from e
 
 
 def _check_member_path(archive: Path, name: str, dest: Path) -> None:
@@ -532,6 +539,7 @@ def _list_images(layout: _Layout) -> tuple[list[Path], list[int], list[Path], li
         train_dir, test_dir = layout.root / "train", layout.root / ("test" if "test" in names else "val")
         class_dirs = _class_dirs(train_dir)
         classes = [d.name for d in class_dirs]
+        _require_two_classes(train_dir, classes)
         unknown = sorted({d.name for d in _class_dirs(test_dir)} - set(classes))
         if unknown:
             raise UserError(f"{test_dir} has classes that {train_dir} lacks: {', '.join(unknown[:5])}")
@@ -540,6 +548,7 @@ def _list_images(layout: _Layout) -> tuple[list[Path], list[int], list[Path], li
     else:
         class_dirs = _class_dirs(layout.root)
         classes = [d.name for d in class_dirs]
+        _require_two_classes(layout.root, classes)
         per_class = [files(d) for d in class_dirs]
         labels = torch.tensor([i for i, fs in enumerate(per_class) for _ in fs], dtype=torch.int64)
         flat = [f for fs in per_class for f in fs]

@@ -497,11 +497,14 @@ def _section(raw: dict, key: str) -> dict:
 
 
 def _check_schema_version(version: Any) -> None:
+    """Version 1 is the only schema released so far, so there is nothing to migrate from yet;
+    a later schema adds its migration from the one before here."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ParseError("schema_version", f"the file has schema version {version}, newer than this "
+                         f"resnet-search's {SCHEMA_VERSION}: upgrade resnet-search to read it")
     if version != SCHEMA_VERSION:
-        raise ParseError(
-            "schema_version",
-            f"this resnet-search reads schema version {SCHEMA_VERSION}, the file has {version!r}",
-        )
+        raise ParseError("schema_version", f"the file has schema version {version!r}, which never existed: "
+                         f"version {SCHEMA_VERSION} is the first and current one; set schema_version: {SCHEMA_VERSION}")
 
 
 def to_plain(value: Any) -> Any:

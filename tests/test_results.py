@@ -305,6 +305,16 @@ def test_annotate_trial_writes_the_architecture_note(quick_study) -> None:
     assert f"{trial.user_attrs['params']:,} params" in note and "stages" in note and "MFLOPs" in note
 
 
+def non_loopback_address() -> str:
+    """This host's address on its network (where a server bound to all interfaces would answer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        address = probe.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this host has no network address besides the loopback")
+    return address
+
+
 @pytest.mark.slow
 def test_dashboard_serves_the_study_and_stops_on_ctrl_c(quick_study, workdir: Path) -> None:
     storage, study = quick_study
@@ -324,6 +334,8 @@ def test_dashboard_serves_the_study_and_stops_on_ctrl_c(quick_study, workdir: Pa
         complete = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert complete and all("params" in t["note"]["body"] for t in complete)
         assert "learning_curves" in {g["id"] for g in detail["plotly_graph_objects"]}
+        with pytest.raises(ConnectionRefusedError):  # bound to the loopback only, not this host's address
+            socket.create_connection((non_loopback_address(), port), timeout=5).close()
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)

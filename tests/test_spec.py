@@ -119,7 +119,8 @@ BAD_SPECS = [
     ("model: {dropout: 1.5}", "model.dropout", "<= 0.99"),
     ("modle: {}", "modle", "did you mean 'model'"),
     ("model: [1, 2", "", "invalid YAML"),
-    ("schema_version: 0", "schema_version", "schema version 1"),
+    ("schema_version: 0", "schema_version", "version 1 is the first and current one"),
+    ("schema_version: 7", "schema_version", "newer than this resnet-search's 1: upgrade"),
 ]
 
 

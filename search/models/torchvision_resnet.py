@@ -95,7 +95,7 @@ def load_weights(model: nn.Module, config: TorchvisionResNetConfig) -> None:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # unpickling raises many types; all mean "not a state dict"
-        raise UserError(f"cannot read weights {path}: {error}") from None
+        raise UserError(f"cannot read weights {path}: {_reason(error)}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"weights {path}: not a state dict (a mapping of names to tensors)")
 
@@ -116,3 +116,13 @@ def load_weights(model: nn.Module, config: TorchvisionResNetConfig) -> None:
     if problems:
         raise UserError(f"weights {path} do not fit {config.name}: {'; '.join(problems)}")
     model.load_state_dict(state, strict=False)
+
+
+def _reason(error: Exception) -> str:
+    """One line on why ``torch.load`` failed; for a pickle that ``weights_only`` refuses (one that
+    would run code), its own explanation, not torch's advice on how to load it unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refusal = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+    if refusal:
+        return f"refused by torch.load(weights_only=True): {refusal[0].removeprefix('WeightsUnpickler error:').strip()}"
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,129 @@
+"""The storage's retries and the driver lease, without a database server (the real PostgreSQL
+restart and the second real driver are in test_reliability.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from search.errors import UserError
+from search.lease import DriverLease
+from search.records import DRIVER
+from search.storage import FIRST_WAIT_S, RetryingStorage, is_transient, mask_password
+
+
+class FlakyStorage(optuna.storages.InMemoryStorage):
+    """An in-memory storage whose ``get_all_studies`` fails ``failures`` times with ``error``."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__()
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def get_all_studies(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return super().get_all_studies()
+
+
+LOST = OperationalError("SELECT 1", {}, Exception("connection to server at 127.0.0.1 failed: Connection refused"))
+
+
+def test_transient_errors_are_retried_with_growing_waits_then_succeed() -> None:
+    waits, messages = [], []
+    storage = RetryingStorage(FlakyStorage(3, LOST), on_retry=messages.append, sleep=waits.append)
+    optuna.create_study(storage=storage, study_name="s")
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
+    assert waits == [FIRST_WAIT_S, 2 * FIRST_WAIT_S, 4 * FIRST_WAIT_S]
+    assert storage.retries == 3 and "Connection refused" in messages[0] and "retrying in 0.5 s" in messages[0]
+
+
+def test_retries_stop_at_the_patience_and_raise_the_error() -> None:
+    waits = []
+    storage = RetryingStorage(FlakyStorage(100, LOST), retry_for_s=10, sleep=waits.append)
+    with pytest.raises(OperationalError):
+        storage.get_all_studies()
+    assert sum(waits) <= 10 and waits == [0.5, 1, 2, 4]
+
+
+def test_errors_about_the_data_are_not_retried() -> None:
+    rejected = optuna.exceptions.StorageInternalError("commit failed")
+    rejected.__cause__ = IntegrityError("INSERT", {}, Exception("duplicate key"))
+    waits = []
+    storage = RetryingStorage(FlakyStorage(1, rejected), sleep=waits.append)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage.get_all_studies()
+    assert waits == [] and not is_transient(rejected) and is_transient(LOST)
+
+
+def test_retrying_storage_checks_its_patience() -> None:
+    with pytest.raises(ValueError, match="retry_for_s must be >= 0, got -1"):
+        RetryingStorage(optuna.storages.InMemoryStorage(), retry_for_s=-1)
+
+
+def test_mask_password_hides_only_the_password() -> None:
+    assert mask_password("postgresql://alice:pa:ss@db:5432/optuna") == "postgresql://alice:***@db:5432/optuna"
+    assert mask_password("sqlite:///studies/x.db") == "sqlite:///studies/x.db"
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def holder(pid: int, heartbeat: float, host: str | None = None) -> dict:
+    return {"host": host or socket.gethostname(), "pid": pid, "token": "theirs", "heartbeat": heartbeat}
+
+
+def a_dead_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def test_a_live_driver_holds_the_lease_and_a_second_one_is_refused() -> None:
+    study = optuna.create_study()
+    with DriverLease(study):
+        record = study.user_attrs[DRIVER]
+        assert record["pid"] == os.getpid()
+        with pytest.raises(UserError, match=rf"being run by another driver \(pid {os.getpid()} on "):
+            DriverLease(study).acquire()
+    assert study.user_attrs[DRIVER] is None  # released on exit
+
+
+@pytest.mark.parametrize("left_by", ["a killed process on this host", "a silent host"])
+def test_a_dead_drivers_lease_is_taken_over(left_by: str) -> None:
+    study = optuna.create_study()
+    if left_by == "a killed process on this host":
+        study.set_user_attr(DRIVER, holder(a_dead_pid(), time.time()))
+    else:
+        study.set_user_attr(DRIVER, holder(1, time.time() - 120, host="elsewhere"))
+    with DriverLease(study, stale_after_s=60):
+        assert study.user_attrs[DRIVER]["pid"] == os.getpid()
+
+
+def test_another_hosts_fresh_lease_is_respected() -> None:
+    study = optuna.create_study()
+    study.set_user_attr(DRIVER, holder(1, time.time() - 5, host="elsewhere"))
+    with pytest.raises(UserError, match="pid 1 on elsewhere, last heartbeat 5 s ago"):
+        DriverLease(study).acquire()
+
+
+def test_the_heartbeat_renews_the_lease() -> None:
+    study = optuna.create_study()
+    with DriverLease(study, heartbeat_s=0.1, stale_after_s=1):
+        first = study.user_attrs[DRIVER]["heartbeat"]
+        time.sleep(0.5)
+        assert study.user_attrs[DRIVER]["heartbeat"] > first
+
+
+def test_lease_arguments_are_checked() -> None:
+    study = optuna.create_study()
+    with pytest.raises(ValueError, match="heartbeat_s must be > 0, got 0"):
+        DriverLease(study, heartbeat_s=0)
+    with pytest.raises(ValueError, match=r"stale_after_s must be > heartbeat_s \(10.0\), got 5"):
+        DriverLease(study, stale_after_s=5)
