@@ -16,7 +16,9 @@ driver writes to it (so SQLite never sees parallel writers):
   reports every epoch. Failures become a final report with the reason.
 
 A rerun of the same spec and storage continues the study: trials a killed driver
-left RUNNING are marked FAIL and their parameters enqueued again.
+left RUNNING are marked FAIL and their parameters enqueued again. One driver runs a study
+at a time (:class:`search.lease.DriverLease`), and its storage waits out a database that
+goes away for a while (:class:`search.storage.RetryingStorage`).
 """
 
 from __future__ import annotations
