@@ -303,7 +303,7 @@ def make_epoch_budget(run: SearchRun, epochs: int) -> Any:
             self.last_epoch[trial_id] = result["epoch"]
             if result["epoch"] == epochs:
                 run.complete(result["val_acc"], result["config"])
-            return False
+            return run.exhausted  # stops the running trial at once, not after another epoch
 
         def stop_all(self) -> bool:
             return run.exhausted
