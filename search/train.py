@@ -136,6 +136,19 @@ def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.channels_last == "on"
 
 
+def cpu_channels_last_is_safe(model: nn.Module) -> bool:
+    """Whether ``model`` may train in channels_last on the CPU.
+
+    torch 2.14.1's CPU convolution corrupts the heap (the process aborts) when it trains a
+    strided 1x1 convolution with fewer than 8 input channels in channels_last, as the
+    projection shortcut of a thin stage is; such models train contiguous.
+    """
+    return not any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+        for m in model.modules()
+    )
+
+
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
     """Optimizer param groups: trainable parameters only, optionally sparing norms and biases.
 
@@ -369,6 +382,7 @@ def train(
     # order and augmentation, so that what the model does cannot shift the batches.
     torch.manual_seed(cfg.seed)
     model = build_model(trial.model, data.image_size).to(device)
+    channels_last = channels_last and (device.type != "cpu" or cpu_channels_last_is_safe(model))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator(device=device)

@@ -6,6 +6,9 @@ import csv
 import dataclasses
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +41,7 @@ from search.train import (
     ProgressPrinter,
     TrainResult,
     chain_callbacks,
+    cpu_channels_last_is_safe,
     lr_factor,
     param_groups,
     train,
@@ -398,3 +402,19 @@ train: {epochs: 1, batch_size: 16, eval_batch_size: 32}
     for seed in (0, 1):
         metrics = json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())
         assert metrics["config"]["train"]["seed"] == seed and metrics["params"] > 0
+
+
+# A stage of 4 channels, then a strided projection shortcut from it: a 1x1 stride-2 conv with 4 inputs.
+THIN = ResNetConfig(num_classes=NUM_CLASSES, stem=Stem(4), stages=(Stage(1, 4), Stage(1, 24)))
+
+
+def test_thin_strided_projections_train_contiguous_on_the_cpu():
+    assert cpu_channels_last_is_safe(build_model(TINY)) and not cpu_channels_last_is_safe(build_model(THIN))
+    # torch aborts the process when channels_last meets such a layer, so train in a child process.
+    code = ("import torch; torch.set_num_threads(1); "  # as a search trial with resources.cpu 1 runs
+            "from test_train import THIN, make_data, trial, train; "
+            "r = train(trial(THIN, channels_last='on', batch_size=32, epochs=3), make_data(128), device='cpu'); "
+            "print(r.status)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "completed", result.stderr[-2000:]
