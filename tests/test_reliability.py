@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def test_postgresql_restarted_mid_search_the_driver_retries_and_finishes(
 
 
 def test_a_second_driver_on_the_same_study_refuses(tmp_path: Path, tiny_imagefolder: Path) -> None:
-    spec = write_spec(tmp_path, "twice", n_trials=3, epochs=25)
+    spec = write_spec(tmp_path, "twice", n_trials=2, epochs=2000)  # the first driver outlives the second
     args = ["run", str(spec), "--data-dir", str(tiny_imagefolder)]
     storage = sqlite_url(tmp_path, "twice")
     first = run_cli(args, cwd=tmp_path)
@@ -117,12 +118,16 @@ def test_a_second_driver_on_the_same_study_refuses(tmp_path: Path, tiny_imagefol
     assert second.returncode == 2, refused
     lines = refused.strip().splitlines()
     assert "is being run by another driver (pid" in lines[-1] and "Traceback" not in refused
+    assert first.poll() is None, "the first driver must still be running"
 
-    output, _ = first.communicate(timeout=600)
-    assert first.returncode == 0, output
+    output = kill(first, signal.SIGINT)
+    assert first.returncode == 130, output
     trials = load(storage, "twice").trials
-    assert sum(is_finished(t) for t in trials) == 3
-    assert not [t for t in trials if INTERRUPTED in t.user_attrs]  # the second driver touched nothing
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # The only interrupted trial is the one the first driver's Ctrl-C ended: the second
+    # driver marked none of the first one's running trials as left by a killed driver.
+    reasons = [t.user_attrs[INTERRUPTED] for t in trials if INTERRUPTED in t.user_attrs]
+    assert reasons == ["the run was stopped before the trial finished"], reasons
 
 
 @pytest.mark.parametrize("fault", ["not a folder", "disk full"])
