@@ -58,8 +58,10 @@ def report(run: SearchRun, slots: int) -> float:
           + (f"{run.first_epoch_s:.1f} s" if run.first_epoch_s is not None else "never (no epoch was reported)"))
     first_trial = min(trained, key=lambda t: t.datetime_start)
     epoch_s = first_trial.user_attrs["train_time_s"] / first_trial.user_attrs.get("epochs_run", 1)
-    print(f"  the first trial's mean epoch (training + validation) took {epoch_s:.1f} s; the rest of the wait "
-          "is Ray starting a worker, its imports and its data loading")
+    if run.first_epoch_s is not None:
+        worker_s = run.first_epoch_s - run.startup_s - epoch_s
+        print(f"  of which the first trial's mean epoch (training + validation) {epoch_s:.1f} s, and about "
+              f"{worker_s:.1f} s Ray starting a worker, its imports and its data loading")
     summary = [line.strip() for line in run.output.splitlines() if "search overhead" in line]
     print(f"the run's own summary: {summary[-1] if summary else '(none printed)'}")
     return span_overhead

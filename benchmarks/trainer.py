@@ -1,7 +1,7 @@
 """Training images/s of our trainer vs a plain PyTorch loop: same model, batch, steps and threads.
 
 Run: ``python benchmarks/trainer.py [--data-dir D] [--models quickstart,resnet20,paper_se_443]
-[--rounds N] [--profile] [--accuracy] [--device cpu|cuda]``.
+[--rounds N] [--steps N] [--batch-size B] [--compile] [--profile] [--accuracy] [--device cpu|cuda]``.
 
 Ours: :func:`search.train.train` on the uint8 in-memory dataset (whole-batch augmentation,
 ``channels_last: auto``). Baseline: the loop a user writes from the PyTorch tutorials: a
@@ -10,7 +10,7 @@ RandomHorizontalFlip + ToTensor + Normalize to one image at a time, the fp32 mod
 default (contiguous) memory format, and a plain SGD loop with the same optimizer, LR
 schedule, label smoothing and gradient clipping. Its dataset holds the uint8 images in
 memory and converts each to PIL, as ``torchvision.datasets.CIFAR10`` does
-(``--baseline-data jpeg``: ``ImageFolder`` over the JPEG files, which is slower still).
+(``--baseline-data jpeg``: ``ImageFolder`` over the JPEG files, decoded every epoch).
 
 Both train the same config with the same batch size for the same steps on 2 torch threads
 (the baseline's workers run one thread each, the DataLoader default). Each trains twice
@@ -81,9 +81,18 @@ EXTRA_BATCHES = 8  # the baseline's loader holds this many unserved batches (wor
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
-def load_case(name: str) -> TrialConfig:
-    """The fixed config of a case's spec."""
-    return load_spec(REPO / CASES[name].spec).fixed()
+def load_case(name: str, args: argparse.Namespace | None = None) -> TrialConfig:
+    """The fixed config of a case's spec, with ``--batch-size`` and ``--compile`` applied."""
+    trial = load_spec(REPO / CASES[name].spec).fixed()
+    if args is None:
+        return trial
+    batch_size = args.batch_size or trial.train.batch_size
+    return replace(trial, train=replace(trial.train, batch_size=batch_size, compile=args.compile))
+
+
+def case_steps(name: str, args: argparse.Namespace) -> int:
+    """How many steps to time: ``--steps``, else the case's CPU-sized count."""
+    return args.steps or CASES[name].timed_steps
 
 
 def random_subset(split: TensorSplit, count: int, seed: int = 0) -> TensorSplit:
@@ -123,11 +132,32 @@ def time_ours(
 
 
 def profile_ours(trial: TrialConfig, data: ImageDataset, steps: int, device: torch.device) -> str:
-    """torch.profiler's top operators over ours' timed epoch, and the convolutions' share of it."""
-    profiler = profile(activities=[ProfilerActivity.CPU])
-    time_ours(trial, data, steps, device, on_warm=profiler.start)
+    """torch.profiler's top operators over ours' timed epoch, and where the time goes.
+
+    On the CPU: the convolutions' share of the self CPU time. On CUDA: the GPU's busy
+    share of the epoch's wall time (kernel time over wall time; the rest is the GPU
+    waiting for the host to launch work).
+    """
+    on_cuda = device.type == "cuda"
+    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU])
+    started: list[float] = []
+
+    def begin() -> None:
+        sync(device)
+        started.append(time.perf_counter())
+        profiler.start()
+
+    time_ours(trial, data, steps, device, on_warm=begin)
+    sync(device)
+    wall_us = (time.perf_counter() - started[0]) * 1e6
     profiler.stop()
     events = profiler.key_averages()
+    if on_cuda:
+        busy = sum(e.self_device_time_total for e in events)
+        return (
+            events.table(sort_by="self_device_time_total", row_limit=PROFILE_ROWS)
+            + f"GPU kernels busy {busy / wall_us:.0%} of the timed epoch's wall time ({wall_us / 1e6:.2f} s)"
+        )
     total = sum(e.self_cpu_time_total for e in events)
     convolutions = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
     return (
@@ -265,11 +295,11 @@ def time_baseline(trial: TrialConfig, dataset: Dataset, steps: int, workers: int
 # --------------------------------------------------------------------------- the comparisons
 
 
-def mfu_note(name: str, images_per_s: float, device: torch.device, peak: float | None) -> str:
+def mfu_note(trial: TrialConfig, images_per_s: float, device: torch.device, peak: float | None) -> str:
     """`` (MFU x%)`` on CUDA: training FLOPs (3 x forward, 2 per multiply-add) over the bf16 peak."""
     if device.type != "cuda" or peak is None:
         return ""
-    macs = fast_count(load_case(name).model, 32).flops  # fvcore's FLOPs are multiply-adds
+    macs = fast_count(trial.model, 32).flops  # fvcore's FLOPs are multiply-adds
     return f" (MFU {images_per_s * 3 * 2 * macs / peak:.1%})"
 
 
@@ -289,8 +319,8 @@ def time_case(
     name: str, args: argparse.Namespace, data: ImageDataset, device: torch.device
 ) -> tuple[list[float], list[float]]:
     """Images/s of ours and of the baseline for one case, one figure per round each."""
-    trial = load_case(name)
-    steps = CASES[name].timed_steps
+    trial = load_case(name, args)
+    steps = case_steps(name, args)
     dataset = baseline_dataset(
         args.baseline_data, random_subset(data.train, (2 * steps + EXTRA_BATCHES) * trial.train.batch_size),
         trial.train.augment, args.data_dir, data.mean, data.std,
@@ -318,19 +348,21 @@ def compare_speed(args: argparse.Namespace, data: ImageDataset, device: torch.de
     peak = gpu_peak(device, args.peak_tflops)
     all_met = True
     for name in args.models:
+        trial = load_case(name, args)
         ours, theirs = time_case(name, args, data, device)
         ratio = max(ours) / max(theirs)
         all_met &= ratio >= TARGET_SPEEDUP
         print(
-            f"{name}: batch {load_case(name).train.batch_size}, {CASES[name].timed_steps} timed steps, "
-            f"best of {len(ours)}: ours {max(ours):,.1f} images/s{mfu_note(name, max(ours), device, peak)}, "
-            f"baseline {max(theirs):,.1f} images/s{mfu_note(name, max(theirs), device, peak)} -> {ratio:.2f}x "
+            f"{name}: batch {trial.train.batch_size}{', compiled' if trial.train.compile else ''}, "
+            f"{case_steps(name, args)} timed steps, "
+            f"best of {len(ours)}: ours {max(ours):,.1f} images/s{mfu_note(trial, max(ours), device, peak)}, "
+            f"baseline {max(theirs):,.1f} images/s{mfu_note(trial, max(theirs), device, peak)} -> {ratio:.2f}x "
             f"(rounds, ours / baseline: {', '.join(f'{o:,.1f} / {t:,.1f}' for o, t in zip(ours, theirs))}); "
             f"{machine_load()}",
             flush=True,
         )
         if args.profile:
-            print(profile_ours(load_case(name), data, CASES[name].timed_steps, device), flush=True)
+            print(profile_ours(trial, data, case_steps(name, args), device), flush=True)
     return all_met
 
 
@@ -371,6 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         help=f"comma-separated, of {', '.join(CASES)} (empty: accuracy only)",
     )
     parser.add_argument("--rounds", type=int, help="rounds per model (the fastest counts; default 3, seed 003 2)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default: each model's CPU-sized count)")
+    parser.add_argument("--batch-size", type=int, help="overrides every model's batch size (e.g. to fill a GPU)")
+    parser.add_argument("--compile", action="store_true", help="ours runs torch.compile (compile time not timed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both loops")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     parser.add_argument("--baseline-data", choices=("memory", "jpeg"), default="memory")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU rows of the README's "Performance" table, on a machine with one GPU.
+#
+#   benchmarks/gpu.sh [CIFAR-10 archive or folder] [log folder] [step ...]
+#
+# Steps (default: all, in this order): trainer, trainer_compiled, trainer_small_compiled,
+# packing, time_to_accuracy. Each runs under its own time limit (a hang costs that step,
+# not the rest) and writes its log to the log folder (default benchmarks/out/gpu).
+# All of them take about 10 minutes on an H100.
+set -u
+data=$(realpath -m "${1:-$(dirname "$0")/../../shared/data/cifar10-jpeg.tar.gz}")
+logs=$(realpath -m "${2:-$(dirname "$0")/out/gpu}")
+shift $(($# < 2 ? $# : 2))
+steps=${*:-trainer trainer_compiled trainer_small_compiled packing time_to_accuracy}
+cd "$(dirname "$0")/.."
+mkdir -p "$logs"
+export PYTHONUNBUFFERED=1
+
+run() {  # run NAME SECONDS SCRIPT ARGS...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date +%T)): $*"
+    timeout "$limit" python "$@" --data-dir "$data" 2>&1 | tee "$logs/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$logs/gpu.txt"
+for step in $steps; do
+    case $step in
+        # Images/s and MFU, ours vs the plain loop, at each model's own batch size (eager),
+        # and a profile of ours (how busy the GPU is).
+        trainer) run trainer 180 benchmarks/trainer.py --device cuda --steps 50 --rounds 2 --workers 8 --profile ;;
+        # Seed 003's model at batch 512, compiled: MFU on a batch that fills the GPU.
+        trainer_compiled) run trainer_compiled 150 benchmarks/trainer.py --device cuda --models paper_se_443 \
+            --batch-size 512 --steps 36 --rounds 1 --workers 8 --compile ;;
+        # The small models compiled: does compilation remove their per-step launch overhead?
+        trainer_small_compiled) run trainer_small_compiled 150 benchmarks/trainer.py --device cuda \
+            --models quickstart,resnet20 --steps 50 --rounds 1 --workers 8 --compile ;;
+        # Four small trials sharing the GPU vs one at a time.
+        packing) run packing 200 benchmarks/gpu_packing.py --trials 4 --epochs 3 ;;
+        # Time to 94% test accuracy with seed 003's model and a quick recipe.
+        time_to_accuracy) run time_to_accuracy 200 benchmarks/time_to_accuracy.py ;;
+        *) echo "unknown step $step" >&2; exit 2 ;;
+    esac
+done
