@@ -6,7 +6,7 @@
 # Steps (default: all, in this order): trainer, trainer_compiled, trainer_small_compiled,
 # packing, time_to_accuracy. Each runs under its own time limit (a hang costs that step,
 # not the rest) and writes its log to the log folder (default benchmarks/out/gpu).
-# All of them take about 10 minutes on an H100.
+# All of them take about 8 minutes on an H100.
 set -u
 data=$(realpath -m "${1:-$(dirname "$0")/../../shared/data/cifar10-jpeg.tar.gz}")
 logs=$(realpath -m "${2:-$(dirname "$0")/out/gpu}")
