@@ -347,8 +347,11 @@ def _extract(archive: Path, dest: Path) -> None:
                         what = "a link" if m.issym() or m.islnk() else "a device or FIFO"
                         raise UserError(f"archive {archive}: refusing {m.name!r}: {what}, not a plain file or folder")
                     _check_member_path(archive, m.name, dest)
-                # The "data" filter re-checks all of the above and drops odd permissions.
-                tf.extractall(dest, members=members, filter="data")
+                if hasattr(tarfile, "data_filter"):
+                    # The "data" filter re-checks all of the above and drops odd permissions.
+                    tf.extractall(dest, members=members, filter="data")
+                else:  # Python before 3.10.12 / 3.11.4: the checks above are the guard
+                    tf.extractall(dest, members=members)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         reason = str(e).strip().splitlines()[0].rstrip(":") if str(e).strip() else type(e).__name__
         raise UserError(f"archive {archive} cannot be read ({reason})") from e
