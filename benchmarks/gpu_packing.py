@@ -32,16 +32,16 @@ SPECS = {"quickstart": "spaces/quickstart.yaml", "resnet20": "spaces/resnet20.ya
 TARGET_RATIO = 2.0
 
 
-def load_trial(model: str, seed: int, epochs: int) -> TrialConfig:
-    """The model's fixed spec with its own seed and a short run."""
-    trial = load_spec(REPO / SPECS[model]).fixed()
+def with_seed(trial: TrialConfig, seed: int, epochs: int) -> TrialConfig:
+    """The trial with its own seed and a short run."""
     return replace(trial, train=replace(trial.train, seed=seed, epochs=epochs))
 
 
 def worker(model: str, seeds: list[int], args: argparse.Namespace, start: mp.Barrier, out: mp.Queue) -> None:
     """Train one trial per seed, one after another, after everyone is ready; report images and times."""
     device = torch.device(args.device)
-    data = load_dataset(load_spec(REPO / SPECS[model]).data, data_dir=args.data_dir, download=False)
+    spec = load_spec(REPO / SPECS[model])
+    data = load_dataset(spec.data, data_dir=args.data_dir, download=False)
     split = data.train
     if args.images:
         split = TensorSplit(split.images[: args.images], split.labels[: args.images])
@@ -50,7 +50,7 @@ def worker(model: str, seeds: list[int], args: argparse.Namespace, start: mp.Bar
     began = time.time()
     images = 0
     for seed in seeds:
-        trial = load_trial(model, seed, args.epochs)
+        trial = with_seed(spec.fixed(), seed, args.epochs)
         result = train(trial, data, device=device, train_split=split)
         batch = min(trial.train.batch_size, len(split.labels))  # every step is a full batch
         images += result.epochs_run * (len(split.labels) // batch) * batch

@@ -56,9 +56,9 @@ def report(run: SearchRun, slots: int) -> float:
     print(f"training time / wall time: {train_s / run.wall_s:.2f} (span {train_s / run.span_s:.2f}; at most {slots})")
     print(f"command start -> first trial sampled: {run.startup_s:.1f} s; -> first epoch result in the study: "
           + (f"{run.first_epoch_s:.1f} s" if run.first_epoch_s is not None else "never (no epoch was reported)"))
-    first_trial = min(trained, key=lambda t: t.datetime_start)
-    epoch_s = first_trial.user_attrs["train_time_s"] / first_trial.user_attrs.get("epochs_run", 1)
     if run.first_epoch_s is not None:
+        first_trial = min(trained, key=lambda t: t.datetime_start)
+        epoch_s = first_trial.user_attrs["train_time_s"] / first_trial.user_attrs.get("epochs_run", 1)
         worker_s = run.first_epoch_s - run.startup_s - epoch_s
         print(f"  of which the first trial's mean epoch (training + validation) {epoch_s:.1f} s, and about "
               f"{worker_s:.1f} s Ray starting a worker, its imports and its data loading")
