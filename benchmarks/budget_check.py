@@ -16,7 +16,7 @@ import torch
 
 from search.budget import count_model, fast_count
 from search.models import build_model
-from search.spec import Head, ResNetConfig, SqueezeExcite, Stage, Stem
+from search.config import Head, ResNetConfig, SqueezeExcite, Stage, Stem
 
 TARGET_SPEEDUP = 20.0
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from search.data import augment_batch, dataset_root, load_dataset, normalize
-from search.spec import Augment, DataConfig
+from search.config import Augment, DataConfig
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -25,7 +25,7 @@ import torch
 from common import DEFAULT_ARCHIVE, REPO
 
 from search.data import TensorSplit, load_dataset
-from search.spec import TrialConfig, load_spec
+from search.config import TrialConfig, load_spec
 from search.train import train
 
 SPECS = {"quickstart": "spaces/quickstart.yaml", "resnet20": "spaces/resnet20.yaml"}

@@ -62,8 +62,8 @@ from search.budget import check_budget, fast_count  # noqa: E402
 from search.data import ImageDataset, load_dataset  # noqa: E402
 from search.records import ERROR  # noqa: E402
 from search.results import retrain, trial_status  # noqa: E402
-from search.space import random_samples  # noqa: E402
-from search.spec import Spec, parse_spec  # noqa: E402
+from search.config import random_samples  # noqa: E402
+from search.config import Spec, parse_spec  # noqa: E402
 from search.train import EpochMetrics, TrainResult, train  # noqa: E402
 from search.tune import StudyBridge, TrialJob, create_study  # noqa: E402
 

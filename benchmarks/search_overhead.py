@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import DEFAULT_ARCHIVE, REPO, SearchRun, machine_load, run_search
 
-from search.spec import load_spec
+from search.config import load_spec
 
 TARGET_OVERHEAD = 0.10
 

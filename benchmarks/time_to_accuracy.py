@@ -22,7 +22,7 @@ import torch
 from common import DEFAULT_ARCHIVE, REPO
 
 from search.data import TensorSplit, load_dataset
-from search.spec import load_spec
+from search.config import load_spec
 from search.train import EpochMetrics, train
 
 AIRBENCH94_A100_S = 3.29

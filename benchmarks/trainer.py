@@ -51,7 +51,7 @@ from common import DEFAULT_ARCHIVE, REPO, machine_load
 from search.budget import fast_count
 from search.data import ImageDataset, TensorSplit, dataset_root, load_dataset
 from search.models import build_model
-from search.spec import Augment, DataConfig, TrialConfig, load_spec
+from search.config import Augment, DataConfig, TrialConfig, load_spec
 from search.train import EpochMetrics, lr_factor, train
 
 TARGET_SPEEDUP = 1.5

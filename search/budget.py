@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from search.errors import InvalidValue, SpecError
+from search.config import InvalidValue, SpecError
 from search.models import build_model
 from search.models.resnet import pooled_size
-from search.space import LowEndSuggester, random_samples
-from search.spec import (
+from search.config import LowEndSuggester, random_samples
+from search.config import (
     BudgetConfig,
     ModelConfig,
     ResNetConfig,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from search import __version__
-from search.errors import UserError
+from search.config import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -152,7 +152,7 @@ def _quiet_libraries() -> None:
 
 
 def _count(args: argparse.Namespace) -> int:
-    from search.spec import load_spec
+    from search.config import load_spec
 
     spec = load_spec(args.spec)
     from search.budget import count_spec  # torch loads only once the spec is known to be good
@@ -163,7 +163,7 @@ def _count(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from search.spec import load_spec
+    from search.config import load_spec
     from search.train import train_spec
 
     summary = train_spec(
@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from search.plan import plan_search
-    from search.spec import load_spec
+    from search.config import load_spec
     from search.tune import run_search
 
     spec = load_spec(args.spec)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import optuna
 
-from search.errors import UserError
+from search.config import UserError
 from search.records import DRIVER
 
 HEARTBEAT_S = 10.0

@@ -13,9 +13,9 @@ import time
 
 import optuna
 
-from search.errors import UserError
+from search.config import UserError
 from search.models import build_model
-from search.spec import Spec, TrialConfig
+from search.config import Spec, TrialConfig
 from search.tune import StudyBridge, create_study, format_duration, require_space
 
 

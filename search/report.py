@@ -18,7 +18,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import UserError
+from search.config import UserError
 from search.results import (
     LEADERBOARD,
     format_flops,

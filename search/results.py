@@ -30,9 +30,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search import __version__
-from search.errors import SpecError, UserError
+from search.config import SpecError, UserError
 from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT
-from search.spec import ResNetConfig, Spec, TrialConfig, fixed_document, parse_spec
+from search.config import ResNetConfig, Spec, TrialConfig, fixed_document, parse_spec
 from search.storage import STUDIES_DIR, default_storage, mask_password, open_storage, study_dir
 
 Log = Callable[[str], None]

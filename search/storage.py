@@ -13,7 +13,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-from search.errors import UserError
+from search.config import UserError
 
 STUDIES_DIR = Path("studies")
 URL_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")

@@ -39,13 +39,13 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, count_spec, fast_count
-from search.errors import InvalidValue, UserError
+from search.config import InvalidValue, UserError
 from search.lease import DriverLease
 from search.models import build_model
 from search.records import ERROR, INTERRUPTED, REJECTED, SPEC_SOURCE, SPEC_TEXT, is_finished
 from search.results import annotate_trial
-from search.space import InvalidSample, random_samples
-from search.spec import (
+from search.config import InvalidSample, random_samples
+from search.config import (
     DataConfig,
     PrunerConfig,
     SamplerConfig,
@@ -618,7 +618,7 @@ def warm_start_params(spec: Spec) -> list[dict]:
     Raises:
         SpecError: an enqueued file is not a fixed config of this space.
     """
-    from search.errors import SpecError
+    from search.config import SpecError
 
     base = Path(spec.source).parent
     out = []

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from search.spec import load_spec
+from search.config import load_spec
 from search.tune import TrialJob, run_search, run_trial
 
 UNALLOCATABLE_WIDTH = 2_000_000  # a 3x3 conv at this width: 2e6 * 2e6 * 9 * 4 bytes = 144 TB

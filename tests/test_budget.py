@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
-from search.errors import InvalidValue
+from search.config import InvalidValue
 from search.models import VARIANTS, build_model
-from search.spec import (
+from search.config import (
     AuxHead,
     BudgetConfig,
     Head,
@@ -141,8 +141,8 @@ SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "spaces"
 
 @pytest.mark.slow
 def test_fast_count_equals_fvcore_on_200_samples_of_the_main_space() -> None:
-    from search.space import random_samples
-    from search.spec import load_spec
+    from search.config import random_samples
+    from search.config import load_spec
 
     spec = load_spec(SPACES / "cifar_5m.yaml")
     configs = list(random_samples(spec.space, 200, seed=11))
@@ -153,7 +153,7 @@ def test_fast_count_equals_fvcore_on_200_samples_of_the_main_space() -> None:
 
 def test_count_spec_of_a_space_reports_extremes_and_the_share_that_fits() -> None:
     from search.budget import count_spec
-    from search.spec import load_spec
+    from search.config import load_spec
 
     report = count_spec(load_spec(SPACES / "cifar_5m.yaml"), samples=300)
     params = [s.counts.params for s in report.sizes]

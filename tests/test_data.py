@@ -19,8 +19,8 @@ from PIL import Image
 
 import search.data as data
 from search.data import ImageDataset, TensorSplit, augment_batch, load_dataset, normalize
-from search.errors import UserError
-from search.spec import Augment, DataConfig, TrainConfig
+from search.config import UserError
+from search.config import Augment, DataConfig, TrainConfig
 
 TINY_CLASSES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}  # as in conftest
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from search.errors import InvalidValue, UserError
+from search.config import InvalidValue, UserError
 from search.models import VARIANTS, build_model
 from search.models.resnet import PadShortcut
-from search.spec import (
+from search.config import (
     AuxHead,
     ModelConfig,
     ResNetConfig,

@@ -38,7 +38,7 @@ from search.results import (
     trial_config,
     trial_status,
 )
-from search.spec import load_spec, parse_spec
+from search.config import load_spec, parse_spec
 from search.records import REJECTED
 from search.tune import StudyBridge, TrialJob, create_study
 

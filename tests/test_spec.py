@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.errors import SpecError
-from search.space import RandomSuggester, random_samples
-from search.spec import SGD, AdamW, ResNetConfig, Stage, TrialConfig, load_spec, parse_spec
+from search.config import SpecError
+from search.config import RandomSuggester, random_samples
+from search.config import SGD, AdamW, ResNetConfig, Stage, TrialConfig, load_spec, parse_spec
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 

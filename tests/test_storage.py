@@ -13,7 +13,7 @@ import optuna
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from search.errors import UserError
+from search.config import UserError
 from search.lease import DriverLease
 from search.records import DRIVER
 from search.storage import FIRST_WAIT_S, RetryingStorage, is_transient, mask_password

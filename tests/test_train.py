@@ -16,9 +16,9 @@ from torch import nn
 
 import search.train as train_mod
 from search.data import ImageDataset, TensorSplit
-from search.errors import UserError
+from search.config import UserError
 from search.models import build_model
-from search.spec import (
+from search.config import (
     SGD,
     Adam,
     AdamW,

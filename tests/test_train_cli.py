@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from search.spec import load_spec
+from search.config import load_spec
 
 CONFIG = """
 study: {name: tiny}

@@ -11,7 +11,7 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from search.spec import parse_spec
+from search.config import parse_spec
 from search.records import ERROR, INTERRUPTED, REJECTED, is_finished
 from search.tune import StudyBridge, _tune_classes, create_study, recover_interrupted
 
@@ -124,7 +124,7 @@ def test_warm_start_configs_are_tried_first(tmp_path, storage: str) -> None:
     )
     spec_file = tmp_path / "space.yaml"
     spec_file.write_text(SPACE.replace("max_rejections: 50}", "max_rejections: 50, enqueue: [fixed.yaml]}"))
-    from search.spec import load_spec
+    from search.config import load_spec
 
     spec = load_spec(spec_file)
     bridge = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None,

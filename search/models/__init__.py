@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from search.models.resnet import ResNet
 from search.models.torchvision_resnet import build_torchvision_resnet
-from search.spec import (
+from search.config import (
     TORCHVISION_ARCHS,
     AuxHead,
     Head,

@@ -1,4 +1,4 @@
-"""Our own ResNet, assembled from a :class:`~search.spec.ResNetConfig`.
+"""Our own ResNet, assembled from a :class:`~search.config.spec.ResNetConfig`.
 
 Reads like torchvision's ``models/resnet.py``: conv helpers, then the blocks (one
 constructor signature, an ``expansion`` class attribute), then the ``ResNet`` module.
@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.errors import InvalidValue
-from search.spec import AuxHead, Head, ResNetConfig
+from search.config import InvalidValue
+from search.config import AuxHead, Head, ResNetConfig
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "SqueezeExcite"]
 

@@ -1,4 +1,4 @@
-"""torchvision's ImageNet ResNets from a :class:`~search.spec.TorchvisionResNetConfig`.
+"""torchvision's ImageNet ResNets from a :class:`~search.config.spec.TorchvisionResNetConfig`.
 
 Pretrained weights come from a local file or the torch hub cache only: nothing is ever
 downloaded (trials run on machines that may have no network, and a silent 100 MB
@@ -16,8 +16,8 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-from search.errors import UserError
-from search.spec import TorchvisionResNetConfig
+from search.config import UserError
+from search.config import TorchvisionResNetConfig
 
 __all__ = ["build_torchvision_resnet", "load_weights", "freeze", "weights_file"]
 

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search.errors import UserError
-from search.spec import Augment, DataConfig
+from search.config import UserError
+from search.config import Augment, DataConfig
 
 # Bump when the layout of the tensor cache, the one-tree test split or the decoding changes:
 # old cache files are then simply never looked up again.

@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from search.data import ImageDataset, TensorSplit, augment_batch, normalize
-from search.errors import UserError
+from search.config import UserError
 from search.models import build_model
-from search.spec import Augment, OptimizerConfig, SchedulerConfig, Spec, TrainConfig, TrialConfig, fixed_document, to_plain
+from search.config import Augment, OptimizerConfig, SchedulerConfig, Spec, TrainConfig, TrialConfig, fixed_document, to_plain
 
 Status = Literal["completed", "stopped", "nan"]
 

@@ -1,7 +1,7 @@
 """The spec: one YAML file that describes a whole study, as typed, frozen configs.
 
 Every default of the tool is written here once, as a dataclass default. A spec's
-``model`` and ``train`` sections may hold distributions (see :mod:`search.space`);
+``model`` and ``train`` sections may hold distributions (see :mod:`search.config.space`);
 every other section is fixed. A spec whose every leaf is fixed is a plain config:
 the same format describes one model to train and a space to search.
 
@@ -19,8 +19,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from search.errors import InvalidValue, SpecError
-from search.space import Loc, Node, ParseError, check_keys, parse
+from search.config.errors import InvalidValue, SpecError
+from search.config.space import Loc, Node, ParseError, check_keys, parse
 
 SCHEMA_VERSION = 1
 
@@ -394,7 +394,7 @@ class TrialConfig:
 class Spec:
     """A parsed spec file: fixed sections, plus the search space of model and train.
 
-    ``space`` is a :class:`search.space.Node` that samples a :class:`TrialConfig`.
+    ``space`` is a :class:`search.config.space.Node` that samples a :class:`TrialConfig`.
     ``source`` is the file it came from (used to resolve relative paths); ``text`` is its
     YAML, which a study keeps so that its trials can be rebuilt and exported later.
     """

@@ -1,4 +1,4 @@
-"""Search spaces: YAML values parsed against the typed configs of :mod:`search.spec`.
+"""Search spaces: YAML values parsed against the typed configs of :mod:`search.config.spec`.
 
 Every leaf of a config is either a fixed value or a distribution::
 
@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Union
 
-from search.errors import InvalidValue
+from search.config.errors import InvalidValue
 
 DISTRIBUTION_KEYS = ("choice", "range", "step", "log")
 PRIMITIVES = (type(None), bool, int, float, str)
@@ -298,7 +298,7 @@ def parse(raw: Any, tp: Any, loc: Loc, *, searchable: bool, bounds: dict | None 
 
     Args:
         raw: The YAML value.
-        tp: A type hint of :mod:`search.spec` (scalar, Literal, Optional, tuple, dataclass
+        tp: A type hint of :mod:`search.config.spec` (scalar, Literal, Optional, tuple, dataclass
             or a union of dataclasses told apart by their ``name``).
         loc: Where ``raw`` is.
         searchable: Whether distributions are allowed here.
