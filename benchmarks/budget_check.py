@@ -15,8 +15,8 @@ import time
 import torch
 
 from search.budget import count_model, fast_count
-from search.models import build_model
 from search.config import Head, ResNetConfig, SqueezeExcite, Stage, Stem
+from search.models import build_model
 
 TARGET_SPEEDUP = 20.0
 

@@ -77,8 +77,17 @@ def run_search(spec: Path, study_name: str, data_dir: str) -> SearchRun:
         db = work / "study.db"
         storage = f"sqlite:///{db}"
         log = work / "output.txt"
-        command = [sys.executable, "-m", "search.cli", "run", str(spec.resolve()), "--data-dir", data_dir,
-                   "--storage", storage]
+        command = [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "run",
+            str(spec.resolve()),
+            "--data-dir",
+            data_dir,
+            "--storage",
+            storage,
+        ]
         started = datetime.now()  # Optuna stamps trials with naive local datetimes too
         start = time.perf_counter()
         with open(log, "w", encoding="utf-8") as out:

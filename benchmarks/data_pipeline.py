@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
-from search.data import augment_batch, dataset_root, load_dataset, normalize
 from search.config import Augment, DataConfig
+from search.data import augment_batch, dataset_root, load_dataset, normalize
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

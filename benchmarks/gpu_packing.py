@@ -24,8 +24,8 @@ from dataclasses import replace
 import torch
 from common import DEFAULT_ARCHIVE, REPO
 
-from search.data import TensorSplit, load_dataset
 from search.config import TrialConfig, load_spec
+from search.data import TensorSplit, load_dataset
 from search.train import train
 
 SPECS = {"quickstart": "spaces/quickstart.yaml", "resnet20": "spaces/resnet20.yaml"}

@@ -7,7 +7,7 @@ search: ``spaces/smoke.yaml``'s recipe with its model fixed at a mid-sized point
 space (so every trial costs the same), only the learning rate searched (random sampler,
 seed 0), pruning off, 2 epochs on a balanced 2,000-image subset. The machine's CPUs are
 shared out: ``resources.cpu`` is ``cpus / k`` for ``k`` trials at a time, and a trial
-runs ``max(1, int(cpu))`` torch threads (``search.tune``), so ``k`` above the core count
+runs ``max(1, int(cpu))`` torch threads (``search.engine.bridge``), so ``k`` above the core count
 oversubscribes the cores (4 trials of 0.5 CPU run 4 threads on 2 cores).
 
 Trials per hour are counted over the search span (first trial sampled to last trial

@@ -14,7 +14,7 @@ over-budget sample costs nothing, and the trial running when the budget runs out
   ``OptunaSearch`` over the same space (a define-by-run function), one trial at a time.
 
 (a)-(d) run through our own machinery in-process, one trial at a time: the
-:class:`search.tune.StudyBridge` samples, checks the budget (fast count, then fvcore),
+:class:`search.engine.bridge.StudyBridge` samples, checks the budget (fast count, then fvcore),
 records every epoch's report, asks the pruner and tells the outcome, as ``resnet-search
 run`` does; only Ray's scheduling is left out (it adds seconds per trial, no epochs).
 Runs are independent, so they are spread over ``--workers`` processes of one torch thread
@@ -23,7 +23,7 @@ each. (e) runs a real ``tune.Tuner`` in this process (one Ray for all its seeds)
 A strategy's curve is the best final validation accuracy among the trials it completed,
 against the epochs it had spent when each completed. Its winner (the best over its seeds)
 is retrained from scratch on train+val once per ``--retrain-seeds`` seed through
-:func:`search.results.retrain` (what ``resnet-search retrain`` runs) and tested on the
+:func:`search.outputs.retrain.retrain` (what ``resnet-search retrain`` runs) and tested on the
 whole CIFAR-10 test set (at 16 px).
 
     python benchmarks/search_efficiency.py [--quick] [--out DIR] [--strategies a,c] [--spec S]
@@ -45,12 +45,13 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import optuna
 import yaml
@@ -59,13 +60,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs as a script from any folder
 
 from search.budget import check_budget, fast_count  # noqa: E402
+from search.config import (  # noqa: E402
+    Spec,
+    parse_spec,
+    random_samples,  # noqa: E402
+)
 from search.data import ImageDataset, load_dataset  # noqa: E402
-from search.records import ERROR  # noqa: E402
-from search.results import retrain, trial_status  # noqa: E402
-from search.config import random_samples  # noqa: E402
-from search.config import Spec, parse_spec  # noqa: E402
+from search.engine.bridge import StudyBridge  # noqa: E402
+from search.engine.samplers import create_study  # noqa: E402
+from search.engine.trainable import TrialJob  # noqa: E402
+from search.outputs.retrain import retrain  # noqa: E402
+from search.study.schema import ERROR, trial_status  # noqa: E402
 from search.train import EpochMetrics, TrainResult, train  # noqa: E402
-from search.tune import StudyBridge, TrialJob, create_study  # noqa: E402
 
 DEFAULT_SPEC = REPO / "spaces" / "cifar_cpu.yaml"
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -119,8 +125,9 @@ class Settings:
 
 
 FULL = dict(seeds=(0, 1, 2), budget_epochs=60, retrain_seeds=(0, 1, 2))
-QUICK = dict(seeds=(0,), budget_epochs=6, retrain_seeds=(0,),
-             data={"train_subset": 300, "val_subset": 200}, train={"epochs": 2})
+QUICK = dict(
+    seeds=(0,), budget_epochs=6, retrain_seeds=(0,), data={"train_subset": 300, "val_subset": 200}, train={"epochs": 2}
+)
 
 
 def strategy_spec(settings: Settings, strategy: Strategy, seed: int) -> Spec:
@@ -131,8 +138,9 @@ def strategy_spec(settings: Settings, strategy: Strategy, seed: int) -> Spec:
     """
     raw = yaml.safe_load(settings.spec_path.read_text(encoding="utf-8"))
     study = {**raw.get("study", {}), **strategy.study, "seed": seed, "n_trials": settings.budget_epochs}
-    raw.update(study=study, data={**raw.get("data", {}), **settings.data},
-               train={**raw.get("train", {}), **settings.train})
+    raw.update(
+        study=study, data={**raw.get("data", {}), **settings.data}, train={**raw.get("train", {}), **settings.train}
+    )
     # The source stays the file's, so that enqueued files resolve beside it.
     return parse_spec(yaml.safe_dump(raw, sort_keys=False), source=str(settings.spec_path))
 
@@ -206,8 +214,7 @@ def search_with_bridge(settings: Settings, strategy: Strategy, seed: int) -> Sea
     spec = strategy_spec(settings, strategy, seed)
     data = load_dataset(spec.data, data_dir=settings.data_dir, download=False)
     study = create_study(spec, optuna.storages.InMemoryStorage())
-    bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=settings.data_dir,
-                         use_gpu=False, threads=1)
+    bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=settings.data_dir, use_gpu=False, threads=1)
     run = SearchRun(strategy.key, seed, settings.budget_epochs)
     epochs = full_trial_epochs(spec)
     while not run.exhausted and (job := bridge.next_job()) is not None:
@@ -222,8 +229,9 @@ def train_job(bridge: StudyBridge, job: TrialJob, data: ImageDataset, run: Searc
 
     def on_epoch(metrics: EpochMetrics) -> bool:
         run.spend_epoch()
-        pruned = bridge.report(job.number, {"epoch": metrics.epoch, "val_acc": metrics.val_acc,
-                                            "val_loss": metrics.val_loss})
+        pruned = bridge.report(
+            job.number, {"epoch": metrics.epoch, "val_acc": metrics.val_acc, "val_loss": metrics.val_loss}
+        )
         return pruned or run.exhausted
 
     try:
@@ -238,7 +246,7 @@ def train_job(bridge: StudyBridge, job: TrialJob, data: ImageDataset, run: Searc
 
 
 def final_report(result: TrainResult, epochs: int, pruned: bool) -> dict:
-    """A trial's last report, as :func:`search.tune.run_trial` sends it. A trial that the
+    """A trial's last report, as :func:`search.engine.trainable.run_trial` sends it. A trial that the
     budget cut short is a failure; a pruned one must carry no error, or the bridge would
     record it FAIL rather than PRUNED (and TPE would not learn from it)."""
     if result.status == "nan":
@@ -246,8 +254,14 @@ def final_report(result: TrainResult, epochs: int, pruned: bool) -> dict:
     if result.epochs_run < epochs and not pruned:
         return {ERROR: CUT, "epochs_run": result.epochs_run}
     last = result.history[-1]
-    return {"final": True, "val_acc": last.val_acc, "val_loss": last.val_loss, "epochs_run": result.epochs_run,
-            "train_time_s": result.train_time_s, "images_per_s": result.images_per_s}
+    return {
+        "final": True,
+        "val_acc": last.val_acc,
+        "val_loss": last.val_loss,
+        "epochs_run": result.epochs_run,
+        "train_time_s": result.train_time_s,
+        "images_per_s": result.images_per_s,
+    }
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -313,8 +327,13 @@ def make_epoch_budget(run: SearchRun, epochs: int) -> Any:
             ended_early = [t for t, epoch in self.last_epoch.items() if epoch < epochs]
             cut = 1 if ended_early and run.exhausted and ended_early[-1] == list(self.last_epoch)[-1] else 0
             complete = len(self.last_epoch) - len(ended_early)
-            return {"complete": complete, "pruned": len(ended_early) - cut, "rejected": len(self.rejected),
-                    "cut": cut, "failed": 0}
+            return {
+                "complete": complete,
+                "pruned": len(ended_early) - cut,
+                "rejected": len(self.rejected),
+                "cut": cut,
+                "failed": 0,
+            }
 
     return EpochBudget()
 
@@ -334,12 +353,16 @@ def search_with_tune(settings: Settings, strategy: Strategy, seed: int) -> Searc
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(
-            metric="val_acc", mode="max", num_samples=-1, max_concurrent_trials=1,
+            metric="val_acc",
+            mode="max",
+            num_samples=-1,
+            max_concurrent_trials=1,
             search_alg=OptunaSearch(space=partial(sample_space, spec=spec), metric="val_acc", mode="max", seed=seed),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1),
         ),
-        run_config=tune.RunConfig(name=f"{strategy.key}_seed{seed}", storage_path=str(settings.out / "ray"),
-                                  stop=budget, verbose=0),
+        run_config=tune.RunConfig(
+            name=f"{strategy.key}_seed{seed}", storage_path=str(settings.out / "ray"), stop=budget, verbose=0
+        ),
     )
     tuner.fit()
     run.trials = budget.trial_counts()
@@ -397,7 +420,7 @@ def winner(runs: Sequence[SearchRun]) -> SearchRun | None:
 
 def retrain_winner(settings: Settings, run: SearchRun) -> Retrained:
     """Store the winner as a one-trial study (as ``resnet-search run`` would) and retrain it with
-    :func:`search.results.retrain`, the library call behind ``resnet-search retrain``."""
+    :func:`search.outputs.retrain.retrain`, the library call behind ``resnet-search retrain``."""
     strategy = next(s for s in settings.strategies if s.key == run.strategy)
     spec = strategy_spec(settings, strategy, run.seed)
     spec = replace(spec, study=replace(spec.study, name=f"winner_{run.strategy}", enqueue=()))
@@ -409,8 +432,16 @@ def retrain_winner(settings: Settings, run: SearchRun) -> Retrained:
     trial = study.ask()
     spec.space.sample(trial)
     study.tell(trial, run.best_value)
-    board = retrain(study, top=1, seeds=settings.retrain_seeds, data_dir=settings.data_dir, download=False,
-                    out_dir=settings.out / "retrain" / run.strategy, device="cpu", log=lambda line: None)
+    board = retrain(
+        study,
+        top=1,
+        seeds=settings.retrain_seeds,
+        data_dir=settings.data_dir,
+        download=False,
+        out_dir=settings.out / "retrain" / run.strategy,
+        device="cpu",
+        log=lambda line: None,
+    )
     row = board.rows[0]
     return Retrained(run.strategy, run.seed, run.best_value, row.params, tuple(row.test_acc))
 
@@ -474,11 +505,22 @@ def analyse(settings: Settings, runs: Sequence[SearchRun], retrained: dict[str, 
         mean, low, high = best_curves(own, settings.budget_epochs)
         seed_epochs = tuple(
             first_reaching([r.best_at(e) for e in range(settings.budget_epochs + 1)], target)
-            if target is not None else None for r in own
+            if target is not None
+            else None
+            for r in own
         )
-        results.append(StrategyResult(strategy, own, tuple(mean), tuple(low), tuple(high),
-                                      first_reaching(mean, target) if target is not None else None,
-                                      seed_epochs, retrained.get(strategy.key)))
+        results.append(
+            StrategyResult(
+                strategy,
+                own,
+                tuple(mean),
+                tuple(low),
+                tuple(high),
+                first_reaching(mean, target) if target is not None else None,
+                seed_epochs,
+                retrained.get(strategy.key),
+            )
+        )
     return results
 
 
@@ -496,11 +538,15 @@ def verdict(results: Sequence[StrategyResult]) -> str:
     held = None
     if baseline.retrained and ours.retrained:
         held = ours.retrained.test_mean >= baseline.retrained.test_mean
-    parts = [f"(c) needed {ours.epochs_to_target} epochs, (a) {needed}: {ratio:.2f}x of (a)'s compute "
-             f"({'at most' if fast else 'more than'} half)"]
+    parts = [
+        f"(c) needed {ours.epochs_to_target} epochs, (a) {needed}: {ratio:.2f}x of (a)'s compute "
+        f"({'at most' if fast else 'more than'} half)"
+    ]
     if held is not None:
-        parts.append(f"retrained test accuracy {ours.retrained.test_mean:.4f} vs (a) "
-                     f"{baseline.retrained.test_mean:.4f} ({'not worse' if held else 'worse'})")
+        parts.append(
+            f"retrained test accuracy {ours.retrained.test_mean:.4f} vs (a) "
+            f"{baseline.retrained.test_mean:.4f} ({'not worse' if held else 'worse'})"
+        )
     met = fast and held is not False
     return f"target: {'met' if met else 'NOT met'}: " + "; ".join(parts)
 
@@ -511,7 +557,9 @@ def verdict(results: Sequence[StrategyResult]) -> str:
 def run_line(run: SearchRun) -> str:
     counts = ", ".join(f"{n} {k}" for k, n in run.trials.items() if n)
     best = f"{run.best_value:.4f}" if run.best_value is not None else "-"
-    return f"({run.strategy}) seed {run.seed}: {run.epochs_spent} epochs, {counts}; best val {best} ({run.wall_s:.0f} s)"
+    return (
+        f"({run.strategy}) seed {run.seed}: {run.epochs_spent} epochs, {counts}; best val {best} ({run.wall_s:.0f} s)"
+    )
 
 
 def summary_rows(results: Sequence[StrategyResult]) -> list[dict]:
@@ -520,20 +568,28 @@ def summary_rows(results: Sequence[StrategyResult]) -> list[dict]:
     for r in results:
         totals = {k: sum(run.trials.get(k, 0) for run in r.runs) for k in ("complete", "pruned", "rejected", "cut")}
         rt = r.retrained
-        rows.append({
-            "strategy": r.strategy.key, "label": r.strategy.label, "seeds": len(r.runs),
-            "budget_epochs": r.runs[0].budget_epochs if r.runs else None,
-            "epochs_spent": [run.epochs_spent for run in r.runs],
-            "best_val_mean": statistics.fmean(r.finals) if r.finals else None,
-            "best_val_std": statistics.stdev(r.finals) if len(r.finals) > 1 else 0.0,
-            "best_val_min": min(r.finals, default=None), "best_val_max": max(r.finals, default=None),
-            "epochs_to_target": r.epochs_to_target, "seed_epochs_to_target": list(r.seed_epochs),
-            **{f"trials_{k}": n for k, n in totals.items()},
-            "winner_seed": rt.search_seed if rt else None, "winner_val": rt.val_acc if rt else None,
-            "winner_params": rt.params if rt else None,
-            "test_acc": list(rt.test_acc) if rt else None,
-            "test_acc_mean": rt.test_mean if rt else None, "test_acc_std": rt.test_std if rt else None,
-        })
+        rows.append(
+            {
+                "strategy": r.strategy.key,
+                "label": r.strategy.label,
+                "seeds": len(r.runs),
+                "budget_epochs": r.runs[0].budget_epochs if r.runs else None,
+                "epochs_spent": [run.epochs_spent for run in r.runs],
+                "best_val_mean": statistics.fmean(r.finals) if r.finals else None,
+                "best_val_std": statistics.stdev(r.finals) if len(r.finals) > 1 else 0.0,
+                "best_val_min": min(r.finals, default=None),
+                "best_val_max": max(r.finals, default=None),
+                "epochs_to_target": r.epochs_to_target,
+                "seed_epochs_to_target": list(r.seed_epochs),
+                **{f"trials_{k}": n for k, n in totals.items()},
+                "winner_seed": rt.search_seed if rt else None,
+                "winner_val": rt.val_acc if rt else None,
+                "winner_params": rt.params if rt else None,
+                "test_acc": list(rt.test_acc) if rt else None,
+                "test_acc_mean": rt.test_mean if rt else None,
+                "test_acc_std": rt.test_std if rt else None,
+            }
+        )
     return rows
 
 
@@ -577,7 +633,9 @@ def curve_rows(results: Sequence[StrategyResult]) -> list[dict]:
     """Every seed's best-so-far at every epoch count, long format."""
     return [
         {"strategy": r.strategy.key, "seed": run.seed, "epochs": epochs, "best_val": run.best_at(epochs)}
-        for r in results for run in r.runs for epochs in range(run.budget_epochs + 1)
+        for r in results
+        for run in r.runs
+        for epochs in range(run.budget_epochs + 1)
     ]
 
 
@@ -591,16 +649,38 @@ def figure_html(results: Sequence[StrategyResult], target: float | None) -> str:
         band = f"hsla({index * 360 // max(len(results), 1)}, 65%, 45%, 0.15)"
         epochs = list(range(len(r.curve)))
         name = f"({r.strategy.key}) {r.strategy.label}"
-        fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=list(r.high) + list(r.low)[::-1], fill="toself",
-                                 fillcolor=band, line={"width": 0}, hoverinfo="skip", showlegend=False,
-                                 legendgroup=name))
-        fig.add_trace(go.Scatter(x=epochs, y=list(r.curve), mode="lines", name=name, line={"color": colour},
-                                 legendgroup=name, line_shape="hv"))
+        fig.add_trace(
+            go.Scatter(
+                x=epochs + epochs[::-1],
+                y=list(r.high) + list(r.low)[::-1],
+                fill="toself",
+                fillcolor=band,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=name,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=list(r.curve),
+                mode="lines",
+                name=name,
+                line={"color": colour},
+                legendgroup=name,
+                line_shape="hv",
+            )
+        )
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="grey", annotation_text="(a)'s final best (mean)")
-    fig.update_layout(title="Best validation accuracy vs compute (mean over seeds; band: min to max)",
-                      xaxis_title="training epochs spent", yaxis_title="best validation accuracy",
-                      yaxis_tickformat=".0%", template="plotly_white")
+    fig.update_layout(
+        title="Best validation accuracy vs compute (mean over seeds; band: min to max)",
+        xaxis_title="training epochs spent",
+        yaxis_title="best validation accuracy",
+        yaxis_tickformat=".0%",
+        template="plotly_white",
+    )
     return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
@@ -608,15 +688,29 @@ def write_outputs(settings: Settings, results: Sequence[StrategyResult], target:
     """summary.csv, runs.csv, curves.csv, results.json and the figure, into ``settings.out``."""
     rows = summary_rows(results)
     write_csv(settings.out / "summary.csv", [{k: _csv_value(v) for k, v in row.items()} for row in rows])
-    runs = [{**asdict(run), "best_params": json.dumps(run.best_params), "completions": json.dumps(run.completions),
-             "trials": json.dumps(run.trials)} for r in results for run in r.runs]
+    runs = [
+        {
+            **asdict(run),
+            "best_params": json.dumps(run.best_params),
+            "completions": json.dumps(run.completions),
+            "trials": json.dumps(run.trials),
+        }
+        for r in results
+        for run in r.runs
+    ]
     write_csv(settings.out / "runs.csv", runs)
     write_csv(settings.out / "curves.csv", curve_rows(results))
     (settings.out / "search_efficiency.html").write_text(figure_html(results, target), encoding="utf-8")
     document = {
-        "spec": settings.spec_path.name, "budget_epochs": settings.budget_epochs, "seeds": list(settings.seeds),
-        "retrain_seeds": list(settings.retrain_seeds), "data": settings.data, "train": settings.train,
-        "target": target, "verdict": verdict(results), "strategies": rows,
+        "spec": settings.spec_path.name,
+        "budget_epochs": settings.budget_epochs,
+        "seeds": list(settings.seeds),
+        "retrain_seeds": list(settings.retrain_seeds),
+        "data": settings.data,
+        "train": settings.train,
+        "target": target,
+        "verdict": verdict(results),
+        "strategies": rows,
         "runs": [{**asdict(run)} for r in results for run in r.runs],
     }
     (settings.out / "results.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -657,10 +751,16 @@ def run_benchmark(settings: Settings, log: Log = print) -> tuple[list[StrategyRe
             future.add_done_callback(lambda f: log(run_line(f.result())) if not f.exception() else None)
         runs = tune_runs(settings, log) if any(s.plain_tune for s in settings.strategies) else []
         runs += [future.result() for future in futures]
-        winners = [w for key in (s.key for s in settings.strategies)
-                   if (w := winner([r for r in runs if r.strategy == key])) is not None]
-        retrained = {r.strategy: r for r in pool.map(partial(retrain_winner, settings), winners)} \
-            if settings.retrain_seeds else {}
+        winners = [
+            w
+            for key in (s.key for s in settings.strategies)
+            if (w := winner([r for r in runs if r.strategy == key])) is not None
+        ]
+        retrained = (
+            {r.strategy: r for r in pool.map(partial(retrain_winner, settings), winners)}
+            if settings.retrain_seeds
+            else {}
+        )
     for r in retrained.values():
         log(f"({r.strategy}) winner retrained: test {r.test_mean:.4f} ± {r.test_std:.4f} over {len(r.test_acc)} seeds")
     results = analyse(settings, runs, retrained)
@@ -671,11 +771,15 @@ def run_benchmark(settings: Settings, log: Log = print) -> tuple[list[StrategyRe
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 seed, 300/200 images, 2-epoch trials, a 6-epoch budget")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 1 seed, 300/200 images, 2-epoch trials, a 6-epoch budget"
+    )
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the space (default spaces/cifar_cpu.yaml)")
-    parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE) if DEFAULT_ARCHIVE.exists() else None,
-                        help="CIFAR-10 (default ../shared/data/cifar10-jpeg.tar.gz beside the repository)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_ARCHIVE) if DEFAULT_ARCHIVE.exists() else None,
+        help="CIFAR-10 (default ../shared/data/cifar10-jpeg.tar.gz beside the repository)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--strategies", default=",".join(s.key for s in STRATEGIES), help="a subset, e.g. a,c")
     parser.add_argument("--seeds", help="search seeds, e.g. 0,1,2")
@@ -695,9 +799,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if unknown:
         parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {[s.key for s in STRATEGIES]}")
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None  # Ray workers run elsewhere
-    return Settings(spec_path=args.spec.resolve(), data_dir=data_dir,
-                    strategies=tuple(s for s in STRATEGIES if s.key in keys), workers=args.workers,
-                    out=args.out.resolve(), **mode)
+    return Settings(
+        spec_path=args.spec.resolve(),
+        data_dir=data_dir,
+        strategies=tuple(s for s in STRATEGIES if s.key in keys),
+        workers=args.workers,
+        out=args.out.resolve(),
+        **mode,
+    )
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -54,14 +54,18 @@ def report(run: SearchRun, slots: int) -> float:
         f"whole command {overhead(train_s, run.wall_s, slots):.1%}"
     )
     print(f"training time / wall time: {train_s / run.wall_s:.2f} (span {train_s / run.span_s:.2f}; at most {slots})")
-    print(f"command start -> first trial sampled: {run.startup_s:.1f} s; -> first epoch result in the study: "
-          + (f"{run.first_epoch_s:.1f} s" if run.first_epoch_s is not None else "never (no epoch was reported)"))
+    print(
+        f"command start -> first trial sampled: {run.startup_s:.1f} s; -> first epoch result in the study: "
+        + (f"{run.first_epoch_s:.1f} s" if run.first_epoch_s is not None else "never (no epoch was reported)")
+    )
     if run.first_epoch_s is not None:
         first_trial = min(trained, key=lambda t: t.datetime_start)
         epoch_s = first_trial.user_attrs["train_time_s"] / first_trial.user_attrs.get("epochs_run", 1)
         worker_s = run.first_epoch_s - run.startup_s - epoch_s
-        print(f"  of which the first trial's mean epoch (training + validation) {epoch_s:.1f} s, and about "
-              f"{worker_s:.1f} s Ray starting a worker, its imports and its data loading")
+        print(
+            f"  of which the first trial's mean epoch (training + validation) {epoch_s:.1f} s, and about "
+            f"{worker_s:.1f} s Ray starting a worker, its imports and its data loading"
+        )
     summary = [line.strip() for line in run.output.splitlines() if "search overhead" in line]
     print(f"the run's own summary: {summary[-1] if summary else '(none printed)'}")
     return span_overhead

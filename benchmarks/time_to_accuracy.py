@@ -21,8 +21,8 @@ from dataclasses import replace
 import torch
 from common import DEFAULT_ARCHIVE, REPO
 
-from search.data import TensorSplit, load_dataset
 from search.config import load_spec
+from search.data import TensorSplit, load_dataset
 from search.train import EpochMetrics, train
 
 AIRBENCH94_A100_S = 3.29
@@ -65,15 +65,20 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     def show(m: EpochMetrics) -> None:
-        print(f"  epoch {m.epoch}: test {m.val_acc:.2%}, train loss {m.train_loss:.3f}, "
-              f"{m.images_per_s:,.0f} images/s, {m.elapsed_s:.1f} s", flush=True)
+        print(
+            f"  epoch {m.epoch}: test {m.val_acc:.2%}, train loss {m.train_loss:.3f}, "
+            f"{m.images_per_s:,.0f} images/s, {m.elapsed_s:.1f} s",
+            flush=True,
+        )
 
     result = train(trial, on_test, device=device, train_split=full, callback=show)
     reached = first_reaching(result.history, args.target)
     compile_note = f" (+ {result.compile_time_s:.1f} s compiling)" if args.compile else ""
     if reached is None:
-        print(f"never reached {args.target:.0%}: final test accuracy {result.final_val_acc:.2%} after "
-              f"{result.train_time_s:.1f} s{compile_note}")
+        print(
+            f"never reached {args.target:.0%}: final test accuracy {result.final_val_acc:.2%} after "
+            f"{result.train_time_s:.1f} s{compile_note}"
+        )
         return
     seconds = reached.elapsed_s - result.compile_time_s  # elapsed_s counts compilation in
     print(

@@ -36,22 +36,21 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
+from common import DEFAULT_ARCHIVE, REPO, machine_load
 from PIL import Image
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from common import DEFAULT_ARCHIVE, REPO, machine_load
-
 from search.budget import fast_count
+from search.config import Augment, DataConfig, TrialConfig, load_spec
 from search.data import ImageDataset, TensorSplit, dataset_root, load_dataset
 from search.models import build_model
-from search.config import Augment, DataConfig, TrialConfig, load_spec
 from search.train import EpochMetrics, lr_factor, train
 
 TARGET_SPEEDUP = 1.5
@@ -206,8 +205,13 @@ def loader(
 ) -> DataLoader:
     """The usual DataLoader: for training shuffled in a seeded order, the last partial batch dropped (as ours)."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda",
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
 
@@ -229,8 +233,11 @@ class PlainLoop:
         self.model = build_model(trial.model, 32).to(device)
         opt = cfg.optimizer
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
-            nesterov=opt.nesterov and opt.momentum > 0, weight_decay=opt.weight_decay,
+            self.model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov and opt.momentum > 0,
+            weight_decay=opt.weight_decay,
         )
         total = steps_per_epoch * epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -322,8 +329,12 @@ def time_case(
     trial = load_case(name, args)
     steps = case_steps(name, args)
     dataset = baseline_dataset(
-        args.baseline_data, random_subset(data.train, (2 * steps + EXTRA_BATCHES) * trial.train.batch_size),
-        trial.train.augment, args.data_dir, data.mean, data.std,
+        args.baseline_data,
+        random_subset(data.train, (2 * steps + EXTRA_BATCHES) * trial.train.batch_size),
+        trial.train.augment,
+        args.data_dir,
+        data.mean,
+        data.std,
     )
     ours: list[float] = []
     theirs: list[float] = []
@@ -375,7 +386,11 @@ def compare_accuracy(args: argparse.Namespace, data: ImageDataset, device: torch
     train_set = InMemoryImages(split, per_image_transforms(base.train.augment, data.image_size, data.mean, data.std))
     val_batches = loader(
         InMemoryImages(data.val, per_image_transforms(None, data.image_size, data.mean, data.std)),
-        1024, args.workers, 0, shuffle=False, device=device,
+        1024,
+        args.workers,
+        0,
+        shuffle=False,
+        device=device,
     )
     ours, theirs = [], []
     for seed in args.seeds:
@@ -399,7 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE), help="CIFAR-10 folder or archive")
     parser.add_argument(
-        "--models", type=lambda s: [m for m in s.split(",") if m], default=list(CASES),
+        "--models",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=list(CASES),
         help=f"comma-separated, of {', '.join(CASES)} (empty: accuracy only)",
     )
     parser.add_argument("--rounds", type=int, help="rounds per model (the fastest counts; default 3, seed 003 2)")

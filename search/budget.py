@@ -26,20 +26,19 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from search.config import InvalidValue, SpecError
-from search.models import build_model
-from search.models.resnet import pooled_size
-from search.config import LowEndSuggester, random_samples
 from search.config import (
     BudgetConfig,
+    InvalidValue,
+    LowEndSuggester,
     ModelConfig,
     ResNetConfig,
     Spec,
-    Stage,
-    Stem,
-    TorchvisionResNetConfig,
+    SpecError,
     TrialConfig,
+    random_samples,
 )
+from search.models import build_model
+from search.models.geometry import BlockGeometry, ResNetGeometry, resnet_geometry, torchvision_as_resnet
 
 __all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values", "count_spec", "CountReport"]
 
@@ -114,28 +113,81 @@ class _Tally:
         self.conv(hidden, channels, 1, 1, bias=True)
 
 
-def _down(size: int, stride: int) -> int:
-    """Side after a 3x3/pad 1 or 1x1/pad 0 conv (or ``::stride`` slicing) of that stride."""
-    return (size - 1) // stride + 1
+def fast_count(config: ModelConfig, image_size: int = 32) -> Counts:
+    """Parameters and FLOPs of ``build_model(config, image_size)`` without building it.
+
+    Equal to :func:`count_model` to the unit (see the module docstring for what counts).
+
+    Args:
+        config: Our own ResNet or a torchvision one.
+        image_size: Side of the square input images.
+
+    Returns:
+        All parameters, the trainable ones, and the FLOPs of one forward pass.
+
+    Raises:
+        InvalidValue: ``pool_kernel`` is larger than the last feature map.
+    """
+    t = _Tally()
+    if isinstance(config, ResNetConfig):
+        _tally_resnet(t, config, resnet_geometry(config, image_size))
+        return Counts(t.params, t.params, t.flops)
+    as_resnet = torchvision_as_resnet(config)
+    after_stage = _tally_resnet(t, as_resnet, resnet_geometry(as_resnet, image_size))
+    if config.freeze == "none":
+        trainable = t.params
+    elif config.freeze == "all_but_last_stage":
+        trainable = t.params - after_stage[2]  # layer4 and fc
+    else:
+        trainable = t.params - after_stage[3]  # fc
+    return Counts(t.params, trainable, t.flops)
 
 
-def _tally_block(t: _Tally, config: ResNetConfig, c_in: int, width: int, stride: int, size: int) -> None:
-    """One block of :mod:`search.models.resnet`, ``size`` being its input's side."""
+def _tally_resnet(t: _Tally, config: ResNetConfig, geometry: ResNetGeometry) -> list[int]:
+    """Walk the whole network of :mod:`search.models.resnet`; returns the tally's params after each stage."""
+    stem = geometry.stem
+    t.conv(stem.in_channels, stem.out_channels, stem.kernel, stem.conv_size)
+    if not config.preact:
+        t.bn(stem.out_channels, stem.conv_size)
+    if config.se.name == "stem":
+        t.se(stem.out_channels, stem.conv_size, config.se.ratio)
+
+    after_stage: list[int] = []
+    for stage in geometry.stages:
+        for block in stage.blocks:
+            _tally_block(t, config, block)
+        after_stage.append(t.params)
+
+    channels, size = geometry.out_channels, geometry.feature_size
+    if config.preact:
+        t.bn(channels, size)
+    if config.pool_kernel is None:
+        t.flops += channels * size * size  # adaptive_avg_pool2d
+    _tally_head(t, geometry.head_features, config.head.hidden, config.head.batchnorm, config.num_classes)
+
+    if config.aux_head is not None:
+        # Parameters only: the aux head does not run in eval mode, where FLOPs are counted.
+        aux = _Tally()
+        aux_channels = geometry.stages[config.aux_head.after_stage].out_channels
+        _tally_head(aux, aux_channels, config.aux_head.hidden, False, config.num_classes)
+        t.params += aux.params
+    return after_stage
+
+
+def _tally_block(t: _Tally, config: ResNetConfig, block: BlockGeometry) -> None:
+    """One block of :mod:`search.models.resnet`: its convs, BatchNorms, SE and shortcut."""
+    c_in, width, c_out = block.in_channels, block.width, block.out_channels
+    size, out = block.in_size, block.out_size
     preact = config.preact
-    out = _down(size, stride)
+    if preact:
+        t.bn(c_in, size)
     if config.block == "basic":
-        c_out = width
-        if preact:
-            t.bn(c_in, size)
         t.conv(c_in, width, 3, out)
         t.bn(width, out)
         t.conv(width, width, 3, out)
         if not preact:
             t.bn(width, out)
     else:
-        c_out = 4 * width
-        if preact:
-            t.bn(c_in, size)
         t.conv(c_in, width, 1, size)
         t.bn(width, size)
         t.conv(width, width, 3, out)
@@ -145,103 +197,20 @@ def _tally_block(t: _Tally, config: ResNetConfig, c_in: int, width: int, stride:
             t.bn(c_out, out)
     if config.se.name == "blocks":
         t.se(c_out, out, config.se.ratio)
-    if config.shortcut == "projection" and (stride != 1 or c_in != c_out):
+    if config.shortcut == "projection" and block.reshapes:
         t.conv(c_in, c_out, 1, out)
         if not preact:
             t.bn(c_out, out)
 
 
-def _tally_resnet(t: _Tally, config: ResNetConfig, image_size: int) -> list[int]:
-    """Walk the whole network; returns the params in the tally after each stage."""
-    stem = config.stem
-    size = (image_size + 2 * (stem.kernel // 2) - stem.kernel) // stem.stride + 1
-    t.conv(config.in_channels, stem.width, stem.kernel, size)
-    if not config.preact:
-        t.bn(stem.width, size)
-    if config.se.name == "stem":
-        t.se(stem.width, size, config.se.ratio)
-    if stem.maxpool:
-        size = _down(size, 2)  # 3x3, stride 2, padding 1
-
-    channels = stem.width
-    expansion = 1 if config.block == "basic" else 4
-    after_stage: list[int] = []
-    aux_channels = 0
-    for index, stage in enumerate(config.stages):
-        stride = 1 if index == 0 else 2
-        for _ in range(stage.blocks):
-            _tally_block(t, config, channels, stage.width, stride, size)
-            channels, size, stride = stage.width * expansion, _down(size, stride), 1
-        after_stage.append(t.params)
-        if config.aux_head is not None and index == config.aux_head.after_stage:
-            aux_channels = channels
-
-    if config.preact:
-        t.bn(channels, size)
-    if config.pool_kernel is None:
-        t.flops += channels * size * size  # adaptive_avg_pool2d
-        features = channels
-    else:
-        pooled = pooled_size(config, image_size)
-        features = channels * pooled * pooled
-    for width in config.head.hidden:
+def _tally_head(t: _Tally, features: int, hidden: tuple[int, ...], batchnorm: bool, num_classes: int) -> None:
+    """Hidden Linear layers [+ BatchNorm1d], then the classifier's Linear."""
+    for width in hidden:
         t.linear(features, width)
-        if config.head.batchnorm:
+        if batchnorm:
             t.bn(width, 1)
         features = width
-    t.linear(features, config.num_classes)
-
-    if config.aux_head is not None:
-        # Parameters only: the aux head does not run in eval mode, where FLOPs are counted.
-        aux = _Tally()
-        for width in config.aux_head.hidden:
-            aux.linear(aux_channels, width)
-            aux_channels = width
-        aux.linear(aux_channels, config.num_classes)
-        t.params += aux.params
-    return after_stage
-
-
-_TORCHVISION_LAYERS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
-
-
-def _as_resnet_config(config: TorchvisionResNetConfig) -> ResNetConfig:
-    """Our config for the same architecture: torchvision's ResNet is our ImageNet-style one."""
-    block, layers = _TORCHVISION_LAYERS[config.name]
-    return ResNetConfig(
-        num_classes=config.num_classes,
-        stem=Stem(64, 7, 2, True),
-        stages=tuple(Stage(n, w) for n, w in zip(layers, (64, 128, 256, 512))),
-        block=block,  # type: ignore[arg-type]
-    )
-
-
-def fast_count(config: ModelConfig, image_size: int = 32) -> Counts:
-    """Parameters and FLOPs of ``build_model(config, image_size)`` without building it.
-
-    Equal to :func:`count_model` to the unit (see the module docstring for what counts).
-
-    Raises:
-        InvalidValue: ``pool_kernel`` is larger than the last feature map.
-    """
-    t = _Tally()
-    if isinstance(config, ResNetConfig):
-        _tally_resnet(t, config, image_size)
-        return Counts(t.params, t.params, t.flops)
-    after_stage = _tally_resnet(t, _as_resnet_config(config), image_size)
-    if config.freeze == "none":
-        trainable = t.params
-    elif config.freeze == "all_but_last_stage":
-        trainable = t.params - after_stage[2]  # layer4 and fc
-    else:
-        trainable = t.params - after_stage[3]  # fc
-    return Counts(t.params, trainable, t.flops)
+    t.linear(features, num_classes)
 
 
 # --------------------------------------------------------------------------- the budget
@@ -328,12 +297,22 @@ class CountReport:
         )
 
     def as_dict(self) -> dict:
-        head = {"source": self.source, "image_size": self.image_size, "flops_convention": FLOPS_CONVENTION,
-                "max_params": self.budget.max_params, "max_flops": self.budget.max_flops}
+        head = {
+            "source": self.source,
+            "image_size": self.image_size,
+            "flops_convention": FLOPS_CONVENTION,
+            "max_params": self.budget.max_params,
+            "max_flops": self.budget.max_flops,
+        }
         if self.fixed is not None:
             return {**head, **self.fixed.as_dict()}
-        return {**head, "samples": len(self.sizes), "fit_share": round(self.fit_share, 4),
-                "smallest": self.sizes[0].as_dict(), "largest": self.sizes[-1].as_dict()}
+        return {
+            **head,
+            "samples": len(self.sizes),
+            "fit_share": round(self.fit_share, 4),
+            "smallest": self.sizes[0].as_dict(),
+            "largest": self.sizes[-1].as_dict(),
+        }
 
     def table(self) -> str:
         limits = f"max params {_num(self.budget.max_params)}, max FLOPs {_num(self.budget.max_flops)}"
@@ -342,7 +321,8 @@ class CountReport:
         lines.append(f"{'':9} {'params':>13} {'trainable':>13} {'FLOPs':>16}  fits")
         for name, sized in rows:
             c = sized.counts
-            lines.append(f"{name:9} {c.params:>13,} {c.trainable_params:>13,} {c.flops:>16,}  {'yes' if sized.fits else 'NO'}")
+            fits = "yes" if sized.fits else "NO"
+            lines.append(f"{name:9} {c.params:>13,} {c.trainable_params:>13,} {c.flops:>16,}  {fits}")
         if self.fixed is None:
             lines.append(f"{self.fit_share:.1%} of {len(self.sizes):,} sampled configs fit the budget")
         lines.append(f"FLOPs: {FLOPS_CONVENTION}")
@@ -374,7 +354,8 @@ def count_spec(spec: Spec, samples: int = 2000, seed: int = 0, image_size: int |
         config = spec.fixed()
         model = build_model(config.model, image_size)
         counts = count_model(model, image_size, getattr(config.model, "in_channels", 3))
-        return CountReport(spec.source, image_size, spec.budget, SizedConfig(config, counts, check_budget(counts, spec.budget) is None))
+        fixed = SizedConfig(config, counts, check_budget(counts, spec.budget) is None)
+        return CountReport(spec.source, image_size, spec.budget, fixed)
     configs = [spec.space.sample(LowEndSuggester()), *random_samples(spec.space, samples, seed)]
     sizes = []
     for config in configs:

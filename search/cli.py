@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from search import __version__
+from search._version import __version__
 from search.config import UserError
+
+if TYPE_CHECKING:
+    import optuna
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _results_commands(commands: argparse._SubParsersAction) -> None:
-    """studies, dashboard, export, retrain, report: see :mod:`search.results`."""
+    """studies, dashboard, export, retrain, report: see :mod:`search.outputs`."""
     studies = commands.add_parser("studies", help="the studies in a storage: trials by state, best value, dates")
     studies.add_argument("--storage", default=None, help="Optuna storage URL (default: every studies/*.db here)")
     studies.set_defaults(handler=_studies)
@@ -84,7 +88,9 @@ def _results_commands(commands: argparse._SubParsersAction) -> None:
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a storage (Ctrl-C stops it)")
     _study_flags(dashboard)
     dashboard.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
-    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
     dashboard.set_defaults(handler=_dashboard)
 
     export = commands.add_parser("export", help="write the best trials' configs as fixed spec files")
@@ -116,8 +122,9 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _study_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", default=None,
-                        help="Optuna storage URL (default studies/<study>.db, or the only studies/*.db)")
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default studies/<study>.db, or the only studies/*.db)"
+    )
     parser.add_argument("--study", default=None, help="study name (may be left out when the storage holds one)")
 
 
@@ -182,9 +189,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search.plan import plan_search
     from search.config import load_spec
-    from search.tune import run_search
+    from search.engine.plan import plan_search
+    from search.engine.run import run_search
+    from search.outputs.summary import summary_table
 
     spec = load_spec(args.spec)
     if args.dry_run:
@@ -198,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         download=not args.no_download,
         log=_to_stderr,
     )
-    print(summary.table())
+    print(summary_table(summary))
     if summary.interrupted:
         print(INTERRUPTED_HINT, file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -210,31 +218,38 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _open_study(args: argparse.Namespace) -> tuple[str, "optuna.Study"]:
-    from search.results import load_study, resolve_storage
+def _open_study(args: argparse.Namespace) -> tuple[str, optuna.Study]:
+    from search.study.storage import resolve_storage
+    from search.study.trials import load_study
 
     storage = resolve_storage(args.storage, args.study)
     return storage, load_study(storage, args.study)
 
 
 def _studies(args: argparse.Namespace) -> int:
-    from search.results import list_studies, studies_table
+    from search.outputs.studies import list_studies, studies_table
 
     print(studies_table(list_studies(args.storage)))
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from search.results import resolve_storage, serve_dashboard
+    from search.outputs.dashboard import serve_dashboard
+    from search.study.storage import resolve_storage
 
-    serve_dashboard(resolve_storage(args.storage, args.study), study_name=args.study, host=args.host,
-                    port=args.port, log=lambda line: print(line, flush=True))
+    serve_dashboard(
+        resolve_storage(args.storage, args.study),
+        study_name=args.study,
+        host=args.host,
+        port=args.port,
+        log=lambda line: print(line, flush=True),
+    )
     print("dashboard stopped", file=sys.stderr)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from search.results import export_best
+    from search.outputs.export import export_best
 
     storage, study = _open_study(args)
     for path in export_best(study, storage, top=args.top, out_dir=args.out, pareto=args.pareto):
@@ -243,12 +258,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from search.results import retrain
+    from search.outputs.retrain import retrain
 
     _, study = _open_study(args)
     board = retrain(
-        study, top=args.top, seeds=args.seeds, epochs=args.epochs, data_dir=args.data_dir,
-        download=not args.no_download, out_dir=args.out, device=args.device,
+        study,
+        top=args.top,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        out_dir=args.out,
+        device=args.device,
         log=_to_stderr,
     )
     print(board.table())
@@ -256,7 +277,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from search.report import write_report
+    from search.outputs.report import write_report
 
     storage, study = _open_study(args)
     files = write_report(study, storage, args.out)

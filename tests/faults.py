@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.config import load_spec
-from search.tune import TrialJob, run_search, run_trial
+from search.engine.run import run_search
+from search.engine.trainable import TrialJob, run_trial
 
 UNALLOCATABLE_WIDTH = 2_000_000  # a 3x3 conv at this width: 2e6 * 2e6 * 9 * 4 bytes = 144 TB
 KILL_AFTER_S = 3.0
@@ -71,8 +72,9 @@ def main(spec: str, data_dir: str, address: str, faults: str, markers: str) -> N
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the cluster cannot import tests/
     injected = {int(number): fault for number, fault in json.loads(faults).items()}
-    summary = run_search(load_spec(spec), data_dir=data_dir, address=address,
-                         trainable=faulty_trainable(injected, Path(markers)))
+    summary = run_search(
+        load_spec(spec), data_dir=data_dir, address=address, trainable=faulty_trainable(injected, Path(markers))
+    )
     print(f"finished {summary.finished}, interrupted {summary.interrupted}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from search.records import is_finished
+from search.study.schema import is_finished
 
 SPEC = """
 study:
@@ -40,21 +40,27 @@ resources: {{cpu: 1, max_concurrent: 1, max_failures: {max_failures}}}
 """
 
 
-def write_spec(folder: Path, name: str, n_trials: int, epochs: int, *, max_failures: int = 0,
-               max_params: int = 40_000) -> Path:
+def write_spec(
+    folder: Path, name: str, n_trials: int, epochs: int, *, max_failures: int = 0, max_params: int = 40_000
+) -> Path:
     """A search over tiny ResNets for ``tiny_imagefolder``; by default widths 96 are over the budget."""
     path = folder / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, n_trials=n_trials, epochs=epochs, max_failures=max_failures,
-                                max_params=max_params))
+    path.write_text(
+        SPEC.format(name=name, n_trials=n_trials, epochs=epochs, max_failures=max_failures, max_params=max_params)
+    )
     return path
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """``resnet-search ARGS`` in ``cwd``, in a session of its own (so signals reach its Ray too)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *args], cwd=cwd,
+        [sys.executable, "-m", "search.cli", *args],
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -71,7 +77,7 @@ def study_exists(storage: str, name: str) -> bool:
     with Optuna would race the driver's schema setup."""
     if not storage.startswith("sqlite:///"):
         return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    db = Path(storage[len("sqlite:///"):])
+    db = Path(storage[len("sqlite:///") :])
     if not db.exists():
         return False
     try:

@@ -70,11 +70,24 @@ class PostgresServer:
         if not self.data.exists():
             password_file = self.root / "password"
             self._run_as_owner(["sh", "-c", f"printf %s '{POSTGRES_PASSWORD}' > {password_file}"])
-            self._run_as_owner([self.initdb, "-D", str(self.data), "-U", POSTGRES_USER, f"--pwfile={password_file}",
-                                "--auth=scram-sha-256", "--no-sync", "-E", "UTF8"])
+            self._run_as_owner(
+                [
+                    self.initdb,
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    POSTGRES_USER,
+                    f"--pwfile={password_file}",
+                    "--auth=scram-sha-256",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            )
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._run_as_owner([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                            "-w", "-t", "60", "start"])
+        self._run_as_owner(
+            [self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start"]
+        )
         return self
 
     def stop(self) -> None:
@@ -119,8 +132,10 @@ class RayCluster:
 
     def start(self) -> RayCluster:
         common = ["--disable-usage-stats", "--block"]
-        self._start_node(["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
-                          "--include-dashboard=false", *common], "head")
+        self._start_node(
+            ["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--include-dashboard=false", *common],
+            "head",
+        )
         self._wait_for_nodes(1)
         self._start_node([f"--address={self.address}", f"--num-cpus={self.worker_cpus}", *common], "worker")
         self._wait_for_nodes(2)
@@ -139,25 +154,40 @@ class RayCluster:
 
     def resources(self) -> tuple[dict, dict]:
         """The cluster's total and available resources, asked from a fresh driver process."""
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-                "print(json.dumps([ray.cluster_resources(), ray.available_resources()]))") % self.address
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env={**os.environ, **self.env}, timeout=120)
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+            "print(json.dumps([ray.cluster_resources(), ray.available_resources()]))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **self.env}, timeout=120
+        )
         total, available = json.loads(result.stdout.strip().splitlines()[-1])
         return total, available
 
     def _start_node(self, args: list[str], name: str) -> None:
-        log = open(self.root / f"{name}.log", "w")
-        self.nodes.append(subprocess.Popen(["ray", "start", *args], stdout=log, stderr=subprocess.STDOUT,
-                                           env={**os.environ, **self.env}, start_new_session=True))
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (the node writes to it after we return)
+        self.nodes.append(
+            subprocess.Popen(
+                ["ray", "start", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        )
 
     def _wait_for_nodes(self, count: int, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(node.poll() is not None for node in self.nodes):
                 raise RuntimeError(f"ray start exited; see {self.root}")
-            status = subprocess.run(["ray", "status", f"--address={self.address}"], capture_output=True,
-                                    text=True, env={**os.environ, **self.env}, timeout=60)
+            status = subprocess.run(
+                ["ray", "status", f"--address={self.address}"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **self.env},
+                timeout=60,
+            )
             if status.returncode == 0 and status.stdout.count("node_") >= count:
                 return
             time.sleep(1)

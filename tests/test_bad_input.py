@@ -149,10 +149,14 @@ CASES: dict[str, tuple[Case, str]] = {
 
 def assert_refused(args: list[str], cwd: Path, expected: str, study: str = "bad") -> str:
     """Run the CLI; it must fail with one error line holding ``expected`` and write no study."""
-    result = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=300)
-    errors = [line for line in result.stderr.splitlines() if not line.startswith(("resnet-search: decoding",
-                                                                                   "resnet-search: extracting"))]
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if not line.startswith(("resnet-search: decoding", "resnet-search: extracting"))
+    ]
     assert result.returncode == 2, result.stderr
     assert len(errors) == 1 and errors[0].startswith("resnet-search: error: "), result.stderr
     assert expected in errors[0], errors[0]
@@ -171,8 +175,9 @@ def test_a_wrong_database_password_is_one_line_without_the_password(
     tmp_path: Path, tiny_imagefolder: Path, postgres
 ) -> None:
     wrong = postgres.url.replace(POSTGRES_PASSWORD, "not-the-password")
-    line = assert_refused(run_args(write_spec(tmp_path, "bad", 2, 1), tiny_imagefolder, "--storage", wrong), tmp_path,
-                          "cannot connect")
+    line = assert_refused(
+        run_args(write_spec(tmp_path, "bad", 2, 1), tiny_imagefolder, "--storage", wrong), tmp_path, "cannot connect"
+    )
     assert "password authentication failed" in line and "not-the-password" not in line and "***@" in line
 
 

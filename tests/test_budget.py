@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
-from search.config import InvalidValue
-from search.models import VARIANTS, build_model
 from search.config import (
     AuxHead,
     BudgetConfig,
     Head,
+    InvalidValue,
     ResNetConfig,
     SqueezeExcite,
     Stage,
     Stem,
     TorchvisionResNetConfig,
 )
+from search.models import VARIANTS, build_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,7 +49,9 @@ def random_config(rng: random.Random) -> ResNetConfig:
         se=SqueezeExcite(rng.choice(["none", "stem", "blocks"]), rng.choice([1, 2, 4, 16])),
         pool_kernel=rng.choice([None, None, 1, 2, 3]),
         dropout=rng.choice([0.0, 0.2]),
-        head=Head(tuple(rng.choice([4, 7]) for _ in range(rng.randint(0, 2))), rng.random() < 0.5, rng.choice([0.0, 0.1])),
+        head=Head(
+            tuple(rng.choice([4, 7]) for _ in range(rng.randint(0, 2))), rng.random() < 0.5, rng.choice([0.0, 0.1])
+        ),
         aux_head=aux,
         zero_init_residual=rng.random() < 0.3,
     )
@@ -83,8 +85,7 @@ def test_fast_count_equals_fvcore_on_variants(name: str) -> None:
     assert fast_count(config, size) == count_model(build_model(config, size), size)
 
 
-@pytest.mark.parametrize(
-"name", ["resnet18", "resnet34", "resnet50", "resnet152"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet152"])
 @pytest.mark.parametrize("freeze", ["none", "all_but_last_stage", "all_but_head"])
 def test_fast_count_equals_fvcore_on_torchvision(name: str, freeze: str) -> None:
     config = TorchvisionResNetConfig(name=name, num_classes=10, freeze=freeze, dropout=0.1)  # type: ignore[arg-type]
@@ -141,8 +142,7 @@ SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "spaces"
 
 @pytest.mark.slow
 def test_fast_count_equals_fvcore_on_200_samples_of_the_main_space() -> None:
-    from search.config import random_samples
-    from search.config import load_spec
+    from search.config import load_spec, random_samples
 
     spec = load_spec(SPACES / "cifar_5m.yaml")
     configs = list(random_samples(spec.space, 200, seed=11))

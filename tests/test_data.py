@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import search.data as data
+import search.data.decode as decode
+import search.data.readers as readers
+import search.data.sources as sources
+from search.config import Augment, DataConfig, TrainConfig, UserError
 from search.data import ImageDataset, TensorSplit, augment_batch, load_dataset, normalize
-from search.config import UserError
-from search.config import Augment, DataConfig, TrainConfig
 
 TINY_CLASSES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}  # as in conftest
 
@@ -50,7 +52,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object) -> None:
         raise AssertionError("tried to download")
 
-    monkeypatch.setattr(data, "_download", fail)
+    monkeypatch.setattr(sources, "_download", fail)
 
 
 def image_keys(split: TensorSplit) -> set[bytes]:
@@ -92,7 +94,7 @@ def test_second_load_reads_the_cache_without_decoding(
     def no_decode(*args: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_images", no_decode)
+    monkeypatch.setattr(readers, "decode_images", no_decode)
     second = load_dataset(FOLDER, data_dir=tiny_imagefolder)
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
     assert first.mean == second.mean and first.std == second.std
@@ -144,15 +146,15 @@ def test_grayscale_rgba_jpeg_resize_and_bad_images(tmp_path: Path) -> None:
 
 
 def test_process_pool_decodes_in_order_and_reports_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "POOL_MIN_IMAGES", 0)
-    monkeypatch.setattr(data, "DECODE_CHUNK", 5)
+    monkeypatch.setattr(decode, "POOL_MIN_IMAGES", 0)
+    monkeypatch.setattr(decode, "DECODE_CHUNK", 5)
     root = make_tree(tmp_path / "tree", TINY_CLASSES, 12)
     files = sorted(root.rglob("*.png"))
-    pooled = data._decode_images(files, None)
-    assert np.array_equal(pooled, data._decode_chunk(files, None))
+    pooled = decode.decode_images(files, None)
+    assert np.array_equal(pooled, decode.decode_chunk(files, None))
     (root / "red" / "bad.png").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.png"):
-        data._decode_images(sorted(root.rglob("*.png")), None)
+        decode.decode_images(sorted(root.rglob("*.png")), None)
 
 
 def write_cifar10_pickles(folder: Path, per_batch: int = 20) -> None:
@@ -451,7 +453,7 @@ def test_real_cifar10_archive_decodes_once_then_loads_fast(fresh_cache: Path, mo
     assert first.classes[0] == "airplane" and first.image_size == 32
     assert np.allclose(first.mean, (0.4913, 0.4821, 0.4465), atol=0.003)
 
-    monkeypatch.setattr(data, "_decode_images", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(readers, "decode_images", lambda *a: pytest.fail("decoded again"))
     start = time.perf_counter()
     second = load_dataset(config, data_dir=REAL_ARCHIVE, download=False)
     load = time.perf_counter() - start

@@ -10,18 +10,20 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from search.config import InvalidValue, UserError
-from search.models import VARIANTS, build_model
-from search.models.resnet import PadShortcut
 from search.config import (
     AuxHead,
+    InvalidValue,
     ModelConfig,
     ResNetConfig,
     SqueezeExcite,
     Stage,
     Stem,
     TorchvisionResNetConfig,
+    UserError,
 )
+from search.models import VARIANTS, build_model
+from search.models.resnet import PadShortcut
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> object:
@@ -143,7 +145,9 @@ def test_identity_shortcut_is_parameter_free_and_handles_narrowing() -> None:
 def test_zero_init_residual_zeroes_last_bn_of_every_block() -> None:
     for block in ("basic", "bottleneck"):
         for preact in (False, True):
-            config = ResNetConfig(stages=(Stage(2, 8), Stage(1, 8)), block=block, preact=preact, zero_init_residual=True)
+            config = ResNetConfig(
+                stages=(Stage(2, 8), Stage(1, 8)), block=block, preact=preact, zero_init_residual=True
+            )
             model = build_model(config)
             blocks = [b for stage in model.stages for b in stage]
             assert len(blocks) == 3

@@ -22,7 +22,7 @@ from searching import kill, load, run_cli, sqlite_url, study_exists, wait_for_fi
 from services import POSTGRES_PASSWORD
 from test_search_cli import stop_and_rerun
 
-from search.records import ERROR, INTERRUPTED, is_finished
+from search.study.schema import ERROR, INTERRUPTED, is_finished
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,18 @@ def test_failing_trials_are_recorded_and_the_search_goes_on_on_a_ray_cluster(
 ) -> None:
     injected = {0: "raise", 1: "oom", 2: "nan", 3: "kill_once", 4: "kill"}
     spec = write_spec(tmp_path, "faults", n_trials=7, epochs=2, max_failures=1, max_params=10**6)
-    driver = [sys.executable, str(Path(faults.__file__)), str(spec), str(tiny_imagefolder), ray_cluster.address,
-              json.dumps(injected), str(tmp_path)]
-    result = subprocess.run(driver, cwd=tmp_path, env={**os.environ, **ray_cluster.env}, capture_output=True,
-                            text=True, timeout=900)
+    driver = [
+        sys.executable,
+        str(Path(faults.__file__)),
+        str(spec),
+        str(tiny_imagefolder),
+        ray_cluster.address,
+        json.dumps(injected),
+        str(tmp_path),
+    ]
+    result = subprocess.run(
+        driver, cwd=tmp_path, env={**os.environ, **ray_cluster.env}, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished 7, interrupted False" in result.stdout
     assert "trial 1 failed: out of memory" in result.stdout
@@ -85,8 +93,7 @@ def test_postgresql_restarted_mid_search_the_driver_retries_and_finishes(
     tmp_path: Path, tiny_imagefolder: Path, postgres
 ) -> None:
     spec = write_spec(tmp_path, "restarted_pg", n_trials=4, epochs=10)
-    process = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--storage", postgres.url],
-                      cwd=tmp_path)
+    process = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--storage", postgres.url], cwd=tmp_path)
     before = wait_for_finished(process, postgres.url, "restarted_pg", 1)
     postgres.stop()
     time.sleep(4)  # trials keep training and reporting while the database is away
@@ -160,10 +167,12 @@ def test_the_same_spec_and_seed_give_the_same_search_twice(tmp_path: Path, tiny_
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
         study = load(sqlite_url(cwd, "same"), "same")
-        runs.append((
-            [(t.number, t.state, t.params, t.intermediate_values) for t in study.trials],
-            study.best_value,
-        ))
+        runs.append(
+            (
+                [(t.number, t.state, t.params, t.intermediate_values) for t in study.trials],
+                study.best_value,
+            )
+        )
     first, second = runs
     assert any(state == TrialState.PRUNED for _, state, _, _ in first[0])  # pruning decisions are compared too
     assert first == second

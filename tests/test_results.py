@@ -27,20 +27,17 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.report import write_report
-from search.results import (
-    LEADERBOARD,
-    annotate_trial,
-    export_best,
-    list_studies,
-    retrain,
-    study_spec,
-    trial_config,
-    trial_status,
-)
 from search.config import load_spec, parse_spec
-from search.records import REJECTED
-from search.tune import StudyBridge, TrialJob, create_study
+from search.engine.bridge import StudyBridge
+from search.engine.samplers import create_study
+from search.engine.trainable import TrialJob
+from search.outputs.export import export_best
+from search.outputs.report import write_report
+from search.outputs.retrain import retrain
+from search.outputs.studies import list_studies
+from search.study.notes import write_trial_note
+from search.study.schema import LEADERBOARD, REJECTED, trial_status
+from search.study.trials import study_spec, trial_config
 
 SPEC = """
 study:
@@ -69,8 +66,13 @@ TWO_OBJECTIVES = "[{metric: val_acc, direction: maximize}, {metric: params, dire
 Report = Callable[[dict], bool]
 
 
-def spec_text(name: str, n_trials: int = 5, objectives: str = VAL_ACC, sampler: str = "tpe",
-              pruner: str = "{name: median, n_startup_trials: 2, n_warmup_steps: 0}") -> str:
+def spec_text(
+    name: str,
+    n_trials: int = 5,
+    objectives: str = VAL_ACC,
+    sampler: str = "tpe",
+    pruner: str = "{name: median, n_startup_trials: 2, n_warmup_steps: 0}",
+) -> str:
     return SPEC.format(name=name, n_trials=n_trials, objectives=objectives, sampler=sampler, pruner=pruner)
 
 
@@ -132,8 +134,12 @@ def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Pa
         result = train(job.trial, data, callback=on_epoch)
         if result.status == "stopped":
             return last
-        return {"val_acc": result.final_val_acc, "val_loss": result.final_val_loss,
-                "epochs_run": result.epochs_run, "train_time_s": result.train_time_s}
+        return {
+            "val_acc": result.final_val_acc,
+            "val_loss": result.final_val_loss,
+            "epochs_run": result.epochs_run,
+            "train_time_s": result.train_time_s,
+        }
 
     (workdir / "studies").mkdir(exist_ok=True)
     storage = f"sqlite:///{workdir / 'studies' / 'trained.db'}"
@@ -141,8 +147,9 @@ def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Pa
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # --------------------------------------------------------------------------- studies and export
@@ -181,8 +188,11 @@ def test_export_writes_only_complete_trials_best_first(quick_study, tmp_path: Pa
 
 def test_pareto_export_writes_the_front_of_a_multi_objective_study(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'pareto.db'}"
-    study = run_study(storage, spec_text("pareto", n_trials=6, objectives=TWO_OBJECTIVES, sampler="nsgaii",
-                                         pruner="{name: none}"), made_up_fit)
+    study = run_study(
+        storage,
+        spec_text("pareto", n_trials=6, objectives=TWO_OBJECTIVES, sampler="nsgaii", pruner="{name: none}"),
+        made_up_fit,
+    )
     paths = export_best(study, storage, out_dir=tmp_path / "front", pareto=True)
     assert sorted(p.name for p in paths) == sorted(f"pareto_trial{t.number}.yaml" for t in study.best_trials)
     for path in paths:
@@ -191,8 +201,9 @@ def test_pareto_export_writes_the_front_of_a_multi_objective_study(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_exported_configs_count_and_train_through_the_cli(trained_study, tiny_imagefolder: Path,
-                                                          workdir: Path, tmp_path: Path) -> None:
+def test_exported_configs_count_and_train_through_the_cli(
+    trained_study, tiny_imagefolder: Path, workdir: Path, tmp_path: Path
+) -> None:
     storage, study = trained_study
     exported = cli(["export", "--storage", storage, "--top", "2", "--out", str(tmp_path)], cwd=workdir)
     assert exported.returncode == 0, exported.stderr
@@ -207,8 +218,19 @@ def test_exported_configs_count_and_train_through_the_cli(trained_study, tiny_im
         # The exported config rebuilds the very model the trial trained.
         counts = json.loads(counted.stdout)
         assert (counts["params"], counts["flops"]) == (trial.user_attrs["params"], trial.user_attrs["flops"])
-        trained = cli(["train", str(path), "--epochs", "1", "--data-dir", str(tiny_imagefolder),
-                       "--out", str(tmp_path / path.stem)], cwd=tmp_path)
+        trained = cli(
+            [
+                "train",
+                str(path),
+                "--epochs",
+                "1",
+                "--data-dir",
+                str(tiny_imagefolder),
+                "--out",
+                str(tmp_path / path.stem),
+            ],
+            cwd=tmp_path,
+        )
         assert trained.returncode == 0, trained.stderr
         metrics = json.loads((tmp_path / path.stem / "metrics.json").read_text())
         assert metrics["params"] == trial.user_attrs["params"] and metrics["epochs"] == 1
@@ -217,17 +239,28 @@ def test_exported_configs_count_and_train_through_the_cli(trained_study, tiny_im
 # --------------------------------------------------------------------------- retrain
 
 
-def test_retrain_leaderboard_matches_the_per_seed_metrics(trained_study, tiny_imagefolder: Path,
-                                                          tmp_path: Path) -> None:
+def test_retrain_leaderboard_matches_the_per_seed_metrics(
+    trained_study, tiny_imagefolder: Path, tmp_path: Path
+) -> None:
     _, study = trained_study
-    board = retrain(study, top=2, seeds=(0, 1), epochs=1, data_dir=tiny_imagefolder, out_dir=tmp_path,
-                    device="cpu", log=lambda line: None)
+    board = retrain(
+        study,
+        top=2,
+        seeds=(0, 1),
+        epochs=1,
+        data_dir=tiny_imagefolder,
+        out_dir=tmp_path,
+        device="cpu",
+        log=lambda line: None,
+    )
     with board.csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(board.rows) == min(2, sum(t.state == TrialState.COMPLETE for t in study.trials))
     for row in rows:
-        accs = [json.loads((tmp_path / f"trial{row['trial']}" / f"seed{s}" / "metrics.json").read_text())["test_acc"]
-                for s in (0, 1)]
+        accs = [
+            json.loads((tmp_path / f"trial{row['trial']}" / f"seed{s}" / "metrics.json").read_text())["test_acc"]
+            for s in (0, 1)
+        ]
         mean = sum(accs) / 2
         std = (sum((a - mean) ** 2 for a in accs) / 1) ** 0.5  # sample standard deviation
         assert float(row["test_acc_mean"]) == pytest.approx(mean)
@@ -263,11 +296,27 @@ def test_report_draws_every_figure_offline_in_headless_chromium(quick_study, tmp
     if chromium is None:
         pytest.skip("no Chromium found (apt-get install -y chromium)")
     process = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",  # no network at all
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom", files.html.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=http://127.0.0.1:9",  # no network at all
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            files.html.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert process.returncode == 0, process.stderr[-2000:]
     console = [line for line in process.stderr.splitlines() if ":CONSOLE" in line]
@@ -300,7 +349,7 @@ def test_annotate_trial_writes_the_architecture_note(quick_study) -> None:
 
     _, study = quick_study
     trial = next(t for t in study.trials if t.state == TrialState.COMPLETE)
-    annotate_trial(study, trial, curves=False)
+    write_trial_note(study, trial)
     note = get_note(optuna.Trial(study, trial._trial_id))
     assert f"{trial.user_attrs['params']:,} params" in note and "stages" in note and "MFLOPs" in note
 
@@ -319,17 +368,22 @@ def non_loopback_address() -> str:
 def test_dashboard_serves_the_study_and_stops_on_ctrl_c(quick_study, workdir: Path) -> None:
     storage, study = quick_study
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
-                                "--port", str(port)], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "dashboard", "--storage", storage, "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()  # printed once the port is bound and the notes written
         assert f"http://127.0.0.1:{port}/dashboard/" in line, (line, process.stderr.read() if process.poll() else "")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as response:
             summaries = json.load(response)["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["quick"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}",
-                                    timeout=30) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}", timeout=30
+        ) as response:
             detail = json.load(response)
         complete = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert complete and all("params" in t["note"]["body"] for t in complete)
@@ -387,8 +441,9 @@ def run_main(args: list[str]) -> int | str | None:
         return exit_.code
 
 
-def test_bad_input_is_one_line_and_exit_2(quick_study, empty_storage: str, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    quick_study, empty_storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)  # no studies/ here
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -407,4 +462,5 @@ def test_bad_input_through_the_installed_command(quick_study, workdir: Path) -> 
     process = cli(["export", "--storage", quick_study[0], "--study", "nope"], cwd=workdir, timeout=120)
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [
-        f"resnet-search: error: storage {quick_study[0]}: no study 'nope'; studies there: quick"]
+        f"resnet-search: error: storage {quick_study[0]}: no study 'nope'; studies there: quick"
+    ]

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from searching import kill, load, run_cli, sqlite_url, wait_for_finished, write_spec
 
-from search.records import REJECTED, is_finished
+from search.study.schema import REJECTED, is_finished
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +51,19 @@ def test_run_records_complete_pruned_and_rejected_trials(tmp_path: Path, tiny_im
         assert trial.user_attrs["params"] > 40_000 and "ray_trial_id" not in trial.user_attrs
 
     listed = subprocess.run(
-        ["optuna", "trials", "--study-name", "e2e", "--storage", f"sqlite:///studies/e2e.db", "-f", "json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        ["optuna", "trials", "--study-name", "e2e", "--storage", "sqlite:///studies/e2e.db", "-f", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode == 0 and '"PRUNED"' in listed.stdout and '"COMPLETE"' in listed.stdout
 
 
 @pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
-def test_a_stopped_driver_loses_nothing_and_the_rerun_finishes(tmp_path: Path, tiny_imagefolder: Path, how: str) -> None:
+def test_a_stopped_driver_loses_nothing_and_the_rerun_finishes(
+    tmp_path: Path, tiny_imagefolder: Path, how: str
+) -> None:
     storage = sqlite_url(tmp_path, "stopped")
     stop_and_rerun(tmp_path, tiny_imagefolder, "stopped", storage, how)
 
@@ -100,8 +105,13 @@ def stop_and_rerun(cwd: Path, data: Path, name: str, storage: str, how: str) -> 
 
 def test_dry_run_surveys_the_budget_probes_and_rehearses(tmp_path: Path) -> None:
     spec = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
-    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), "--dry-run"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", str(spec), "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "sampled configs fit the budget" in result.stdout
     assert "per step on cpu" in result.stdout and "estimate: 8 trials x 4 epochs on 2 slot(s)" in result.stdout
@@ -116,8 +126,13 @@ def test_missing_pretrained_weights_fail_before_any_trial(tmp_path: Path, tiny_i
         "data: {dataset: imagefolder, image_size: 32}\n"
         "model: {name: resnet18, num_classes: 3, weights: missing.pth, freeze: {choice: [none, all_but_head]}}\n"
     )
-    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), "--data-dir", str(tiny_imagefolder)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", str(spec), "--data-dir", str(tiny_imagefolder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "weights 'missing.pth'" in lines[0]

@@ -31,8 +31,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("search_efficiency")
     cache = os.environ.get("RESNET_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESNET_SEARCH_CACHE": cache}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (out / "stdout.txt").write_text(done.stdout)
     return out

@@ -9,9 +9,18 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import SpecError
-from search.config import RandomSuggester, random_samples
-from search.config import SGD, AdamW, ResNetConfig, Stage, TrialConfig, load_spec, parse_spec
+from search.config import (
+    SGD,
+    AdamW,
+    RandomSuggester,
+    ResNetConfig,
+    SpecError,
+    Stage,
+    TrialConfig,
+    load_spec,
+    parse_spec,
+    random_samples,
+)
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 

@@ -11,12 +11,14 @@ import time
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from search.config import UserError
-from search.lease import DriverLease
-from search.records import DRIVER
-from search.storage import FIRST_WAIT_S, RetryingStorage, is_transient, mask_password
+from search.study.lease import DriverLease
+from search.study.retrying import FIRST_WAIT_S, RetryingStorage, is_transient
+from search.study.schema import DRIVER
+from search.study.storage import mask_password
 
 
 class FlakyStorage(optuna.storages.InMemoryStorage):
@@ -127,3 +129,100 @@ def test_lease_arguments_are_checked() -> None:
         DriverLease(study, heartbeat_s=0)
     with pytest.raises(ValueError, match=r"stale_after_s must be > heartbeat_s \(10.0\), got 5"):
         DriverLease(study, stale_after_s=5)
+
+
+# --------------------------------------------------------------------------- each retried method
+
+
+class LosesEveryFirstCall(optuna.storages.InMemoryStorage):
+    """Each public method fails its first call with a lost connection. With ``apply_then_lose``,
+    the first call of a write is applied and then its answer lost (a commit whose reply never came)."""
+
+    def __init__(self, apply_then_lose: bool = False) -> None:
+        super().__init__()
+        self.apply_then_lose = apply_then_lose
+        self.failed: set[str] = set()
+        self.armed = False
+
+    def __getattribute__(self, name: str):
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or not callable(attr) or not super().__getattribute__("armed"):
+            return attr
+        failed = super().__getattribute__("failed")
+
+        def call(*args, **kwargs):
+            if name in failed:
+                return attr(*args, **kwargs)
+            failed.add(name)
+            if super(LosesEveryFirstCall, self).__getattribute__("apply_then_lose"):
+                attr(*args, **kwargs)
+            raise LOST
+
+        return call
+
+
+def retried_storage(apply_then_lose: bool = False) -> tuple[RetryingStorage, LosesEveryFirstCall, int, int]:
+    inner = LosesEveryFirstCall(apply_then_lose)
+    study_id = inner.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+    trial_id = inner.create_new_trial(study_id)
+    inner.armed = True
+    return RetryingStorage(inner, sleep=lambda s: None), inner, study_id, trial_id
+
+
+DIST = optuna.distributions.FloatDistribution(0, 1)
+CALLS = {
+    "get_all_studies": lambda s, sid, tid: s.get_all_studies(),
+    "get_study_id_from_name": lambda s, sid, tid: s.get_study_id_from_name("s"),
+    "get_study_name_from_id": lambda s, sid, tid: s.get_study_name_from_id(sid),
+    "get_study_directions": lambda s, sid, tid: s.get_study_directions(sid),
+    "get_study_user_attrs": lambda s, sid, tid: s.get_study_user_attrs(sid),
+    "get_study_system_attrs": lambda s, sid, tid: s.get_study_system_attrs(sid),
+    "get_trial": lambda s, sid, tid: s.get_trial(tid),
+    "get_all_trials": lambda s, sid, tid: s.get_all_trials(sid),
+    "get_n_trials": lambda s, sid, tid: s.get_n_trials(sid),
+    "get_trial_id_from_study_id_trial_number": lambda s, sid, tid: s.get_trial_id_from_study_id_trial_number(sid, 0),
+    "get_trial_number_from_id": lambda s, sid, tid: s.get_trial_number_from_id(tid),
+    "get_trial_params": lambda s, sid, tid: s.get_trial_params(tid),
+    "get_trial_user_attrs": lambda s, sid, tid: s.get_trial_user_attrs(tid),
+    "get_trial_system_attrs": lambda s, sid, tid: s.get_trial_system_attrs(tid),
+    "check_trial_is_updatable": lambda s, sid, tid: s.check_trial_is_updatable(tid, TrialState.RUNNING),
+    "set_study_user_attr": lambda s, sid, tid: s.set_study_user_attr(sid, "k", 1),
+    "set_study_system_attr": lambda s, sid, tid: s.set_study_system_attr(sid, "k", 1),
+    "set_trial_param": lambda s, sid, tid: s.set_trial_param(tid, "x", 0.5, DIST),
+    "set_trial_intermediate_value": lambda s, sid, tid: s.set_trial_intermediate_value(tid, 1, 0.5),
+    "set_trial_user_attr": lambda s, sid, tid: s.set_trial_user_attr(tid, "k", 1),
+    "set_trial_system_attr": lambda s, sid, tid: s.set_trial_system_attr(tid, "k", 1),
+    "set_trial_state_values": lambda s, sid, tid: s.set_trial_state_values(tid, TrialState.COMPLETE, [1.0]),
+    "create_new_trial": lambda s, sid, tid: s.create_new_trial(sid),
+    "create_new_study": lambda s, sid, tid: s.create_new_study([optuna.study.StudyDirection.MINIMIZE], "t"),
+    "delete_study": lambda s, sid, tid: s.delete_study(sid),
+}
+
+
+def test_every_method_of_the_base_storage_is_written_out_and_tested() -> None:
+    public = {n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")}
+    assert public - {"remove_session", "get_best_trial", "get_trial_param"} == set(CALLS)
+    assert all(name in vars(RetryingStorage) for name in public)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_each_method_is_retried_after_a_lost_connection(name: str) -> None:
+    storage, inner, study_id, trial_id = retried_storage()
+    CALLS[name](storage, study_id, trial_id)
+    assert name in inner.failed and storage.retries >= 1
+
+
+@pytest.mark.parametrize("name", ["create_new_trial", "create_new_study", "set_trial_state_values", "delete_study"])
+def test_a_write_that_landed_before_its_answer_was_lost_is_not_applied_twice(name: str) -> None:
+    storage, inner, study_id, trial_id = retried_storage(apply_then_lose=True)
+    inner.failed.update(n for n in CALLS if n != name)  # only the write under test loses its answer
+    result = CALLS[name](storage, study_id, trial_id)
+    inner.armed = False
+    if name == "create_new_trial":
+        assert inner.get_n_trials(study_id) == 2 and result == inner.get_all_trials(study_id)[-1]._trial_id
+    elif name == "create_new_study":
+        assert [s.study_name for s in inner.get_all_studies()] == ["s", "t"]
+    elif name == "set_trial_state_values":
+        assert result is True and inner.get_trial(trial_id).state == TrialState.COMPLETE
+    else:
+        assert inner.get_all_studies() == []

@@ -14,28 +14,28 @@ import pytest
 import torch
 from torch import nn
 
-import search.train as train_mod
-from search.data import ImageDataset, TensorSplit
-from search.config import UserError
-from search.models import build_model
+import search.train.loop as train_loop
 from search.config import (
     SGD,
     Adam,
     AdamW,
-    AuxHead,
     Augment,
+    AuxHead,
     Constant,
     Cosine,
     MultiStep,
     OneCycle,
     ResNetConfig,
     Stage,
-    Step,
     Stem,
+    Step,
     TrainConfig,
     TrialConfig,
+    UserError,
     parse_spec,
 )
+from search.data import ImageDataset, TensorSplit
+from search.models import build_model
 from search.train import (
     EpochMetrics,
     ProgressPrinter,
@@ -132,7 +132,13 @@ def test_step_multistep_and_constant():
 
 
 OPTIMIZERS = [SGD(lr=0.05, nesterov=True), Adam(lr=1e-3, weight_decay=1e-4), AdamW(lr=1e-3)]
-SCHEDULERS = [Cosine(warmup_epochs=0.5, min_lr_ratio=0.1), OneCycle(), Step(step_epochs=1), MultiStep(milestones=(1,)), Constant()]
+SCHEDULERS = [
+    Cosine(warmup_epochs=0.5, min_lr_ratio=0.1),
+    OneCycle(),
+    Step(step_epochs=1),
+    MultiStep(milestones=(1,)),
+    Constant(),
+]
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o.name)
@@ -268,10 +274,12 @@ class InfModel(nn.Module):
 
 
 def test_non_finite_loss_ends_the_run_cleanly(monkeypatch, tmp_path):
-    monkeypatch.setattr(train_mod, "build_model", lambda config, image_size: InfModel())
+    monkeypatch.setattr(train_loop, "build_model", lambda config, image_size: InfModel())
     seen = []
     ckpt = tmp_path / "ckpt.pt"
-    result = train(trial(), make_data(), augment=AUGMENT, callback=seen.append, checkpoint_path=ckpt, evaluate_test=True)
+    result = train(
+        trial(), make_data(), augment=AUGMENT, callback=seen.append, checkpoint_path=ckpt, evaluate_test=True
+    )
     assert result.status == "nan" and result.epochs_run == 1
     assert "non-finite loss in epoch 1" in result.reason
     assert not seen and not ckpt.exists() and result.test_acc is None
@@ -348,8 +356,17 @@ def test_write_outputs_writes_the_three_files(tmp_path):
     result = train(trial(), make_data(), augment=AUGMENT, evaluate_test=True)
     write_outputs(result, tmp_path / "out", config_dict={"model": {"name": "resnet"}}, params=1234)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    for key in ("val_acc", "test_acc", "params", "train_time_s", "epochs", "status", "config",
-                "per_class_test_acc", "confusion_matrix"):
+    for key in (
+        "val_acc",
+        "test_acc",
+        "params",
+        "train_time_s",
+        "epochs",
+        "status",
+        "config",
+        "per_class_test_acc",
+        "confusion_matrix",
+    ):
         assert key in metrics
     assert metrics["params"] == 1234 and metrics["epochs"] == 2 and metrics["status"] == "completed"
     assert metrics["config"] == {"model": {"name": "resnet"}}
@@ -361,7 +378,7 @@ def test_write_outputs_writes_the_three_files(tmp_path):
 
 
 def test_write_outputs_of_a_nan_run_is_valid_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "build_model", lambda config, image_size: InfModel())
+    monkeypatch.setattr(train_loop, "build_model", lambda config, image_size: InfModel())
     result = train(trial(), make_data(), augment=AUGMENT)
     write_outputs(result, tmp_path, config_dict={}, params=0)
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # strict: NaN became null
@@ -369,7 +386,9 @@ def test_write_outputs_of_a_nan_run_is_valid_json(tmp_path, monkeypatch):
 
 
 def test_progress_printer_and_chained_callbacks():
-    m = EpochMetrics(epoch=2, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.45, lr=0.1, images_per_s=1234.0, elapsed_s=20.0)
+    m = EpochMetrics(
+        epoch=2, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.45, lr=0.1, images_per_s=1234.0, elapsed_s=20.0
+    )
     lines: list[str] = []
     printer = ProgressPrinter(10, log=lines.append)
     assert chain_callbacks(printer, None, lambda _: True)(m) is True
@@ -411,10 +430,13 @@ THIN = ResNetConfig(num_classes=NUM_CLASSES, stem=Stem(4), stages=(Stage(1, 4), 
 def test_thin_strided_projections_train_contiguous_on_the_cpu():
     assert cpu_channels_last_is_safe(build_model(TINY)) and not cpu_channels_last_is_safe(build_model(THIN))
     # torch aborts the process when channels_last meets such a layer, so train in a child process.
-    code = ("import torch; torch.set_num_threads(1); "  # as a search trial with resources.cpu 1 runs
-            "from test_train import THIN, make_data, trial, train; "
-            "r = train(trial(THIN, channels_last='on', batch_size=32, epochs=3), make_data(128), device='cpu'); "
-            "print(r.status)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
-                            text=True, timeout=300)
+    code = (
+        "import torch; torch.set_num_threads(1); "  # as a search trial with resources.cpu 1 runs
+        "from test_train import THIN, make_data, trial, train; "
+        "r = train(trial(THIN, channels_last='on', batch_size=32, epochs=3), make_data(128), device='cpu'); "
+        "print(r.status)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and result.stdout.strip() == "completed", result.stderr[-2000:]

@@ -51,8 +51,9 @@ def test_train_writes_metrics_history_curves_checkpoint_and_config(tmp_path: Pat
 def test_train_with_several_seeds_reports_mean_and_std(tmp_path: Path, tiny_imagefolder: Path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(CONFIG)
-    result = train_cli(str(spec), "--data-dir", str(tiny_imagefolder), "--out", "out", "--seeds", "0,1",
-                       "--epochs", "1", cwd=tmp_path)
+    result = train_cli(
+        str(spec), "--data-dir", str(tiny_imagefolder), "--out", "out", "--seeds", "0,1", "--epochs", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     accs = [json.loads((tmp_path / "out" / f"seed{s}" / "metrics.json").read_text())["test_acc"] for s in (0, 1)]
     mean = sum(accs) / 2

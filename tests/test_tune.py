@@ -12,8 +12,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search.config import parse_spec
-from search.records import ERROR, INTERRUPTED, REJECTED, is_finished
-from search.tune import StudyBridge, _tune_classes, create_study, recover_interrupted
+from search.engine.adapters import OptunaPruningScheduler, OptunaSearcher
+from search.engine.bridge import StudyBridge
+from search.engine.samplers import create_study
+from search.study.schema import ERROR, INTERRUPTED, REJECTED, is_finished
+from search.study.trials import recover_interrupted
 
 SPACE = """
 study: {name: bridge, n_trials: 3, pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}, max_rejections: 50}
@@ -110,7 +113,10 @@ def test_interrupted_trials_are_failed_and_enqueued_again(storage: str) -> None:
 
 
 def test_a_space_that_never_fits_stops_with_a_message(storage: str) -> None:
-    bridge = make_bridge(storage, SPACE.replace("max_params: 20000", "max_params: 100").replace("max_rejections: 50", "max_rejections: 5"))
+    bridge = make_bridge(
+        storage,
+        SPACE.replace("max_params: 20000", "max_params: 100").replace("max_rejections: 50", "max_rejections: 5"),
+    )
     assert bridge.next_job() is None
     assert "5 samples in a row" in bridge.stop_reason
     assert "raise budget.max_params" in bridge.stop_reason
@@ -127,8 +133,7 @@ def test_warm_start_configs_are_tried_first(tmp_path, storage: str) -> None:
     from search.config import load_spec
 
     spec = load_spec(spec_file)
-    bridge = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None,
-                         use_gpu=False, threads=1)
+    bridge = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
     job = bridge.next_job()
     assert job.trial.train.optimizer.lr == 0.05
 
@@ -137,7 +142,7 @@ def test_searcher_and_scheduler_copy_tunes_signatures() -> None:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    searcher_cls, scheduler_cls = _tune_classes()
+    searcher_cls, scheduler_cls = OptunaSearcher, OptunaPruningScheduler
     for ours, theirs, names in (
         (searcher_cls, Searcher, ("suggest", "on_trial_complete")),
         (scheduler_cls, TrialScheduler, ("on_trial_result",)),
@@ -162,7 +167,7 @@ def test_the_adapters_drive_the_bridge_as_tune_would(storage: str) -> None:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    searcher_cls, scheduler_cls = _tune_classes()
+    searcher_cls, scheduler_cls = OptunaSearcher, OptunaPruningScheduler
     bridge = make_bridge(storage)
     searcher, scheduler = searcher_cls(bridge), scheduler_cls(bridge)
     configs = [searcher.suggest(f"ray{i}") for i in range(3)]

@@ -1,15 +1,18 @@
 """What the user writes: the typed, frozen configs, the YAML search-space forms that sample
 them, loading a spec file, and the errors a user can fix.
 
-Everything above this layer takes these typed configs; raw YAML never leaves it.
+Everything above this layer takes these typed configs; raw YAML never leaves it. Modules,
+lowest first: ``errors``; ``distributions`` (the nodes of a search space); ``parsing``
+(YAML values to nodes, against type hints); ``suggesters`` (sampling without a study);
+``schema`` (the frozen configs); ``loading`` (spec files to a :class:`Spec` and back).
 """
 
+from search.config.distributions import InvalidSample
 from search.config.errors import InvalidValue, SpecError, UserError
-from search.config.space import InvalidSample, LowEndSuggester, RandomSuggester, random_samples
-from search.config.spec import (
-    SCHEMA_VERSION,
-    TORCHVISION_ARCHS,
+from search.config.loading import SCHEMA_VERSION, fixed_document, load_spec, parse_spec, to_plain
+from search.config.schema import (
     SGD,
+    TORCHVISION_ARCHS,
     Adam,
     AdamW,
     Augment,
@@ -37,17 +40,49 @@ from search.config.spec import (
     TorchvisionResNetConfig,
     TrainConfig,
     TrialConfig,
-    fixed_document,
-    load_spec,
-    parse_spec,
-    to_plain,
 )
+from search.config.suggesters import LowEndSuggester, RandomSuggester, random_samples
 
 __all__ = [
-    "SCHEMA_VERSION", "TORCHVISION_ARCHS", "SGD", "Adam", "AdamW", "Augment", "AuxHead", "BudgetConfig",
-    "Constant", "Cosine", "DataConfig", "Head", "InvalidSample", "InvalidValue", "LowEndSuggester",
-    "ModelConfig", "MultiStep", "OneCycle", "OptimizerConfig", "PrunerConfig", "RandomSuggester",
-    "ResNetConfig", "ResourcesConfig", "SamplerConfig", "SchedulerConfig", "Spec", "SpecError",
-    "SqueezeExcite", "Stage", "Stem", "Step", "StudyConfig", "TorchvisionResNetConfig", "TrainConfig",
-    "TrialConfig", "UserError", "fixed_document", "load_spec", "parse_spec", "random_samples", "to_plain",
+    "SCHEMA_VERSION",
+    "TORCHVISION_ARCHS",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Augment",
+    "AuxHead",
+    "BudgetConfig",
+    "Constant",
+    "Cosine",
+    "DataConfig",
+    "Head",
+    "InvalidSample",
+    "InvalidValue",
+    "LowEndSuggester",
+    "ModelConfig",
+    "MultiStep",
+    "OneCycle",
+    "OptimizerConfig",
+    "PrunerConfig",
+    "RandomSuggester",
+    "ResNetConfig",
+    "ResourcesConfig",
+    "SamplerConfig",
+    "SchedulerConfig",
+    "Spec",
+    "SpecError",
+    "SqueezeExcite",
+    "Stage",
+    "Stem",
+    "Step",
+    "StudyConfig",
+    "TorchvisionResNetConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "UserError",
+    "fixed_document",
+    "load_spec",
+    "parse_spec",
+    "random_samples",
+    "to_plain",
 ]

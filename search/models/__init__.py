@@ -1,14 +1,15 @@
 """Models: build a ``nn.Module`` from a model config, and the registry of named variants.
 
 >>> model = build_model(VARIANTS["resnet20"])
+
+The shapes of our ResNets (:mod:`search.models.geometry`) are computed without torch
+layers, so that :mod:`search.budget` counts from the same shapes the builder uses.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from search.models.resnet import ResNet
-from search.models.torchvision_resnet import build_torchvision_resnet
 from search.config import (
     TORCHVISION_ARCHS,
     AuxHead,
@@ -20,6 +21,8 @@ from search.config import (
     Stem,
     TorchvisionResNetConfig,
 )
+from search.models.resnet import ResNet
+from search.models.torchvision_resnet import build_torchvision_resnet
 
 __all__ = ["build_model", "VARIANTS", "ResNet"]
 

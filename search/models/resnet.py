@@ -1,11 +1,12 @@
-"""Our own ResNet, assembled from a :class:`~search.config.spec.ResNetConfig`.
+"""Our own ResNet, assembled from a :class:`~search.config.schema.ResNetConfig`.
 
 Reads like torchvision's ``models/resnet.py``: conv helpers, then the blocks (one
 constructor signature, an ``expansion`` class attribute), then the ``ResNet`` module.
 Post-activation blocks follow torchvision (Bottleneck v1.5: stride on the 3x3); the
 pre-activation blocks follow He et al., "Identity Mappings in Deep Residual Networks"
-(2016). Every shape rule here is mirrored by :func:`search.budget.fast_count`, which
-counts parameters and FLOPs without building the model: change both together.
+(2016). Channels, strides and sizes come from :mod:`search.models.geometry`, which
+:func:`search.budget.fast_count` also counts from; the layers each shape turns into are
+mirrored there (which convs, BatchNorms, SE): change both together.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.config import InvalidValue
 from search.config import AuxHead, Head, ResNetConfig
+from search.models.geometry import EXPANSION, BlockGeometry, StemGeometry, resnet_geometry
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "SqueezeExcite"]
 
@@ -69,16 +70,21 @@ class PadShortcut(nn.Module):
         return x
 
 
-def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str, preact: bool) -> nn.Module | None:
+def make_shortcut(block: BlockGeometry, kind: str, preact: bool) -> nn.Module | None:
     """The shortcut of a block whose shape changes, ``None`` where it does not.
 
     Args:
+        block: The block's shapes.
         kind: ``projection`` (1x1 conv + BN) or ``identity`` (parameter-free option A).
         preact: In a pre-activation network the projection is a bare 1x1 conv: its input
             is already normalised by the block's first BN (He et al. 2016).
+
+    Returns:
+        The shortcut module, or ``None`` for the identity.
     """
-    if stride == 1 and in_planes == out_planes:
+    if not block.reshapes:
         return None
+    in_planes, out_planes, stride = block.in_channels, block.out_channels, block.stride
     if kind == "identity":
         return PadShortcut(in_planes, out_planes, stride)
     if preact:
@@ -89,7 +95,7 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str, preac
 class BasicBlock(nn.Module):
     """Two 3x3 convs, post-activation (conv-BN-ReLU); ``expansion`` 1."""
 
-    expansion: int = 1
+    expansion: int = EXPANSION["basic"]
 
     def __init__(
         self,
@@ -121,7 +127,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided, torchvision v1.5), 1x1 expand to ``4 * planes``."""
 
-    expansion: int = 4
+    expansion: int = EXPANSION["bottleneck"]
 
     def __init__(
         self,
@@ -157,7 +163,7 @@ class Bottleneck(nn.Module):
 class PreActBasicBlock(nn.Module):
     """Pre-activation BasicBlock: BN-ReLU-conv twice, nothing after the addition."""
 
-    expansion: int = 1
+    expansion: int = EXPANSION["basic"]
 
     def __init__(
         self,
@@ -191,7 +197,7 @@ class PreActBasicBlock(nn.Module):
 class PreActBottleneck(nn.Module):
     """Pre-activation Bottleneck (stride on the 3x3, as in the post-activation one)."""
 
-    expansion: int = 4
+    expansion: int = EXPANSION["bottleneck"]
 
     def __init__(
         self,
@@ -242,32 +248,32 @@ BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
 }
 
 
-def feature_size(config: ResNetConfig, image_size: int) -> int:
-    """Side of the last stage's feature map for a square ``image_size`` input."""
-    size = (image_size + 2 * (config.stem.kernel // 2) - config.stem.kernel) // config.stem.stride + 1
-    if config.stem.maxpool:
-        size = (size - 1) // 2 + 1
-    for _ in config.stages[1:]:
-        size = (size - 1) // 2 + 1
-    return size
+def make_stem(config: ResNetConfig, stem: StemGeometry) -> nn.Sequential:
+    """Conv [+ BN + ReLU] [+ SE] [+ max-pool].
 
-
-def pooled_size(config: ResNetConfig, image_size: int) -> int:
-    """Side of the map after pooling: 1 for global pooling, else ``AvgPool2d(pool_kernel)``'s.
-
-    Raises:
-        InvalidValue: ``pool_kernel`` is larger than the last feature map.
+    A pre-activation network normalises inside its first block instead of the stem.
     """
-    size = feature_size(config, image_size)
-    if config.pool_kernel is None:
-        return 1
-    if config.pool_kernel > size:
-        raise InvalidValue(
-            "pool_kernel",
-            f"{config.pool_kernel} is larger than the last feature map ({size}x{size} "
-            f"for {image_size}x{image_size} input)",
-        )
-    return (size - config.pool_kernel) // config.pool_kernel + 1
+    layers: list[nn.Module] = [
+        nn.Conv2d(stem.in_channels, stem.out_channels, stem.kernel, stem.stride, stem.padding, bias=False)
+    ]
+    if not config.preact:
+        layers += [nn.BatchNorm2d(stem.out_channels), nn.ReLU(inplace=True)]
+    if config.se.name == "stem":
+        layers.append(SqueezeExcite(stem.out_channels, config.se.ratio))
+    if config.stem.maxpool:
+        layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    return nn.Sequential(*layers)
+
+
+def make_stage(config: ResNetConfig, blocks: tuple[BlockGeometry, ...]) -> nn.Sequential:
+    """The blocks of one stage, each with its shortcut where its shape changes."""
+    block = BLOCKS[(config.block, config.preact)]
+    se_ratio = config.se.ratio if config.se.name == "blocks" else None
+    layers: list[nn.Module] = []
+    for b in blocks:
+        shortcut = make_shortcut(b, config.shortcut, config.preact)
+        layers.append(block(b.in_channels, b.width, b.stride, shortcut, se_ratio))
+    return nn.Sequential(*layers)
 
 
 def make_head(in_features: int, head: Head, num_classes: int) -> nn.Sequential:
@@ -312,55 +318,26 @@ class ResNet(nn.Module):
 
     def __init__(self, config: ResNetConfig, image_size: int = 32) -> None:
         super().__init__()
-        block = BLOCKS[(config.block, config.preact)]
-        se_ratio = config.se.ratio
-
-        # Stem: conv [+ BN + ReLU] [+ SE] [+ max-pool]. A pre-activation net normalises
-        # inside its first block instead.
-        stem = config.stem
-        layers: list[nn.Module] = [
-            nn.Conv2d(config.in_channels, stem.width, stem.kernel, stem.stride, stem.kernel // 2, bias=False)
-        ]
-        if not config.preact:
-            layers += [nn.BatchNorm2d(stem.width), nn.ReLU(inplace=True)]
-        if config.se.name == "stem":
-            layers.append(SqueezeExcite(stem.width, se_ratio))
-        if stem.maxpool:
-            layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        self.stem = nn.Sequential(*layers)
-
-        inplanes = stem.width
-        stages: list[nn.Module] = []
-        stage_channels: list[int] = []
-        for index, stage in enumerate(config.stages):
-            stride = 1 if index == 0 else 2
-            blocks: list[nn.Module] = []
-            for _ in range(stage.blocks):
-                outplanes = stage.width * block.expansion
-                shortcut = make_shortcut(inplanes, outplanes, stride, config.shortcut, config.preact)
-                blocks.append(
-                    block(inplanes, stage.width, stride, shortcut, se_ratio if config.se.name == "blocks" else None)
-                )
-                inplanes, stride = outplanes, 1
-            stages.append(nn.Sequential(*blocks))
-            stage_channels.append(inplanes)
-        self.stages = nn.ModuleList(stages)
+        geometry = resnet_geometry(config, image_size)
+        self.stem = make_stem(config, geometry.stem)
+        self.stages = nn.ModuleList(make_stage(config, stage.blocks) for stage in geometry.stages)
 
         self.aux_after = config.aux_head.after_stage if config.aux_head is not None else -1
         self.aux_head = (
-            make_aux_head(stage_channels[self.aux_after], config.aux_head, config.num_classes)
+            make_aux_head(geometry.stages[self.aux_after].out_channels, config.aux_head, config.num_classes)
             if config.aux_head is not None
             else None
         )
 
         # Pre-activation blocks end on an addition: normalise once before pooling.
         self.final_act = (
-            nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if config.preact else nn.Identity()
+            nn.Sequential(nn.BatchNorm2d(geometry.out_channels), nn.ReLU(inplace=True))
+            if config.preact
+            else nn.Identity()
         )
-        pooled = pooled_size(config, image_size)
         self.pool = nn.AdaptiveAvgPool2d(1) if config.pool_kernel is None else nn.AvgPool2d(config.pool_kernel)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.head = make_head(inplanes * pooled * pooled, config.head, config.num_classes)
+        self.head = make_head(geometry.head_features, config.head, config.num_classes)
 
         self._init_weights(config.zero_init_residual)
 
@@ -374,7 +351,7 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, tuple(BLOCKS.values())):
+                if isinstance(m, (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck)):
                     nn.init.constant_(m.last_bn().weight, 0)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:

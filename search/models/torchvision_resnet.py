@@ -1,4 +1,4 @@
-"""torchvision's ImageNet ResNets from a :class:`~search.config.spec.TorchvisionResNetConfig`.
+"""torchvision's ImageNet ResNets from a :class:`~search.config.schema.TorchvisionResNetConfig`.
 
 Pretrained weights come from a local file or the torch hub cache only: nothing is ever
 downloaded (trials run on machines that may have no network, and a silent 100 MB
@@ -16,8 +16,7 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-from search.config import UserError
-from search.config import TorchvisionResNetConfig
+from search.config import TorchvisionResNetConfig, UserError
 
 __all__ = ["build_torchvision_resnet", "load_weights", "freeze", "weights_file"]
 
@@ -73,8 +72,7 @@ def weights_file(config: TorchvisionResNetConfig) -> Path:
     member = enum.__members__.get(config.weights)
     if member is None:
         raise UserError(
-            f"weights {config.weights!r}: no such file, and not one of {enum.__name__} "
-            f"({', '.join(enum.__members__)})"
+            f"weights {config.weights!r}: no such file, and not one of {enum.__name__} ({', '.join(enum.__members__)})"
         )
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
     if not cached.is_file():

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 from search.config import UserError
-from search.records import DRIVER
+from search.study.schema import DRIVER
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
@@ -55,8 +55,9 @@ class DriverLease:
         UserError: On enter, another live driver holds the lease.
     """
 
-    def __init__(self, study: optuna.Study, *, heartbeat_s: float = HEARTBEAT_S,
-                 stale_after_s: float = STALE_AFTER_S) -> None:
+    def __init__(
+        self, study: optuna.Study, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
+    ) -> None:
         if heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be > 0, got {heartbeat_s!r}")
         if stale_after_s <= heartbeat_s:

@@ -13,10 +13,12 @@ import time
 
 import optuna
 
-from search.config import UserError
+from search.config import Spec, TrialConfig, UserError
+from search.config.units import format_duration
+from search.engine.bridge import StudyBridge
+from search.engine.checks import require_space
+from search.engine.samplers import create_study
 from search.models import build_model
-from search.config import Spec, TrialConfig
-from search.tune import StudyBridge, create_study, format_duration, require_space
 
 
 def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) -> str:
@@ -135,9 +137,10 @@ def rehearse_budget(spec: Spec, image_size: int) -> list[int]:
         has learned the budget when these fall to zero.
     """
     study = create_study(spec, optuna.storages.InMemoryStorage())
-    bridge = StudyBridge(study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1,
-                         reference_check=False)
-    rejected_before = []
+    bridge = StudyBridge(
+        study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1, reference_check=False
+    )
+    rejected_before: list[int] = []
     while (job := bridge.next_job()) is not None:
         rejected_before.append(bridge.tally.rejected - sum(rejected_before))
         bridge.finish(job.number, {"val_acc": 0.0, "val_loss": 0.0}, error=False)

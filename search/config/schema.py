@@ -1,28 +1,24 @@
-"""The spec: one YAML file that describes a whole study, as typed, frozen configs.
+"""The schema of a spec file: typed, frozen configs for every section.
 
 Every default of the tool is written here once, as a dataclass default. A spec's
-``model`` and ``train`` sections may hold distributions (see :mod:`search.config.space`);
-every other section is fixed. A spec whose every leaf is fixed is a plain config:
-the same format describes one model to train and a space to search.
+``model`` and ``train`` sections may hold distributions (see
+:mod:`search.config.distributions`); every other section is fixed. A spec whose every
+leaf is fixed is a plain config: the same format describes one model to train and a
+space to search.
 
 Bounds of numeric fields live in field metadata (``ge``, ``gt``, ``le``) so that the
-space parser can check fixed values and distribution ranges alike. Checks across
-fields live in ``__post_init__`` and raise :class:`InvalidValue`.
+parser (:mod:`search.config.parsing`) can check fixed values and distribution ranges
+alike. Checks across fields live in ``__post_init__`` and raise :class:`InvalidValue`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
+from search.config.distributions import Node
 from search.config.errors import InvalidValue, SpecError
-from search.config.space import Loc, Node, ParseError, check_keys, parse
-
-SCHEMA_VERSION = 1
 
 
 def bounded(default: Any, **bounds: float) -> Any:
@@ -107,12 +103,12 @@ class ResNetConfig:
         if self.aux_head is not None and self.aux_head.after_stage >= len(self.stages) - 1:
             raise InvalidValue(
                 "aux_head.after_stage",
-                f"must name a stage before the last (0 to {len(self.stages) - 2}), "
-                f"got {self.aux_head.after_stage}",
+                f"must name a stage before the last (0 to {len(self.stages) - 2}), got {self.aux_head.after_stage}",
             )
 
 
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TorchvisionArch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+TORCHVISION_ARCHS: tuple[TorchvisionArch, ...] = typing.get_args(TorchvisionArch)
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,7 @@ class TorchvisionResNetConfig:
     the head, ``all_but_head`` trains only the head (a linear probe).
     """
 
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
+    name: TorchvisionArch = "resnet18"
     num_classes: int = bounded(1000, ge=2)
     weights: str | None = None
     freeze: Literal["none", "all_but_last_stage", "all_but_head"] = "none"
@@ -394,7 +390,7 @@ class TrialConfig:
 class Spec:
     """A parsed spec file: fixed sections, plus the search space of model and train.
 
-    ``space`` is a :class:`search.config.space.Node` that samples a :class:`TrialConfig`.
+    ``space`` is a :class:`search.config.distributions.Node` that samples a :class:`TrialConfig`.
     ``source`` is the file it came from (used to resolve relative paths); ``text`` is its
     YAML, which a study keeps so that its trials can be rebuilt and exported later.
     """
@@ -422,117 +418,3 @@ class Spec:
             shown = ", ".join(open_keys[:6]) + (f" and {len(open_keys) - 6} more" if len(open_keys) > 6 else "")
             raise SpecError(self.source, open_keys[0], f"is a search space, not a fixed config; open keys: {shown}")
         return self.space.value()
-
-
-SECTIONS: dict[str, type] = {
-    "study": StudyConfig,
-    "data": DataConfig,
-    "budget": BudgetConfig,
-    "resources": ResourcesConfig,
-}
-SEARCHABLE_SECTIONS: dict[str, Any] = {"model": ModelConfig, "train": TrainConfig}
-TOP_LEVEL_KEYS = ("schema_version", *SECTIONS, *SEARCHABLE_SECTIONS, "provenance")
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file.
-
-    Args:
-        path: A YAML spec file.
-
-    Returns:
-        The typed spec.
-
-    Raises:
-        SpecError: the file is missing, not YAML, or wrong at a key (the message names it).
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(source, "", "no such file") from None
-    except OSError as error:
-        raise SpecError(source, "", f"cannot be read: {error.strerror or error}") from None
-    return parse_spec(text, source)
-
-
-def parse_spec(text: str, source: str = "<spec>") -> Spec:
-    """Validate a spec given as YAML text; ``source`` names it in errors."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(source, "", f"invalid YAML: {where}{problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(source, "", f"must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), got {type(raw).__name__}")
-    try:
-        return _parse_sections(raw, source, text)
-    except ParseError as error:
-        raise SpecError(source, error.key, error.message) from None
-
-
-def _parse_sections(raw: dict, source: str, text: str) -> Spec:
-    _check_schema_version(raw.get("schema_version", SCHEMA_VERSION))
-    check_keys(raw, TOP_LEVEL_KEYS, Loc())
-    fixed = {
-        key: parse(_section(raw, key), cls, Loc((key,), key), searchable=False).value()
-        for key, cls in SECTIONS.items()
-    }
-    trial_raw = {key: _section(raw, key) for key in SEARCHABLE_SECTIONS}
-    space = parse(trial_raw, TrialConfig, Loc(), searchable=True)
-    return Spec(space=space, source=source, text=text, **fixed)
-
-
-def _section(raw: dict, key: str) -> dict:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ParseError(key, f"must be a mapping, got {value!r}")
-    return value
-
-
-def _check_schema_version(version: Any) -> None:
-    """Version 1 is the only schema released so far, so there is nothing to migrate from yet;
-    a later schema adds its migration from the one before here."""
-    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise ParseError("schema_version", f"the file has schema version {version}, newer than this "
-                         f"resnet-search's {SCHEMA_VERSION}: upgrade resnet-search to read it")
-    if version != SCHEMA_VERSION:
-        raise ParseError("schema_version", f"the file has schema version {version!r}, which never existed: "
-                         f"version {SCHEMA_VERSION} is the first and current one; set schema_version: {SCHEMA_VERSION}")
-
-
-def to_plain(value: Any) -> Any:
-    """A config as plain YAML/JSON data: dataclasses become mappings, tuples lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [to_plain(item) for item in value]
-    return value
-
-
-def fixed_document(spec: Spec, trial: TrialConfig, provenance: dict | None = None) -> dict:
-    """A fixed spec for ``trial``, in the schema of ``spaces/*.yaml``: every key written out,
-    so the file trains the same config whatever later versions choose as defaults.
-
-    ``load_spec`` reads it back as a fixed spec whose ``fixed()`` equals ``trial``; its
-    ``provenance`` (where the config came from) is kept in the file and ignored on load.
-    """
-    study = dataclasses.replace(spec.study, enqueue=())
-    document = {
-        "schema_version": SCHEMA_VERSION,
-        "study": to_plain(study),
-        "data": to_plain(spec.data),
-        "model": to_plain(trial.model),
-        "train": to_plain(trial.train),
-        "budget": to_plain(spec.budget),
-        "resources": to_plain(spec.resources),
-    }
-    if provenance:
-        document["provenance"] = provenance
-    return document

@@ -1,0 +1,58 @@
+"""Loading a dataset: locate it, read the tensor cache (decoding on a miss), split it per the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.config import DataConfig, UserError
+from search.data.archives import materialize
+from search.data.cache import Tensors, load_or_build, tensor_path
+from search.data.layout import Layout
+from search.data.readers import build
+from search.data.sources import locate
+from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take
+
+
+def load_dataset(config: DataConfig, data_dir: str | Path | None = None, download: bool = True) -> ImageDataset:
+    """Load a dataset as uint8 tensors, decoding images only the first time.
+
+    Args:
+        config: Where the data is, ``image_size``, the validation split, subsets, mean/std.
+        data_dir: The ``--data-dir`` flag; beats ``config.root``.
+        download: Whether CIFAR-10/100 may be downloaded when found nowhere (never in tests).
+
+    Returns:
+        The dataset: ``train`` (after holding out ``val`` and taking ``train_subset``),
+        ``val``, ``test``, class names, and mean/std (from the config, else from the
+        source's training images).
+
+    Raises:
+        UserError: No data where named or anywhere, an unsafe or unreadable archive, a
+            corrupt image, mixed image sizes without ``image_size``, or subsets that the
+            classes cannot fill.
+    """
+    tensors = load_tensors(locate(config, data_dir, download), config.image_size)
+    classes = tuple(tensors["classes"])
+    images, labels = tensors["train_images"], tensors["train_labels"]
+
+    train_idx, val_idx = stratified_split(labels, len(classes), config.val_fraction, config.split_seed)
+    if sum(len(i) for i in val_idx) == 0:
+        raise UserError(
+            f"data.val_fraction {config.val_fraction} holds out no image of the {len(labels)} training images"
+        )
+    train = take(images, labels, balanced(train_idx, config.train_subset, "train_subset", classes))
+    val = take(images, labels, balanced(val_idx, config.val_subset, "val_subset", classes))
+    test = TensorSplit(tensors["test_images"], tensors["test_labels"])
+
+    mean = tuple(config.mean) if config.mean is not None else tuple(tensors["mean"])
+    std = tuple(config.std) if config.std is not None else tuple(tensors["std"])
+    return ImageDataset(train, val, test, classes, mean, std)  # type: ignore[arg-type]
+
+
+def load_tensors(layout: Layout, image_size: int | None) -> Tensors:
+    """The decoded source from the tensor cache, building the cache entry on a miss.
+
+    The key is taken from ``layout`` as located, so an archive is only extracted when its
+    tensors are not cached yet.
+    """
+    return load_or_build(tensor_path(layout, image_size), lambda: build(materialize(layout), image_size))

@@ -1,0 +1,113 @@
+"""What is checked before a run writes to its study: there is a space to search, weights that
+load, a writable folder with room, a budget some config meets, and resources that exist."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from search.budget import count_spec
+from search.config import Spec, TorchvisionResNetConfig, UserError, random_samples
+from search.engine.types import Log
+from search.models import build_model
+
+# Free space a run wants in the study's folder before it starts (logs, Ray's results, checkpoints).
+MIN_FREE_BYTES = 200 * 2**20
+
+
+def require_space(spec: Spec) -> None:
+    """Raises UserError for a fixed spec: there is nothing to search."""
+    if spec.is_fixed:
+        raise UserError(
+            f"{spec.source}: model/train: nothing to search, every key is fixed; "
+            f"train it with: resnet-search train {spec.source}"
+        )
+
+
+def check_weights(spec: Spec) -> None:
+    """Pretrained weights that cannot be found or do not fit fail the run before any trial,
+    not every trial: each architecture the space samples is built with its weights once.
+
+    Raises:
+        UserError: the weights a sampled config names are neither a file nor in the hub
+            cache, or their names or shapes do not fit the architecture.
+    """
+    configs = [c.model for c in random_samples(spec.space, 20, seed=0)]
+    with_weights = {
+        (c.name, c.num_classes, c.weights): c
+        for c in configs
+        if isinstance(c, TorchvisionResNetConfig) and c.weights is not None
+    }
+    for config in with_weights.values():
+        try:
+            build_model(config)  # loads the weights; torchvision's ResNets take any input size
+        except UserError as error:
+            raise UserError(f"{spec.source}: model.weights: {error}") from None
+
+
+def check_space_fits(spec: Spec, image_size: int) -> None:
+    """A budget that no config of the space meets fails before the study is written to.
+
+    Raises:
+        UserError: none of the space's low end and 2,000 random samples fits; names the smallest.
+    """
+    report = count_spec(spec, image_size=image_size)
+    if not report.fitting:
+        raise UserError(
+            f"{spec.source}: budget: no config of the space fits ({report.smallest_line()}); "
+            "raise budget.max_params/max_flops or shrink the space (fewer blocks, narrower widths)"
+        )
+
+
+def absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:
+    """Tune runs each trial in a folder of its own: data paths must not depend on the cwd."""
+    if spec.data.root:
+        spec = replace(spec, data=replace(spec.data, root=str(Path(spec.data.root).resolve())))
+    return spec, str(Path(data_dir).resolve()) if data_dir else None
+
+
+def check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
+    """Whether trials get GPUs. A GPU (or part of one) per trial and no GPU at all: run on the
+    CPU and say so, so that a GPU spec also runs on a laptop; more GPUs than exist: an error."""
+    wanted = spec.resources.gpu
+    have = cluster.get("GPU", 0)
+    if 0 < wanted <= 1 and have == 0:
+        log(f"resources.gpu is {wanted:g} per trial but the Ray cluster has no GPU: trials run on the CPU")
+        return False
+    if wanted > have:
+        raise UserError(
+            f"{spec.source}: resources.gpu: {wanted:g} GPUs per trial, the Ray cluster has {have:g}; "
+            "a trial trains on one GPU, so use at most 1 (a fraction packs trials on a GPU)"
+        )
+    if spec.resources.cpu > cluster.get("CPU", 0):
+        raise UserError(
+            f"{spec.source}: resources.cpu: {spec.resources.cpu:g} CPUs per trial, "
+            f"the Ray cluster has {cluster.get('CPU', 0):g}"
+        )
+    return wanted > 0
+
+
+def check_writable(directory: Path) -> None:
+    """A study folder that cannot be written, or a disk that is (nearly) full, fails before any training.
+
+    Raises:
+        UserError: the folder cannot be made or written, or has under ``MIN_FREE_BYTES`` free.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        with probe.open("wb") as file:
+            file.write(b"0" * 4096)
+            file.flush()
+            os.fsync(file.fileno())  # a full disk may only say so when the data is written out
+        probe.unlink()
+        free = shutil.disk_usage(directory).free
+    except OSError as error:
+        raise UserError(f"{directory}: cannot write the study's folder ({error.strerror or error})") from None
+    if free < MIN_FREE_BYTES:
+        raise UserError(
+            f"{directory}: only {free / 2**20:.0f} MiB free on its disk; "
+            f"a run needs at least {MIN_FREE_BYTES // 2**20} MiB: free some space"
+        )

@@ -1,0 +1,197 @@
+"""``resnet-search retrain``: the best configs trained again from scratch on train+val, once per
+seed, tested, and ranked in a leaderboard stored on the study."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search.config import UserError
+from search.engine.types import Log
+from search.study.schema import FLOPS, LEADERBOARD, metric_names
+from search.study.trials import ranked_trials, study_spec, trial_config
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One retrained config: its search result and the test accuracy over seeds."""
+
+    rank: int
+    trial: int
+    search_value: float
+    params: int
+    flops: int | None
+    seeds: list[int]
+    test_acc: list[float | None]  # per seed; None where the run diverged
+    test_acc_mean: float | None
+    test_acc_std: float | None
+    train_time_s_mean: float
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """What ``retrain`` did; ``csv_path`` is ``leaderboard.csv`` in its output folder."""
+
+    study: str
+    metric: str
+    epochs: int | None
+    rows: list[LeaderboardRow]
+    csv_path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored on the study (user attribute ``leaderboard``)."""
+        return {
+            "study": self.study,
+            "metric": self.metric,
+            "epochs": self.epochs,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "rows": [asdict(row) for row in self.rows],
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"{'rank':>4}  {'trial':>5}  {self.metric:>9}  {'test_acc':>16}  {'params':>11}  {'FLOPs':>15}  time/seed"
+        ]
+        for r in self.rows:
+            acc = "-" if r.test_acc_mean is None else f"{r.test_acc_mean:.2%} +- {r.test_acc_std:.2%}"
+            flops = "-" if r.flops is None else f"{r.flops:,}"
+            lines.append(
+                f"{r.rank:>4}  {r.trial:>5}  {r.search_value:>9.4f}  {acc:>16}  {r.params:>11,}  "
+                f"{flops:>15}  {r.train_time_s_mean:.1f} s"
+            )
+        return "\n".join(lines + ["", f"leaderboard: {self.csv_path}"])
+
+
+CSV_COLUMNS = (
+    "rank",
+    "trial",
+    "search_value",
+    "test_acc_mean",
+    "test_acc_std",
+    "params",
+    "flops",
+    "train_time_s_mean",
+    "seeds",
+    "test_acc",
+)
+
+
+def retrain(
+    study: optuna.Study,
+    *,
+    top: int,
+    seeds: Sequence[int] = (0,),
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    log: Log = print,
+) -> Leaderboard:
+    """Retrain the best ``top`` configs from scratch on train+val, once per seed, and test them.
+
+    Each run writes ``metrics.json``, ``history.csv`` and ``curves.html`` to
+    ``<out>/trial<N>/seed<S>``; the leaderboard (ranked by mean test accuracy) goes to
+    ``<out>/leaderboard.csv`` and onto the study (user attribute ``leaderboard``).
+
+    Args:
+        study: A study made by ``resnet-search run``.
+        top: How many of the best COMPLETE trials.
+        seeds: Training seeds (``train.seed``) per config.
+        epochs: Overrides each config's ``train.epochs``.
+        data_dir: Dataset location (beats the spec's ``data.root``).
+        download: Whether a known dataset found nowhere may be downloaded.
+        out_dir: Output folder; default ``runs/<study>/retrain``.
+        device: ``cuda`` or ``cpu``; default CUDA when available.
+        log: Receives one progress line per epoch.
+
+    Returns:
+        The leaderboard.
+
+    Raises:
+        UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit.
+    """
+    import torch  # heavy: only retraining needs it
+
+    from search.data import load_dataset
+    from search.train import ProgressPrinter, train, write_outputs
+
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    trials = ranked_trials(study, top)
+    spec = study_spec(study)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_dataset(spec.data, data_dir=data_dir, download=download)
+    train_split = data.train_plus_val()  # the final fit uses every non-test image
+    out = Path(out_dir) if out_dir is not None else Path("runs") / study.study_name / "retrain"
+    rows = []
+    for trial in trials:
+        runs = []
+        for seed in seeds:
+            config = trial_config(spec, trial)
+            run = replace(config, train=replace(config.train, seed=seed))
+            result = train(
+                run,
+                data,
+                device=device,
+                epochs=epochs,
+                train_split=train_split,
+                evaluate_test=True,
+                callback=ProgressPrinter(
+                    epochs or run.train.epochs, log=log, prefix=f"trial {trial.number} seed {seed}: "
+                ),
+            )
+            params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
+            write_outputs(result, out / f"trial{trial.number}" / f"seed{seed}", config_dict=asdict(run), params=params)
+            runs.append((result.test_acc, result.train_time_s, params))
+        rows.append(_row(trial, seeds, runs, out / f"trial{trial.number}"))
+    # Diverged configs (no test accuracy) rank last.
+    rows.sort(key=lambda r: (r.test_acc_mean is None, -(r.test_acc_mean or 0.0), r.trial))
+    rows = [replace(row, rank=i + 1) for i, row in enumerate(rows)]
+    board = Leaderboard(study.study_name, metric_names(study)[0], epochs, rows, out / "leaderboard.csv")
+    _write_leaderboard_csv(board)
+    study.set_user_attr(LEADERBOARD, board.as_dict())
+    return board
+
+
+def _row(
+    trial: FrozenTrial, seeds: Sequence[int], runs: list[tuple[float | None, float, int]], out: Path
+) -> LeaderboardRow:
+    """One trial's leaderboard row from its runs' (test accuracy, train time, params), one per seed."""
+    accs = [acc for acc, _, _ in runs]
+    finite = [a for a in accs if a is not None and math.isfinite(a)]
+    return LeaderboardRow(
+        rank=0,
+        trial=trial.number,
+        search_value=trial.values[0],
+        params=runs[-1][2],
+        flops=trial.user_attrs.get(FLOPS),
+        seeds=list(seeds),
+        test_acc=accs,
+        test_acc_mean=statistics.fmean(finite) if finite else None,
+        test_acc_std=(statistics.stdev(finite) if len(finite) > 1 else 0.0) if finite else None,
+        train_time_s_mean=statistics.fmean(t for _, t, _ in runs),
+        out_dir=str(out),
+    )
+
+
+def _write_leaderboard_csv(board: Leaderboard) -> None:
+    board.csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with board.csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in board.rows:
+            record = asdict(row)
+            record["seeds"] = " ".join(map(str, row.seeds))
+            record["test_acc"] = " ".join("nan" if a is None else repr(a) for a in row.test_acc)
+            writer.writerow({key: record[key] for key in CSV_COLUMNS})

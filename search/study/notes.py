@@ -1,0 +1,112 @@
+"""A trial in words: one line for its architecture, one for its recipe, and the Markdown note
+optuna-dashboard shows for it. A note is made from the trial's own record only, so writing
+it costs the same for trial 10 and trial 1,000."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search.config import ResNetConfig, Spec, SpecError, TrialConfig, UserError
+from search.study.schema import (
+    EPOCHS_RUN,
+    ERROR,
+    FLOPS,
+    INTERRUPTED,
+    PARAMS,
+    REJECTED,
+    TRAIN_TIME_S,
+    metric_names,
+    trial_status,
+)
+from search.study.trials import study_spec, trial_config
+
+
+def architecture_line(config: TrialConfig, params: int | None, flops: int | None) -> str:
+    """One line: stages, blocks, widths, block type, SE, parameters and FLOPs."""
+    model = config.model
+    if isinstance(model, ResNetConfig):
+        se = "no SE" if model.se.name == "none" else f"SE {model.se.name} 1/{model.se.ratio}"
+        shape = (
+            f"{len(model.stages)} stages, blocks {'-'.join(str(s.blocks) for s in model.stages)}, "
+            f"widths {'/'.join(str(s.width) for s in model.stages)}, stem {model.stem.width}, "
+            f"{model.block}{' preact' if model.preact else ''}, {se}"
+        )
+    else:
+        shape = f"{model.name}, freeze {model.freeze}, weights {model.weights or 'none'}"
+    size = [f"{params:,} params" if params is not None else None, f"{format_flops(flops)}" if flops else None]
+    return ", ".join([shape, *[s for s in size if s]])
+
+
+def recipe_line(config: TrialConfig) -> str:
+    """One line: optimizer and LR, schedule, batch size, epochs."""
+    t = config.train
+    return (
+        f"{t.optimizer.name} lr {t.optimizer.lr:.3g} wd {t.optimizer.weight_decay:.2g}, {t.scheduler.name}, "
+        f"batch {t.batch_size}, {t.epochs} epochs"
+    )
+
+
+def format_flops(flops: int | None) -> str:
+    """``2396208`` -> ``2.4 MFLOPs``."""
+    if flops is None:
+        return "-"
+    for unit, scale in (("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops} FLOPs"
+
+
+def trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None) -> str:
+    """The Markdown note optuna-dashboard shows for ``trial``."""
+    head = f"**{trial_status(trial)}**"
+    if trial.values:
+        head += " · " + ", ".join(f"{m} {v:.4g}" for m, v in zip(metric_names(study), trial.values))
+    attrs = trial.user_attrs
+    if EPOCHS_RUN in attrs:
+        head += f" · {attrs[EPOCHS_RUN]} epochs"
+    if attrs.get(TRAIN_TIME_S) is not None:
+        head += f" · {attrs[TRAIN_TIME_S]:.0f} s"
+    lines = [head, ""]
+    config = None
+    if spec is not None:
+        try:
+            config = trial_config(spec, trial)
+        except ValueError:  # a sample the space rejected part-way has no complete config
+            config = None
+    if config is not None:
+        lines += [f"`{architecture_line(config, attrs.get(PARAMS), attrs.get(FLOPS))}`", "", recipe_line(config), ""]
+    for key, label in (
+        (REJECTED, "rejected for the budget, never trained"),
+        (ERROR, "error"),
+        (INTERRUPTED, "interrupted"),
+    ):
+        if key in attrs:
+            lines.append(f"{label}: {attrs[key]}")
+    return "\n".join(lines).strip() + "\n"
+
+
+def write_trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None = None) -> bool:
+    """Write ``trial``'s note for optuna-dashboard (architecture and recipe in one line each);
+    it replaces an earlier note of the trial.
+
+    Args:
+        study: The trial's study (a live :class:`optuna.Study`: notes are written through it).
+        trial: The finished trial.
+        spec: The study's spec, where the caller holds it (the search does): saves parsing
+            the stored spec text again for every trial.
+
+    Returns:
+        False when the study has no stored spec (not made by ``resnet-search run``): the note
+        then holds the trial's status and results only.
+    """
+    from optuna_dashboard import save_note
+
+    if spec is None:
+        try:
+            spec = study_spec(study)
+        except (UserError, SpecError):
+            spec = None
+    # optuna_dashboard.save_note wants a live Trial; any finished one can be reopened by id.
+    save_note(optuna.Trial(study, trial._trial_id), trial_note(study, trial, spec))
+    return spec is not None

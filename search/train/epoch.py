@@ -1,0 +1,225 @@
+"""One training epoch and one evaluation pass, on data already on the device.
+
+Losses and correct counts accumulate as device tensors and are read once at the end, so
+a GPU never waits for the host inside an epoch or an evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.config import Augment, TrainConfig
+from search.data import TensorSplit, augment_batch, normalize
+from search.train.state import TrainState
+
+
+@dataclass(frozen=True)
+class BatchFormat:
+    """How a uint8 batch enters the model: normalization, memory format and autocast dtype.
+
+    ``mean`` and ``std`` are float32 tensors on ``device``: building them per step would
+    copy from the host every step, and on CUDA that copy waits for the GPU.
+    """
+
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+    channels_last: bool
+    amp_dtype: torch.dtype | None
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (uint8 or on the [0, 1] scale) normalized to float32 in the model's memory format."""
+        return normalize(images, self.mean, self.std, dtype=torch.float32, channels_last=self.channels_last)
+
+    def autocast(self) -> torch.autocast:
+        """An autocast context for ``amp_dtype``; a disabled one for plain fp32."""
+        # autocast wants a dtype even when disabled; bf16 is one it accepts everywhere.
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled)
+
+
+@dataclass(frozen=True)
+class TrainedEpoch:
+    """What :func:`train_epoch` measured.
+
+    ``train_loss`` is the mean main-head loss per step and ``train_acc`` the fraction of
+    training images classified right (both on augmented batches); ``total_loss`` is the
+    summed loss that was optimized (aux head included), the one a blow-up shows in.
+    ``lr`` is the first param group's LR at the last step; ``first_step_s`` the seconds
+    of the first step when it was timed apart (compilation), else 0.
+    """
+
+    train_loss: float
+    train_acc: float
+    total_loss: float
+    lr: float
+    images: int
+    first_step_s: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Plain cross-entropy and accuracy on a split (NaN for an empty one).
+
+    ``confusion`` (rows true, columns predicted) is read back only when asked for.
+    """
+
+    n: int
+    loss: float
+    acc: float
+    confusion: list[list[int]] | None = None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work: CUDA runs asynchronously, so a clock read needs it drained."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_epoch(
+    state: TrainState,
+    net: nn.Module,
+    split: TensorSplit,
+    fmt: BatchFormat,
+    *,
+    cfg: TrainConfig,
+    augment: Augment,
+    batch_size: int,
+    time_first_step: bool = False,
+) -> TrainedEpoch:
+    """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
+
+    The last partial batch is dropped (a new permutation every epoch, so no image is
+    skipped for long): every step has the same shape, which keeps BatchNorm sane and
+    compiled graphs reused. The order and the augmentation draw from ``state.generator``.
+
+    Args:
+        state: The model, optimizer, scheduler and generator; the epoch advances them.
+        net: What runs the forward pass: ``state.model``, or a compiled wrapper of it.
+        split: The training images (uint8) and labels, on the device.
+        fmt: How batches enter the model.
+        cfg: The recipe: label smoothing, aux weight, gradient clipping.
+        augment: The whole-batch augmentation.
+        batch_size: Images per step, at most ``len(split)``.
+        time_first_step: Time the first step apart (it is mostly compilation).
+
+    Returns:
+        The epoch's losses, accuracy and LR, read back once.
+    """
+    device = fmt.device
+    state.model.train()
+    loss_sum = torch.zeros((), device=device)
+    total_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    perm = torch.randperm(len(split), device=device, generator=state.generator)
+    steps = len(split) // batch_size
+    lr = state.optimizer.param_groups[0]["lr"]
+    first_step_s = 0.0
+    autocast = fmt.autocast()
+    for step in range(steps):
+        t_step = time.perf_counter()
+        idx = perm[step * batch_size : (step + 1) * batch_size]
+        x = fmt.prepare(augment_batch(split.images[idx], augment, state.generator))
+        y = split.labels[idx]
+        with autocast:
+            logits, main, loss = _losses(net(x), y, cfg)
+        lr = _optimizer_step(state, loss, cfg)
+        # Device-side sums: the host reads them once, after the epoch. The total loss
+        # (aux included) is what could blow up, so the NaN check sees it too.
+        loss_sum += main.detach().float()
+        total_sum += loss.detach().float()
+        correct += (logits.detach().argmax(1) == y).sum()
+        if time_first_step and step == 0:
+            sync(device)
+            first_step_s = time.perf_counter() - t_step
+    train_loss_sum, total_loss_sum, n_correct = torch.stack([loss_sum, total_sum, correct.float()]).tolist()
+    images = steps * batch_size
+    return TrainedEpoch(
+        train_loss=train_loss_sum / steps,
+        train_acc=n_correct / images,
+        total_loss=total_loss_sum,
+        lr=lr,
+        images=images,
+        first_step_s=first_step_s,
+    )
+
+
+def _losses(
+    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits, the main head's loss and the loss to optimize (aux head weighted in)."""
+    if isinstance(out, tuple):  # an aux head in training mode
+        logits, aux = out
+        main = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        return logits, main, main + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+    main = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+    return out, main, main
+
+
+def _optimizer_step(state: TrainState, loss: torch.Tensor, cfg: TrainConfig) -> float:
+    """Backpropagate ``loss``, clip, step the optimizer and the schedule; return the LR stepped with."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        # Neither clip reads a value back to the host (no error_if_nonfinite):
+        # no sync per step; both use the multi-tensor kernels where they exist.
+        if cfg.grad_clip_mode == "norm":
+            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        else:
+            nn.utils.clip_grad_value_(state.model.parameters(), cfg.grad_clip)
+    lr: float = state.optimizer.param_groups[0]["lr"]
+    state.optimizer.step()
+    state.scheduler.step()
+    return lr
+
+
+def evaluate(
+    model: nn.Module,
+    split: TensorSplit,
+    fmt: BatchFormat,
+    *,
+    num_classes: int,
+    batch_size: int,
+    confusion: bool = False,
+) -> Evaluation:
+    """Cross-entropy and accuracy of ``model`` in eval mode on ``split``.
+
+    Args:
+        model: The model; run eagerly (a compiled wrapper would recompile for eval mode
+            and for the odd last batch).
+        split: Images (uint8) and labels, on the device.
+        fmt: How batches enter the model.
+        num_classes: Rows and columns of the confusion matrix.
+        batch_size: Images per forward pass.
+        confusion: Also read back the confusion matrix.
+
+    Returns:
+        The mean loss, the accuracy and, if asked, the confusion matrix.
+    """
+    model.eval()
+    device = split.images.device
+    loss_t = torch.zeros((), device=device)
+    conf_t = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    with torch.inference_mode(), fmt.autocast():
+        for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size), strict=True):
+            out = model(fmt.prepare(x))
+            logits = (out[0] if isinstance(out, tuple) else out).float()
+            loss_t += F.cross_entropy(logits, y, reduction="sum")
+            # bincount of (true, predicted) pairs is the confusion matrix in one kernel.
+            conf_t += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+    n = len(split)
+    conf_t = conf_t.view(num_classes, num_classes)
+    matrix: list[list[int]] | None = None
+    if confusion:
+        matrix = conf_t.tolist()
+        loss_sum, n_correct = loss_t.item(), float(sum(matrix[i][i] for i in range(num_classes)))
+    else:
+        # One read for both numbers: each read waits for the device.
+        loss_sum, n_correct = torch.stack([loss_t, conf_t.diagonal().sum().float()]).tolist()
+    return Evaluation(n=n, loss=loss_sum / n if n else math.nan, acc=n_correct / n if n else math.nan, confusion=matrix)
