@@ -10,38 +10,42 @@ lowest first: ``errors``; ``distributions`` (the nodes of a search space); ``par
 from search.config.distributions import InvalidSample
 from search.config.errors import InvalidValue, SpecError, UserError
 from search.config.loading import SCHEMA_VERSION, fixed_document, load_spec, parse_spec, to_plain
-from search.config.schema import (
-    SGD,
+from search.config.model_configs import (
     TORCHVISION_ARCHS,
-    Adam,
-    AdamW,
-    Augment,
     AuxHead,
-    BudgetConfig,
-    Constant,
-    Cosine,
-    DataConfig,
     Head,
     ModelConfig,
-    MultiStep,
-    OneCycle,
-    OptimizerConfig,
-    PrunerConfig,
     ResNetConfig,
-    ResourcesConfig,
-    SamplerConfig,
-    SchedulerConfig,
-    Spec,
     SqueezeExcite,
     Stage,
     Stem,
-    Step,
-    StudyConfig,
     TorchvisionResNetConfig,
-    TrainConfig,
+)
+from search.config.schema import (
+    BudgetConfig,
+    DataConfig,
+    PrunerConfig,
+    ResourcesConfig,
+    SamplerConfig,
+    Spec,
+    StudyConfig,
     TrialConfig,
 )
 from search.config.suggesters import LowEndSuggester, RandomSuggester, random_samples
+from search.config.train_configs import (
+    SGD,
+    Adam,
+    AdamW,
+    Augment,
+    Constant,
+    Cosine,
+    MultiStep,
+    OneCycle,
+    OptimizerConfig,
+    SchedulerConfig,
+    Step,
+    TrainConfig,
+)
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -16,17 +16,10 @@ import yaml
 
 from search.config.distributions import Loc
 from search.config.errors import SpecError
+from search.config.model_configs import ModelConfig
 from search.config.parsing import ParseError, check_keys, parse
-from search.config.schema import (
-    BudgetConfig,
-    DataConfig,
-    ModelConfig,
-    ResourcesConfig,
-    Spec,
-    StudyConfig,
-    TrainConfig,
-    TrialConfig,
-)
+from search.config.schema import BudgetConfig, DataConfig, ResourcesConfig, Spec, StudyConfig, TrialConfig
+from search.config.train_configs import TrainConfig
 
 __all__ = ["SCHEMA_VERSION", "load_spec", "parse_spec", "to_plain", "fixed_document"]
 

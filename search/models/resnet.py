@@ -1,4 +1,4 @@
-"""Our own ResNet, assembled from a :class:`~search.config.schema.ResNetConfig`.
+"""Our own ResNet, assembled from a :class:`~search.config.model_configs.ResNetConfig`.
 
 Reads like torchvision's ``models/resnet.py``: conv helpers, then the blocks (one
 constructor signature, an ``expansion`` class attribute), then the ``ResNet`` module.

@@ -1,4 +1,4 @@
-"""torchvision's ImageNet ResNets from a :class:`~search.config.schema.TorchvisionResNetConfig`.
+"""torchvision's ImageNet ResNets from a :class:`~search.config.model_configs.TorchvisionResNetConfig`.
 
 Pretrained weights come from a local file or the torch hub cache only: nothing is ever
 downloaded (trials run on machines that may have no network, and a silent 100 MB

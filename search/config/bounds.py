@@ -1,0 +1,12 @@
+"""Numeric bounds of config fields, kept in dataclass field metadata so that the parser checks
+fixed values and distribution ranges alike."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A dataclass field with a default and numeric bounds (``ge``, ``gt``, ``le``)."""
+    return field(default=default, metadata=bounds)

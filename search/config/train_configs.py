@@ -1,0 +1,119 @@
+"""The train section of a spec: augmentation, optimizers, LR schedules and the recipe, as
+typed, frozen configs. Bounds of numeric fields live in field metadata (see :func:`bounded`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from search.config.bounds import bounded
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Whole-batch augmentation on the training device (seed 003: pad 4 reflect + flip)."""
+
+    crop_padding: int = bounded(4, ge=0)
+    padding_mode: Literal["reflect", "zeros"] = "reflect"
+    flip: bool = True
+    cutout: int = bounded(0, ge=0)
+
+
+@dataclass(frozen=True)
+class SGD:
+    name: Literal["sgd"] = "sgd"
+    lr: float = bounded(0.1, gt=0.0)
+    momentum: float = bounded(0.9, ge=0.0, le=1.0)
+    nesterov: bool = False
+    weight_decay: float = bounded(5e-4, ge=0.0)
+
+
+@dataclass(frozen=True)
+class Adam:
+    name: Literal["adam"] = "adam"
+    lr: float = bounded(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = bounded(0.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class AdamW:
+    name: Literal["adamw"] = "adamw"
+    lr: float = bounded(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = bounded(0.05, ge=0.0)
+
+
+OptimizerConfig = Union[SGD, Adam, AdamW]
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine decay to ``min_lr_ratio * lr`` after ``warmup_epochs`` of linear warm-up."""
+
+    name: Literal["cosine"] = "cosine"
+    warmup_epochs: float = bounded(0.0, ge=0.0)
+    min_lr_ratio: float = bounded(0.0, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class OneCycle:
+    """One-cycle: linear ramp from ``lr / div_factor`` to ``lr`` over ``pct_start``, then cosine down."""
+
+    name: Literal["onecycle"] = "onecycle"
+    pct_start: float = bounded(0.25, gt=0.0, le=0.99)
+    div_factor: float = bounded(25.0, ge=1.0)
+    final_div_factor: float = bounded(1e4, ge=1.0)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: Literal["step"] = "step"
+    step_epochs: int = bounded(30, ge=1)
+    gamma: float = bounded(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = bounded(0.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class MultiStep:
+    name: Literal["multistep"] = "multistep"
+    milestones: tuple[int, ...] = (50, 75)
+    gamma: float = bounded(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = bounded(0.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: Literal["constant"] = "constant"
+    warmup_epochs: float = bounded(0.0, ge=0.0)
+
+
+SchedulerConfig = Union[Cosine, OneCycle, Step, MultiStep, Constant]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe.
+
+    ``decay_norm_and_bias: false`` excludes BatchNorm weights and all biases from weight
+    decay. ``grad_clip`` clips the global gradient norm, or each value with
+    ``grad_clip_mode: value`` (seed 003 clips values at 0.1). ``aux_weight`` scales the
+    auxiliary head's loss (seed 000). ``precision: auto`` is bf16 autocast on CUDA and
+    fp32 on CPU; ``channels_last: auto`` likewise follows the device.
+    """
+
+    epochs: int = bounded(30, ge=1)
+    batch_size: int = bounded(256, ge=1)
+    optimizer: OptimizerConfig = SGD()
+    scheduler: SchedulerConfig = Cosine()
+    decay_norm_and_bias: bool = True
+    augment: Augment = Augment()
+    label_smoothing: float = bounded(0.0, ge=0.0, le=0.5)
+    grad_clip: float | None = bounded(None, gt=0.0)
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    aux_weight: float = bounded(0.3, ge=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    eval_batch_size: int = bounded(1024, ge=1)
+    seed: int = bounded(0, ge=0)
