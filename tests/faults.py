@@ -32,7 +32,8 @@ from search.engine.trainable import TrialJob, run_trial
 
 UNALLOCATABLE_WIDTH = 2_000_000  # a 3x3 conv at this width: 2e6 * 2e6 * 9 * 4 bytes = 144 TB
 KILL_AFTER_S = 3.0
-LONG_EPOCHS = 60  # keeps a trial training when its worker is killed
+LONG_EPOCHS = 60  # a retried kill_once trial trains this long, to the end
+KILLED_EPOCHS = 100_000  # keeps a trial training until its worker is killed, however fast the machine
 
 
 def faulty_trainable(faults: dict[int, str], markers: Path) -> Callable[[dict], None]:
@@ -61,7 +62,7 @@ def inject(fault: str, job: TrialJob, marker: Path) -> TrialJob:
     if fault == "kill" or (fault == "kill_once" and not marker.exists()):
         marker.touch()
         threading.Timer(KILL_AFTER_S, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        return replace(job, trial=replace(job.trial, train=replace(train, epochs=LONG_EPOCHS)))
+        return replace(job, trial=replace(job.trial, train=replace(train, epochs=KILLED_EPOCHS)))
     if fault == "kill_once":
         return replace(job, trial=replace(job.trial, train=replace(train, epochs=LONG_EPOCHS)))
     raise ValueError(f"unknown fault {fault!r}")
