@@ -4,14 +4,16 @@
 #   benchmarks/gpu.sh [CIFAR-10 archive or folder] [log folder] [step ...]
 #
 # Steps (default: all, in this order): trainer, trainer_compiled, trainer_small_compiled,
-# packing, time_to_accuracy. Each runs under its own time limit (a hang costs that step,
-# not the rest) and writes its log to the log folder (default benchmarks/out/gpu).
-# All of them take about 8 minutes on an H100.
+# trainer_graph, mfu_graph, packing, packing_graph, time_to_accuracy. Each runs under its
+# own time limit (a hang costs that step, not the rest) and writes its log to the log
+# folder (default benchmarks/out/gpu). The first five and packing took about 8 minutes on
+# an H100; the rows of the fast-training recipe (docs/performance.md, "Time to accuracy")
+# are `trainer_graph mfu_graph time_to_accuracy`, at most 7 minutes by their limits.
 set -u
 data=$(realpath -m "${1:-$(dirname "$0")/../../shared/data/cifar10-jpeg.tar.gz}")
 logs=$(realpath -m "${2:-$(dirname "$0")/out/gpu}")
 shift $(($# < 2 ? $# : 2))
-steps=${*:-trainer trainer_compiled trainer_small_compiled packing time_to_accuracy}
+steps=${*:-trainer trainer_compiled trainer_small_compiled trainer_graph mfu_graph packing packing_graph time_to_accuracy}
 cd "$(dirname "$0")/.."
 mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
@@ -36,10 +38,20 @@ for step in $steps; do
         # The small models compiled: does compilation remove their per-step launch overhead?
         trainer_small_compiled) run trainer_small_compiled 150 benchmarks/trainer.py --device cuda \
             --models quickstart,resnet20 --steps 50 --rounds 1 --workers 8 --compile ;;
+        # The small models with their step replayed as one CUDA graph (train.cuda_graph):
+        # images/s against the eager step of the `trainer` step's log.
+        trainer_graph) run trainer_graph 100 benchmarks/trainer.py --device cuda --models quickstart,resnet20 \
+            --steps 50 --rounds 1 --workers 8 --cuda-graph ;;
+        # Seed 003's model at batch 512 with the CUDA-graph step: MFU (goal 30%).
+        mfu_graph) run mfu_graph 100 benchmarks/trainer.py --device cuda --models paper_se_443 \
+            --batch-size 512 --steps 36 --rounds 1 --workers 8 --cuda-graph ;;
         # Four small trials sharing the GPU vs one at a time.
         packing) run packing 200 benchmarks/gpu_packing.py --trials 4 --epochs 3 ;;
-        # Time to 94% test accuracy with seed 003's model and a quick recipe.
-        time_to_accuracy) run time_to_accuracy 200 benchmarks/time_to_accuracy.py ;;
+        # The same with every trial's step a CUDA graph.
+        packing_graph) run packing_graph 200 benchmarks/gpu_packing.py --trials 4 --epochs 3 --cuda-graph ;;
+        # Time to 94% of cifar_fast.yaml, seed 003's to 94% and 95% before and with the
+        # recipe, and a small model's images/s with and without the CUDA-graph step.
+        time_to_accuracy) run time_to_accuracy 220 benchmarks/time_to_accuracy.py --device cuda ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done

@@ -1,7 +1,11 @@
 """Aggregate throughput of small trials sharing one GPU vs the same trials one at a time.
 
 Run: ``python benchmarks/gpu_packing.py [--models quickstart,resnet20] [--trials 4]
-[--epochs 3] [--device cuda] [--data-dir D] [--images N]``.
+[--epochs 3] [--device cuda] [--data-dir D] [--images N] [--cuda-graph]``.
+
+``quickstart`` is the quickstart model and recipe before the fast-training recipe
+(``benchmarks/quickstart_before.yaml``), as first measured; ``--cuda-graph`` trains every
+trial with ``train.cuda_graph`` (its step replayed as one CUDA graph).
 
 Ray Tune runs each trial in its own worker process; with ``resources.gpu: 0.25`` it puts
 four of them on one GPU at once. This benchmark does the same without Ray (whose wheel
@@ -28,13 +32,13 @@ from search.config import TrialConfig, load_spec
 from search.data import TensorSplit, load_dataset
 from search.train import train
 
-SPECS = {"quickstart": "spaces/quickstart.yaml", "resnet20": "spaces/resnet20.yaml"}
+SPECS = {"quickstart": "benchmarks/quickstart_before.yaml", "resnet20": "spaces/resnet20.yaml"}
 TARGET_RATIO = 2.0
 
 
-def with_seed(trial: TrialConfig, seed: int, epochs: int) -> TrialConfig:
-    """The trial with its own seed and a short run."""
-    return replace(trial, train=replace(trial.train, seed=seed, epochs=epochs))
+def with_seed(trial: TrialConfig, seed: int, epochs: int, cuda_graph: bool = False) -> TrialConfig:
+    """The trial with its own seed and a short run (its step a CUDA graph if asked)."""
+    return replace(trial, train=replace(trial.train, seed=seed, epochs=epochs, cuda_graph=cuda_graph))
 
 
 def worker(model: str, seeds: list[int], args: argparse.Namespace, start: mp.Barrier, out: mp.Queue) -> None:
@@ -50,7 +54,7 @@ def worker(model: str, seeds: list[int], args: argparse.Namespace, start: mp.Bar
     began = time.time()
     images = 0
     for seed in seeds:
-        trial = with_seed(spec.fixed(), seed, args.epochs)
+        trial = with_seed(spec.fixed(), seed, args.epochs, args.cuda_graph)
         result = train(trial, data, device=device, train_split=split)
         batch = min(trial.train.batch_size, len(split.labels))  # every step is a full batch
         images += result.epochs_run * (len(split.labels) // batch) * batch
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE), help="CIFAR-10 folder or archive")
     parser.add_argument("--images", type=int, help="train on the first N images only (a smoke run)")
+    parser.add_argument("--cuda-graph", action="store_true", help="every trial's step as a CUDA graph")
     args = parser.parse_args(argv)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{args.trials} trials x {args.epochs} epochs per model on {name}; target >= {TARGET_RATIO}x", flush=True)

@@ -1,7 +1,8 @@
 """Training images/s of our trainer vs a plain PyTorch loop: same model, batch, steps and threads.
 
 Run: ``python benchmarks/trainer.py [--data-dir D] [--models quickstart,resnet20,paper_se_443]
-[--rounds N] [--steps N] [--batch-size B] [--compile] [--profile] [--accuracy] [--device cpu|cuda]``.
+[--rounds N] [--steps N] [--batch-size B] [--compile] [--cuda-graph] [--profile] [--accuracy]
+[--device cpu|cuda]``.
 
 Ours: :func:`search.train.train` on the uint8 in-memory dataset (whole-batch augmentation,
 ``channels_last: auto``). Baseline: the loop a user writes from the PyTorch tutorials: a
@@ -68,7 +69,8 @@ class Case:
 # Step counts keep each round under a minute and a half on 2 cores: seed 003's SE-ResNet
 # trains about 20 images/s there, the quickstart model about 40x faster.
 CASES = {
-    "quickstart": Case("spaces/quickstart.yaml", 16, 3),
+    # The quickstart model and recipe as first measured (before the fast-training recipe).
+    "quickstart": Case("benchmarks/quickstart_before.yaml", 16, 3),
     "resnet20": Case("spaces/resnet20.yaml", 12, 3),
     "paper_se_443": Case("spaces/paper_se_443.yaml", 3, 2),
 }
@@ -81,12 +83,13 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 
 
 
 def load_case(name: str, args: argparse.Namespace | None = None) -> TrialConfig:
-    """The fixed config of a case's spec, with ``--batch-size`` and ``--compile`` applied."""
+    """The fixed config of a case's spec, with ``--batch-size``, ``--compile`` and ``--cuda-graph`` applied."""
     trial = load_spec(REPO / CASES[name].spec).fixed()
     if args is None:
         return trial
     batch_size = args.batch_size or trial.train.batch_size
-    return replace(trial, train=replace(trial.train, batch_size=batch_size, compile=args.compile))
+    cfg = replace(trial.train, batch_size=batch_size, compile=args.compile, cuda_graph=args.cuda_graph)
+    return replace(trial, train=cfg)
 
 
 def case_steps(name: str, args: argparse.Namespace) -> int:
@@ -423,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="timed steps per round (default: each model's CPU-sized count)")
     parser.add_argument("--batch-size", type=int, help="overrides every model's batch size (e.g. to fill a GPU)")
     parser.add_argument("--compile", action="store_true", help="ours runs torch.compile (compile time not timed)")
+    parser.add_argument("--cuda-graph", action="store_true", help="ours replays its step as a CUDA graph (CUDA only)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both loops")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     parser.add_argument("--baseline-data", choices=("memory", "jpeg"), default="memory")

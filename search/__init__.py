@@ -9,6 +9,8 @@ The public Python API, what the CLI itself calls::
     summary = search.run_search(spec, data_dir="data/cifar10")
     study = search.load_study("sqlite:///studies/smoke.db", "smoke")
     board = search.retrain(study, top=1, seeds=(0, 1))
+    model = search.load_model("runs/smoke/retrain/trial3/seed0")
+    print(model.predict(["cat.jpg"])[0].label)
 
 Names load on first use, so ``import search`` stays light (no torch, no Ray).
 """
@@ -40,6 +42,9 @@ _API = {
     "write_report": "search.outputs.report",
     "list_studies": "search.outputs.studies",
     "serve_dashboard": "search.outputs.dashboard",
+    "load_model": "search.outputs.model",
+    "evaluate_model": "search.outputs.evaluate",
+    "export_model": "search.outputs.export_model",
 }
 
 __all__ = ["__version__", *_API]

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from search.config import (
     BudgetConfig,
+    InvalidSample,
     InvalidValue,
     LowEndSuggester,
     ModelConfig,
@@ -38,7 +39,7 @@ from search.config import (
     random_samples,
 )
 from search.models import build_model
-from search.models.geometry import BlockGeometry, ResNetGeometry, resnet_geometry, torchvision_as_resnet
+from search.models.geometry import BlockGeometry, ResNetGeometry, check_fits, resnet_geometry, torchvision_as_resnet
 
 __all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values", "count_spec", "CountReport"]
 
@@ -87,19 +88,21 @@ def count_model(model: nn.Module, image_size: int, in_channels: int = 3) -> Coun
 class _Tally:
     """Running totals of a walk through the architecture; the helpers mirror the layers."""
 
-    __slots__ = ("params", "flops")
+    __slots__ = ("params", "flops", "bn2d_scales")
 
     def __init__(self) -> None:
         self.params = 0
         self.flops = 0
+        self.bn2d_scales = 0  # BatchNorm2d weights: not trainable with batchnorm.frozen_scale
 
     def conv(self, c_in: int, c_out: int, kernel: int, size_out: int, bias: bool = False) -> None:
         weights = c_out * c_in * kernel * kernel
         self.params += weights + (c_out if bias else 0)
         self.flops += weights * size_out * size_out
 
-    def bn(self, channels: int, size: int) -> None:
+    def bn(self, channels: int, size: int, spatial: bool = True) -> None:
         self.params += 2 * channels
+        self.bn2d_scales += channels if spatial else 0
         self.flops += 2 * channels * size * size
 
     def linear(self, n_in: int, n_out: int) -> None:
@@ -129,18 +132,18 @@ def fast_count(config: ModelConfig, image_size: int = 32) -> Counts:
         InvalidValue: ``pool_kernel`` is larger than the last feature map.
     """
     t = _Tally()
-    if isinstance(config, ResNetConfig):
-        _tally_resnet(t, config, resnet_geometry(config, image_size))
-        return Counts(t.params, t.params, t.flops)
-    as_resnet = torchvision_as_resnet(config)
+    as_resnet = config if isinstance(config, ResNetConfig) else torchvision_as_resnet(config)
     after_stage = _tally_resnet(t, as_resnet, resnet_geometry(as_resnet, image_size))
-    if config.freeze == "none":
-        trainable = t.params
-    elif config.freeze == "all_but_last_stage":
-        trainable = t.params - after_stage[2]  # layer4 and fc
-    else:
-        trainable = t.params - after_stage[3]  # fc
-    return Counts(t.params, trainable, t.flops)
+    # Freezing keeps what follows the last stage (all_but_head) or the one before it trainable
+    # (search.models.freezing): everything counted up to there is frozen.
+    frozen = 0
+    if config.freeze == "all_but_last_stage":
+        frozen = after_stage[-2]
+    elif config.freeze == "all_but_head":
+        frozen = after_stage[-1]
+    if isinstance(config, ResNetConfig) and config.batchnorm.frozen_scale:
+        frozen += t.bn2d_scales  # never combined with freeze (ResNetConfig refuses it)
+    return Counts(t.params, t.params - frozen, t.flops)
 
 
 def _tally_resnet(t: _Tally, config: ResNetConfig, geometry: ResNetGeometry) -> list[int]:
@@ -208,7 +211,7 @@ def _tally_head(t: _Tally, features: int, hidden: tuple[int, ...], batchnorm: bo
     for width in hidden:
         t.linear(features, width)
         if batchnorm:
-            t.bn(width, 1)
+            t.bn(width, 1, spatial=False)
         features = width
     t.linear(features, num_classes)
 
@@ -345,24 +348,42 @@ def count_spec(spec: Spec, samples: int = 2000, seed: int = 0, image_size: int |
         image_size: The input size (default: the spec's, ``data.input_size``).
 
     Raises:
-        SpecError: the input size is unknown (an image folder without ``data.image_size``).
+        SpecError: the input size is unknown (an image folder without ``data.image_size``), the
+            fixed config does not fit it, or no sample of the space does (see :func:`check_fits`).
     """
     image_size = image_size or spec.data.input_size
     if image_size is None:
         raise SpecError(spec.source, "data.image_size", "is needed to count an image folder's model (e.g. 224)")
     if spec.is_fixed:
         config = spec.fixed()
+        try:
+            check_fits(config, image_size)
+        except InvalidValue as error:
+            raise SpecError(spec.source, error.key, error.message) from None
         model = build_model(config.model, image_size)
         counts = count_model(model, image_size, getattr(config.model, "in_channels", 3))
         fixed = SizedConfig(config, counts, check_budget(counts, spec.budget) is None)
         return CountReport(spec.source, image_size, spec.budget, fixed)
-    configs = [spec.space.sample(LowEndSuggester()), *random_samples(spec.space, samples, seed)]
-    sizes = []
+    configs = [*_low_end(spec), *random_samples(spec.space, samples, seed)]
+    sizes, misfit = [], InvalidValue("model", "no valid config could be sampled from the space")
     for config in configs:
         try:
+            check_fits(config, image_size)  # e.g. a pool kernel larger than the last feature map
             counts = fast_count(config.model, image_size)
-        except InvalidValue:
-            continue  # e.g. a pool kernel larger than the last feature map: never trained either
+        except InvalidValue as error:
+            misfit = error
+            continue  # a run rejects such a sample untrained
         sizes.append(SizedConfig(config, counts, check_budget(counts, spec.budget) is None))
+    if not sizes:
+        size = f"{image_size}x{image_size}"
+        raise SpecError(spec.source, misfit.key, f"no sampled config fits {size} input: {misfit.message}")
     sizes.sort(key=lambda s: (s.counts.params, s.counts.flops))
     return CountReport(spec.source, image_size, spec.budget, None, tuple(sizes))
+
+
+def _low_end(spec: Spec) -> list[TrialConfig]:
+    """The space's low end, or nothing where that corner breaks a check across fields."""
+    try:
+        return [spec.space.sample(LowEndSuggester())]
+    except InvalidSample:
+        return []

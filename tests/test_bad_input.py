@@ -56,10 +56,12 @@ def empty_data_folder(tmp: Path, data: Path) -> list[str]:
     return run_args(write_spec(tmp, "bad", 2, 1), tmp / "empty")
 
 
-def corrupt_image(tmp: Path, data: Path) -> list[str]:
+def corrupt_images(tmp: Path, data: Path) -> list[str]:
+    """One corrupt image is skipped with a warning (test_hostile_inputs); a class of only corrupt ones is refused."""
     copy = tmp / "images"
     shutil.copytree(data, copy)
-    (copy / "train" / "red" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image needs")
+    for image in (copy / "train" / "red").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image needs")
     return run_args(write_spec(tmp, "bad", 2, 1), copy)
 
 
@@ -133,7 +135,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "a budget no config meets": (budget_no_config_meets, "no config of the space fits (the smallest config found has"),
     "a space with nothing to search": (nothing_to_search, "nothing to search"),
     "an empty data folder": (empty_data_folder, "holds no dataset"),
-    "a corrupt image": (corrupt_image, "0003.png: not a readable image"),
+    "a class of corrupt images": (corrupt_images, "class 'red' in"),
     "a corrupt archive": (corrupt_archive, "cannot be read"),
     "class folders with one class": (one_class, "has 1 class folder (red); a classifier needs at least 2"),
     "an unknown storage scheme": (unknown_storage_scheme, "unknown scheme 'redis'; use one of"),
@@ -155,7 +157,7 @@ def assert_refused(args: list[str], cwd: Path, expected: str, study: str = "bad"
     errors = [
         line
         for line in result.stderr.splitlines()
-        if not line.startswith(("resnet-search: decoding", "resnet-search: extracting"))
+        if not line.startswith(("resnet-search: decoding", "resnet-search: extracting", "resnet-search: warning"))
     ]
     assert result.returncode == 2, result.stderr
     assert len(errors) == 1 and errors[0].startswith("resnet-search: error: "), result.stderr

@@ -37,7 +37,7 @@ from search.outputs.retrain import retrain
 from search.outputs.studies import list_studies
 from search.study.notes import write_trial_note
 from search.study.schema import LEADERBOARD, REJECTED, trial_status
-from search.study.trials import study_spec, trial_config
+from search.study.trials import ranked_trials, study_spec, trial_config
 
 SPEC = """
 study:
@@ -112,6 +112,13 @@ def quick_study(workdir: Path) -> tuple[str, optuna.Study]:
     """A real study with made-up training results: complete, pruned, failed, rejected trials."""
     storage = f"sqlite:///{workdir / 'quick.db'}"
     return storage, run_study(storage, spec_text("quick", n_trials=6), made_up_fit)
+
+
+@pytest.fixture(scope="module")
+def fifty_study(workdir: Path) -> tuple[str, optuna.Study]:
+    """50 trials with made-up results and no pruner (so over 20 complete): the report's size bound."""
+    storage = f"sqlite:///{workdir / 'fifty.db'}"
+    return storage, run_study(storage, spec_text("fifty", n_trials=50, pruner="{name: none}"), made_up_fit)
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +278,8 @@ def test_retrain_leaderboard_matches_the_per_seed_metrics(
     assert [r["trial"] for r in stored["rows"]] == [int(r["trial"]) for r in rows]
     page = write_report(study, "sqlite:///x.db", tmp_path / "report.html").html.read_text()
     assert "Leaderboard (retrained)" in page
+    winner = page.split("<section>")[1]  # the first section: the leaderboard's rank 1, with its spread
+    assert f"#{stored['rows'][0]['trial']}," in winner and "over 2 seed(s)" in winner
 
 
 # --------------------------------------------------------------------------- the report
@@ -284,13 +293,27 @@ def find_chromium() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
 
 
-def test_report_draws_every_figure_offline_in_headless_chromium(quick_study, tmp_path: Path) -> None:
-    storage, study = quick_study
+def test_report_leads_with_the_winner_and_stays_small_in_headless_chromium(fifty_study, tmp_path: Path) -> None:
+    storage, study = fifty_study
     files = write_report(study, storage, tmp_path / "report.html")
     page = files.html.read_text()
-    assert not re.search(r"<script[^>]+src=", page)  # plotly.js is inline, nothing loaded from elsewhere
+    # plotly.js is loaded once, from the file beside the page: nothing from elsewhere.
+    assert re.findall(r'<script[^>]+src="([^"]+)"', page) == ["plotly.min.js"]
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    assert files.html.stat().st_size < 1_000_000, files.html.stat().st_size  # 50 trials, plotly.js apart
     frame_rows = list(csv.DictReader(files.csv.open()))
     assert len(frame_rows) == len(study.trials) and {r["status"] for r in frame_rows} >= {"rejected", "complete"}
+
+    titles = re.findall(r"<section><h2>(.*?)</h2>", page)
+    assert titles[0] == "The best trial"
+    best = ranked_trials(study, 1)[0]
+    winner = page.split("<section>")[1]
+    assert f"#{best.number}, val_acc {best.values[0]:.4f}" in winner
+    assert "blocks" in winner and "sgd lr" in winner and "of the 40,000 budget" in winner  # architecture, recipe, size
+    assert "resnet-search export --storage" in winner and f"fifty_trial{best.number}.yaml" in winner
+    assert "not measured yet" in winner  # no retrain: the test set is untouched
+    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    assert complete >= 20 and f"Hyperparameter importances (from {complete} complete trials)" in titles
 
     chromium = find_chromium()
     if chromium is None:
@@ -323,9 +346,31 @@ def test_report_draws_every_figure_offline_in_headless_chromium(quick_study, tmp
     assert not console, console  # no JavaScript error, no failed load (the network is blocked)
     dom = process.stdout
     graphs = re.split(r'<div[^>]*class="[^"]*plotly-graph-div', dom)[1:]
-    assert len(graphs) == files.figures >= 5
+    assert len(graphs) == files.figures >= 7  # the winner's curve and the importances too
     for graph in graphs:  # each segment runs to the next figure: its own plot must be drawn in it
         assert 'class="main-svg"' in graph
+
+
+def test_the_winner_names_its_kept_model_folder_and_the_commands_that_use_it(tmp_path: Path) -> None:
+    from search.study.records import set_kept_models
+
+    storage = f"sqlite:///{tmp_path / 'kept.db'}"
+    study = run_study(storage, spec_text("kept", n_trials=4), made_up_fit)
+    best = ranked_trials(study, 1)[0]
+    folder = tmp_path / "models" / f"trial_{best.number}"
+    folder.mkdir(parents=True)
+    set_kept_models(study, {best.number: folder})
+    page = write_report(study, storage, tmp_path / "report.html").html.read_text()
+    winner = page.split("<section>")[1]
+    assert f"resnet-search predict {folder} IMAGE..." in winner and f"resnet-search evaluate {folder}" in winner
+
+
+def test_report_of_few_trials_says_why_it_shows_no_importances(quick_study, tmp_path: Path) -> None:
+    storage, study = quick_study
+    page = write_report(study, storage, tmp_path / "report.html").html.read_text()
+    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    assert complete < 20
+    assert f"importances from {complete} complete trial(s) would be noise" in page
 
 
 def test_report_of_a_study_without_results_is_a_user_error(tmp_path: Path) -> None:

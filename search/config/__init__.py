@@ -4,7 +4,8 @@ them, loading a spec file, and the errors a user can fix.
 Everything above this layer takes these typed configs; raw YAML never leaves it. Modules,
 lowest first: ``errors``; ``distributions`` (the nodes of a search space); ``parsing``
 (YAML values to nodes, against type hints); ``suggesters`` (sampling without a study);
-``schema`` (the frozen configs); ``loading`` (spec files to a :class:`Spec` and back).
+``names`` (which study names may name files); ``schema`` (the frozen configs); ``safe_yaml``
+(YAML text read within limits); ``loading`` (spec files to a :class:`Spec` and back).
 """
 
 from search.config.distributions import InvalidSample
@@ -13,6 +14,7 @@ from search.config.loading import SCHEMA_VERSION, fixed_document, load_spec, par
 from search.config.model_configs import (
     TORCHVISION_ARCHS,
     AuxHead,
+    BatchNorm,
     Head,
     ModelConfig,
     ResNetConfig,
@@ -29,6 +31,7 @@ from search.config.schema import (
     SamplerConfig,
     Spec,
     StudyConfig,
+    TrackingConfig,
     TrialConfig,
 )
 from search.config.suggesters import LowEndSuggester, RandomSuggester, random_samples
@@ -39,12 +42,15 @@ from search.config.train_configs import (
     Augment,
     Constant,
     Cosine,
+    Ema,
+    LrScaling,
     MultiStep,
     OneCycle,
     OptimizerConfig,
     SchedulerConfig,
     Step,
     TrainConfig,
+    Tta,
 )
 
 __all__ = [
@@ -55,13 +61,16 @@ __all__ = [
     "AdamW",
     "Augment",
     "AuxHead",
+    "BatchNorm",
     "BudgetConfig",
     "Constant",
     "Cosine",
     "DataConfig",
+    "Ema",
     "Head",
     "InvalidSample",
     "InvalidValue",
+    "LrScaling",
     "LowEndSuggester",
     "ModelConfig",
     "MultiStep",
@@ -81,8 +90,10 @@ __all__ = [
     "Step",
     "StudyConfig",
     "TorchvisionResNetConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TrialConfig",
+    "Tta",
     "UserError",
     "fixed_document",
     "load_spec",

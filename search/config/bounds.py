@@ -8,5 +8,6 @@ from typing import Any
 
 
 def bounded(default: Any, **bounds: float) -> Any:
-    """A dataclass field with a default and numeric bounds (``ge``, ``gt``, ``le``)."""
+    """A dataclass field with a default and numeric bounds (``ge``, ``gt``, ``le``, ``lt``); the
+    bounds of a tuple field hold for each of its items."""
     return field(default=default, metadata=bounds)

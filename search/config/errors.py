@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``): an error
+    stays one line whatever a file's keys or names hold."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class UserError(Exception):
     """Bad input from the user (a file, a flag, a storage, data): never a bug of ours."""
 
@@ -21,7 +27,7 @@ class SpecError(UserError):
         self.key = key
         self.message = message
         where = f"{file}: {key}" if key else file
-        super().__init__(f"{where}: {message}")
+        super().__init__(one_line(f"{where}: {message}"))
 
 
 class InvalidValue(ValueError):

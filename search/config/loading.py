@@ -12,13 +12,20 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from search.config.distributions import Loc
 from search.config.errors import SpecError
 from search.config.model_configs import ModelConfig
 from search.config.parsing import ParseError, check_keys, parse
-from search.config.schema import BudgetConfig, DataConfig, ResourcesConfig, Spec, StudyConfig, TrialConfig
+from search.config.safe_yaml import MAX_SPEC_BYTES, decode_spec_bytes, load_yaml
+from search.config.schema import (
+    BudgetConfig,
+    DataConfig,
+    ResourcesConfig,
+    Spec,
+    StudyConfig,
+    TrackingConfig,
+    TrialConfig,
+)
 from search.config.train_configs import TrainConfig
 
 __all__ = ["SCHEMA_VERSION", "load_spec", "parse_spec", "to_plain", "fixed_document"]
@@ -31,6 +38,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "budget": BudgetConfig,
     "resources": ResourcesConfig,
+    "tracking": TrackingConfig,
 }
 SEARCHABLE_SECTIONS: dict[str, Any] = {"model": ModelConfig, "train": TrainConfig}
 TOP_LEVEL_KEYS = ("schema_version", *SECTIONS, *SEARCHABLE_SECTIONS, "provenance")
@@ -50,23 +58,18 @@ def load_spec(path: str | Path) -> Spec:
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)  # never more than the limit, whatever the file's size
     except FileNotFoundError:
         raise SpecError(source, "", "no such file") from None
     except OSError as error:
         raise SpecError(source, "", f"cannot be read: {error.strerror or error}") from None
-    return parse_spec(text, source)
+    return parse_spec(decode_spec_bytes(data, source), source)
 
 
 def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Validate a spec given as YAML text; ``source`` names it in errors."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(source, "", f"invalid YAML: {where}{problem}") from None
+    raw = load_yaml(text, source)  # size, depth, alias expansion and duplicate keys limited
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

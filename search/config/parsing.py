@@ -64,7 +64,7 @@ def parse(raw: Any, tp: Any, loc: Loc, *, searchable: bool, bounds: dict | None 
     if item_type is not None:
         if raw is None and _is_optional(tp):
             return Fixed(loc, None)
-        return _parse_sequence(raw, item_type, loc, searchable)
+        return _parse_sequence(raw, item_type, loc, searchable, bounds)
     return Fixed(loc, convert_scalar(raw, tp, loc, bounds))
 
 
@@ -175,13 +175,16 @@ def _pick_dataclass(raw: Any, options: tuple[type, ...], loc: Loc) -> type:
         return options[0]  # the first member of a union is its default
     by_name = {name: cls for cls in options for name in _literal_names(cls)}
     name = raw["name"]
-    if name not in by_name:
-        hint = _did_you_mean(name, by_name)
+    if not isinstance(name, str) or name not in by_name:  # a mapping or list is no name (and unhashable)
+        hint = _did_you_mean(name, by_name) if isinstance(name, str) else ""
         raise ParseError(loc.child("name").display, f"{name!r} is not one of {sorted(by_name)}{hint}")
     return by_name[name]
 
 
-def _parse_sequence(raw: Any, item_types: tuple[Any, ...] | Any, loc: Loc, searchable: bool) -> Node:
+def _parse_sequence(
+    raw: Any, item_types: tuple[Any, ...] | Any, loc: Loc, searchable: bool, bounds: dict | None = None
+) -> Node:
+    """A list against a tuple type; the field's bounds hold for every item (``betas``, ``hidden``)."""
     if not isinstance(raw, list):
         raise ParseError(loc.display, f"must be a list, got {raw!r}")
     if isinstance(item_types, tuple):
@@ -191,7 +194,8 @@ def _parse_sequence(raw: Any, item_types: tuple[Any, ...] | Any, loc: Loc, searc
     else:
         types_ = (item_types,) * len(raw)
     nodes = tuple(
-        parse(item, t, loc.child(i), searchable=searchable) for i, (item, t) in enumerate(zip(raw, types_, strict=True))
+        parse(item, t, loc.child(i), searchable=searchable, bounds=bounds)
+        for i, (item, t) in enumerate(zip(raw, types_, strict=True))
     )
     sequence = Sequence(loc, nodes)
     return Fixed(loc, sequence.value()) if sequence.is_fixed else sequence
@@ -213,9 +217,12 @@ def convert_scalar(raw: Any, tp: Any, loc: Loc, bounds: dict) -> Any:
     base = _strip_optional(tp)
     if typing.get_origin(base) is Literal:
         allowed = typing.get_args(base)
-        if raw not in allowed or isinstance(raw, bool) != any(isinstance(a, bool) for a in allowed):
+        # Same type and value: 1 is not True, and true is not one of ["on", "off"].
+        if not any(raw == a and isinstance(raw, bool) == isinstance(a, bool) for a in allowed):
             raise ParseError(loc.display, f"{raw!r} is not one of {list(allowed)}{_did_you_mean(raw, allowed)}")
         return raw
+    if typing.get_origin(base) in (Union, types.UnionType):  # scalars of several types (a duration: 90 or "2h")
+        return _convert_union(raw, tp, loc, bounds)
     if base is bool:
         if not isinstance(raw, bool):
             raise ParseError(loc.display, f"must be true or false, got {raw!r}")
@@ -235,6 +242,16 @@ def convert_scalar(raw: Any, tp: Any, loc: Loc, bounds: dict) -> Any:
     raise ParseError(loc.display, f"must be {_describe(tp)}, got {raw!r}")
 
 
+def _convert_union(raw: Any, tp: Any, loc: Loc, bounds: dict) -> Any:
+    """``raw`` as the first of the union's scalar types that takes it."""
+    for option in typing.get_args(_strip_optional(tp)):
+        try:
+            return convert_scalar(raw, option, loc, bounds)
+        except ParseError:
+            continue
+    raise ParseError(loc.display, f"must be {_describe(tp)}, got {raw!r}")
+
+
 def _check_bounds(value: float, bounds: dict, loc: Loc) -> Any:
     if "ge" in bounds and not value >= bounds["ge"]:
         raise ParseError(loc.display, f"must be >= {bounds['ge']}, got {value}")
@@ -242,6 +259,8 @@ def _check_bounds(value: float, bounds: dict, loc: Loc) -> Any:
         raise ParseError(loc.display, f"must be > {bounds['gt']}, got {value}")
     if "le" in bounds and not value <= bounds["le"]:
         raise ParseError(loc.display, f"must be <= {bounds['le']}, got {value}")
+    if "lt" in bounds and not value < bounds["lt"]:
+        raise ParseError(loc.display, f"must be < {bounds['lt']}, got {value}")
     return value
 
 
@@ -316,6 +335,8 @@ def _describe(tp: Any) -> str:
     base = _strip_optional(tp)
     if typing.get_origin(base) is Literal:
         text = f"one of {list(typing.get_args(base))}"
+    elif typing.get_origin(base) in (Union, types.UnionType):
+        text = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(base))
     else:
         text = getattr(base, "__name__", str(base))
     return f"{text} or null" if _is_optional(tp) else text

@@ -22,7 +22,9 @@ from search.config.bounds import bounded
 from search.config.distributions import Node
 from search.config.errors import InvalidValue, SpecError
 from search.config.model_configs import ModelConfig
+from search.config.names import study_name_problem
 from search.config.train_configs import TrainConfig
+from search.config.units import parse_duration
 
 # --------------------------------------------------------------------------- data
 
@@ -42,13 +44,13 @@ class DataConfig:
 
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
     root: str | None = None
-    image_size: int | None = bounded(None, ge=8)
+    image_size: int | None = bounded(None, ge=8, le=2048)
     val_fraction: float = bounded(0.1, gt=0.0, le=0.5)
     train_subset: int | None = bounded(None, ge=1)
     val_subset: int | None = bounded(None, ge=1)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    split_seed: int = bounded(0, ge=0)
+    mean: tuple[float, float, float] | None = bounded(None, ge=0.0, le=1.0)  # of the [0, 1] pixel scale
+    std: tuple[float, float, float] | None = bounded(None, gt=0.0, le=1.0)  # normalizing divides by it
+    split_seed: int = bounded(0, ge=0, le=2**32 - 1)
 
     @property
     def input_size(self) -> int | None:
@@ -72,7 +74,7 @@ class SamplerConfig:
     """Optuna sampler by name; ``n_startup_trials`` random trials before TPE/GP take over."""
 
     name: Literal["tpe", "random", "gp", "cmaes", "nsgaii"] = "tpe"
-    n_startup_trials: int = bounded(10, ge=0)
+    n_startup_trials: int = bounded(10, ge=0, le=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -117,24 +119,37 @@ class StudyConfig:
     """The Optuna study: its name (also the default storage file), objectives and search policy.
 
     ``enqueue`` lists fixed spec files (relative to this spec) whose configs are tried first.
-    ``max_rejections`` ends a run after that many over-budget samples in a row.
+    ``max_rejections`` ends a run after that many over-budget samples in a row. ``timeout``
+    (``90s``, ``30m``, ``2h``, ``1d`` or seconds) ends a run: no trial starts after it, and
+    running ones stop at their next epoch report.
     """
 
     name: str = "study"
     objectives: tuple[Objective, ...] = (Objective(),)
-    n_trials: int = bounded(20, ge=1)
+    n_trials: int = bounded(20, ge=1, le=1_000_000)
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = MedianPruner()
-    seed: int | None = bounded(0, ge=0)
+    seed: int | None = bounded(0, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit
     enqueue: tuple[str, ...] = ()
     max_rejections: int = bounded(1000, ge=1)
+    timeout: float | str | None = None
 
     def __post_init__(self) -> None:
+        name_problem = study_name_problem(self.name)
+        if name_problem:
+            raise InvalidValue("name", name_problem)
+        if self.timeout is not None:
+            parse_duration(self.timeout)  # raises InvalidValue("timeout", ...) naming the forms allowed
         if not self.objectives:
             raise InvalidValue("objectives", "needs at least one objective")
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise InvalidValue("objectives", f"each metric may appear once, got {metrics}")
+
+    @property
+    def timeout_s(self) -> float | None:
+        """``timeout`` in seconds; None: no time budget."""
+        return None if self.timeout is None else parse_duration(self.timeout)
 
 
 @dataclass(frozen=True)
@@ -149,10 +164,20 @@ class BudgetConfig:
 class ResourcesConfig:
     """Per-trial Ray resources; fractional ``gpu`` (0.25) packs several trials on one GPU."""
 
-    cpu: float = bounded(1.0, gt=0.0)
-    gpu: float = bounded(0.0, ge=0.0)
-    max_concurrent: int = bounded(1, ge=1)
+    cpu: float = bounded(1.0, gt=0.0, le=1024.0)
+    gpu: float = bounded(0.0, ge=0.0, le=1024.0)
+    max_concurrent: int = bounded(1, ge=1, le=1024)
     max_failures: int = bounded(0, ge=0)  # restarts of a trial whose worker died, before it is FAIL
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment trackers the driver feeds from what trials report: a TensorBoard log folder
+    (one run per trial) and an MLflow tracking URI (``file:mlruns``, ``sqlite:///mlflow.db``,
+    ``http://host:5000``; one MLflow run per trial in an experiment named for the study)."""
+
+    tensorboard: str | None = None
+    mlflow: str | None = None
 
 
 # --------------------------------------------------------------------------- the spec
@@ -182,6 +207,7 @@ class Spec:
     space: Node
     source: str = "<spec>"
     text: str = ""
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def is_fixed(self) -> bool:

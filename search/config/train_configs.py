@@ -11,12 +11,54 @@ from search.config.bounds import bounded
 
 @dataclass(frozen=True)
 class Augment:
-    """Whole-batch augmentation on the training device (seed 003: pad 4 reflect + flip)."""
+    """Whole-batch augmentation on the training device (seed 003: pad 4 reflect + flip).
 
-    crop_padding: int = bounded(4, ge=0)
+    ``flip: true`` mirrors each image with probability 1/2 every epoch; ``alternating``
+    mirrors a random half in the first epoch and then flips every image's state each
+    epoch, so that every two epochs see both views of every image (airbench).
+    """
+
+    crop_padding: int = bounded(4, ge=0, le=64)
     padding_mode: Literal["reflect", "zeros"] = "reflect"
-    flip: bool = True
-    cutout: int = bounded(0, ge=0)
+    flip: Literal[True, False, "alternating"] = True
+    cutout: int = bounded(0, ge=0, le=1024)
+
+
+@dataclass(frozen=True)
+class Ema:
+    """An exponential moving average of the weights (and BatchNorm statistics), evaluated and saved.
+
+    After every optimizer step ``ema = d * ema + (1 - d) * weights``, where ``d`` rises
+    linearly from 0 to ``decay`` over the first ``warmup_steps`` steps, so that the
+    average does not keep the random initialisation for long.
+    """
+
+    decay: float = bounded(0.99, ge=0.0, le=0.99999)
+    warmup_steps: int = bounded(100, ge=0)
+
+
+@dataclass(frozen=True)
+class Tta:
+    """Test-time augmentation: views averaged (their logits) at every evaluation, mirrored (``flip``) and shifted.
+
+    ``translate: N`` adds each view shifted by ``N`` pixels up-left and down-right
+    (reflect padding), as airbench's level-2 test-time augmentation does with 1.
+    """
+
+    flip: bool = False
+    translate: int = bounded(0, ge=0, le=64)
+
+
+@dataclass(frozen=True)
+class LrScaling:
+    """The optimizer's ``lr`` is for ``reference_batch``; other batch sizes scale it by ``rule``.
+
+    ``linear``: ``lr * batch_size / reference_batch`` (Goyal et al. 2017); ``sqrt``: by the
+    square root of that ratio (adaptive optimizers).
+    """
+
+    reference_batch: int = bounded(256, ge=1)
+    rule: Literal["linear", "sqrt"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -32,7 +74,7 @@ class SGD:
 class Adam:
     name: Literal["adam"] = "adam"
     lr: float = bounded(1e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0.0, lt=1.0)  # torch's Adam: each in [0, 1)
     weight_decay: float = bounded(0.0, ge=0.0)
 
 
@@ -40,7 +82,7 @@ class Adam:
 class AdamW:
     name: Literal["adamw"] = "adamw"
     lr: float = bounded(1e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0.0, lt=1.0)
     weight_decay: float = bounded(0.05, ge=0.0)
 
 
@@ -69,7 +111,7 @@ class OneCycle:
 @dataclass(frozen=True)
 class Step:
     name: Literal["step"] = "step"
-    step_epochs: int = bounded(30, ge=1)
+    step_epochs: int = bounded(30, ge=1, le=100_000)
     gamma: float = bounded(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = bounded(0.0, ge=0.0)
 
@@ -77,7 +119,7 @@ class Step:
 @dataclass(frozen=True)
 class MultiStep:
     name: Literal["multistep"] = "multistep"
-    milestones: tuple[int, ...] = (50, 75)
+    milestones: tuple[int, ...] = bounded((50, 75), ge=1, le=100_000)
     gamma: float = bounded(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = bounded(0.0, ge=0.0)
 
@@ -100,10 +142,18 @@ class TrainConfig:
     ``grad_clip_mode: value`` (seed 003 clips values at 0.1). ``aux_weight`` scales the
     auxiliary head's loss (seed 000). ``precision: auto`` is bf16 autocast on CUDA and
     fp32 on CPU; ``channels_last: auto`` likewise follows the device.
+
+    The fast-training recipe (airbench's tricks, each off by default): ``ema`` evaluates
+    and saves a moving average of the weights; ``tta`` averages mirrored/shifted views at
+    evaluation; ``whiten_stem`` initialises the stem convolution from the training
+    patches' covariance so that its outputs are whitened (``frozen``: and never trains
+    it); ``lr_scaling`` scales the LR with the batch size. ``cuda_graph`` replays the
+    training step as one CUDA graph (static shapes: no per-kernel launch cost); off CUDA
+    it is the ordinary step.
     """
 
-    epochs: int = bounded(30, ge=1)
-    batch_size: int = bounded(256, ge=1)
+    epochs: int = bounded(30, ge=1, le=100_000)
+    batch_size: int = bounded(256, ge=1, le=65536)
     optimizer: OptimizerConfig = SGD()
     scheduler: SchedulerConfig = Cosine()
     decay_norm_and_bias: bool = True
@@ -115,5 +165,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
-    eval_batch_size: int = bounded(1024, ge=1)
-    seed: int = bounded(0, ge=0)
+    eval_batch_size: int = bounded(1024, ge=1, le=65536)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
+    ema: Ema | None = None
+    tta: Tta = Tta()
+    whiten_stem: Literal["none", "init", "frozen"] = "none"
+    lr_scaling: LrScaling | None = None
+    cuda_graph: bool = False

@@ -36,8 +36,7 @@ def materialize(layout: Layout) -> Layout:
     key = digest([str(archive.resolve()), st.st_size, st.st_mtime_ns])
     dest = cache_dir() / "extracted" / f"{slug(archive)}-{key[:12]}"
     if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with locked(dest.with_name(dest.name + ".lock")):
+        with locked(dest.with_name(dest.name + ".lock")):  # makes the folder, or says it cannot
             if not dest.exists():  # another worker may have finished while we waited
                 _extract_into(archive, dest)
     found = find_layout(dest)

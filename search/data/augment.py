@@ -13,7 +13,12 @@ import torch
 from search.config import Augment
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor,
+    augment: Augment,
+    generator: torch.Generator | None = None,
+    flip_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Random crop with padding, horizontal flip and cutout for a whole batch at once.
 
     Crop and flip are one gather: each output pixel reads the source pixel at a per-sample
@@ -25,6 +30,9 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         images: ``N x C x H x W`` uint8 or float images on any device.
         augment: Padding (``crop_padding``, ``padding_mode``), ``flip`` and ``cutout`` size.
         generator: Source of randomness (CPU or the images' device); the global RNG if None.
+        flip_mask: Which samples to mirror (``N`` bools on the images' device), for
+            ``flip: alternating``, whose caller keeps each image's state; None draws
+            them at random when ``augment.flip`` is set.
 
     Returns:
         Augmented images, same shape, dtype and device (the input itself if ``augment``
@@ -32,7 +40,7 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
     """
     n, _, h, w = images.shape
     pad, size = augment.crop_padding, augment.cutout
-    if n == 0 or (pad == 0 and not augment.flip and size == 0):
+    if n == 0 or (pad == 0 and not augment.flip and flip_mask is None and size == 0):
         return images
     device = images.device
     gen_device = generator.device if generator is not None else device
@@ -42,7 +50,11 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
 
     # Draw everything up front, in a fixed order: chunking below cannot change the result.
     dy, dx = (randint(2 * pad + 1) - pad, randint(2 * pad + 1) - pad) if pad else (None, None)
-    flip = randint(2).bool() if augment.flip else None
+    flip: torch.Tensor | None = None
+    if flip_mask is not None:
+        flip = flip_mask.view(n, 1)
+    elif augment.flip:
+        flip = randint(2).bool()
     cy, cx = (randint(h), randint(w)) if size else (None, None)
 
     out = images

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +24,27 @@ POOL_MIN_IMAGES = 2000
 DECODE_CHUNK = 1000
 
 
-def decode_images(paths: Sequence[Path], image_size: int | None) -> np.ndarray:
+@dataclass(frozen=True)
+class Decoded:
+    """Images decoded from a list of files, and the files that could not be.
+
+    Attributes:
+        images: uint8 ``N x H x W x 3``, one per readable file, in order.
+        kept: For each image, the index of its file in the list decoded.
+        skipped: The files that cannot be decoded (corrupt, truncated, unknown mode), with why.
+    """
+
+    images: np.ndarray
+    kept: list[int]
+    skipped: list[tuple[Path, str]]
+
+
+def decode_images(paths: Sequence[Path], image_size: int | None) -> Decoded:
     """Decode image files into one uint8 ``N x H x W x 3`` array, in a process pool when many.
 
     Processes, not threads: Pillow holds the GIL for much of a small JPEG's decode, and
-    measured threads were slower than one core here.
+    measured threads were slower than one core here. A file that cannot be decoded is
+    skipped (and listed), not fatal: one corrupt file in 50,000 should not stop a search.
 
     Args:
         paths: The image files, in the order wanted.
@@ -34,26 +52,30 @@ def decode_images(paths: Sequence[Path], image_size: int | None) -> np.ndarray:
             requires all images square and of one size.
 
     Returns:
-        The images; ``0 x S x S x 3`` for no paths (``S`` is ``image_size`` or 1).
+        The images (``0 x S x S x 3`` for none; ``S`` is ``image_size`` or 1), which files they
+        are, and the skipped files.
 
     Raises:
-        UserError: A file is not a readable image, or sizes differ without ``image_size``.
+        UserError: Sizes differ without ``image_size``.
     """
-    if not paths:
-        side = image_size or 1
-        return np.zeros((0, side, side, 3), dtype=np.uint8)
     chunks = [list(paths[i : i + DECODE_CHUNK]) for i in range(0, len(paths), DECODE_CHUNK)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(len(chunks), cpus)
     if len(paths) < POOL_MIN_IMAGES or workers < 2:
-        arrays = [decode_chunk(c, image_size) for c in chunks]
+        parts = [decode_chunk(c, image_size) for c in chunks]
     else:
-        arrays = _decode_in_pool(chunks, image_size, workers)
-    _check_chunks_agree(chunks, arrays)
-    return np.concatenate(arrays)
+        parts = _decode_in_pool(chunks, image_size, workers)
+    decoded = [(chunk, part) for chunk, part in zip(chunks, parts, strict=True) if len(part.kept)]
+    _check_chunks_agree([chunk for chunk, _ in decoded], [part.images for _, part in decoded])
+    kept = [i * DECODE_CHUNK + k for i, part in enumerate(parts) for k in part.kept]
+    skipped = [s for part in parts for s in part.skipped]
+    if not decoded:
+        side = image_size or 1
+        return Decoded(np.zeros((0, side, side, 3), dtype=np.uint8), kept, skipped)
+    return Decoded(np.concatenate([part.images for _, part in decoded]), kept, skipped)
 
 
-def _decode_in_pool(chunks: list[list[Path]], image_size: int | None, workers: int) -> list[np.ndarray]:
+def _decode_in_pool(chunks: list[list[Path]], image_size: int | None, workers: int) -> list[Decoded]:
     """:func:`decode_chunk` of every chunk in a pool of ``workers`` processes, in order."""
     import multiprocessing
 
@@ -73,38 +95,76 @@ def _check_chunks_agree(chunks: list[list[Path]], arrays: list[np.ndarray]) -> N
             )
 
 
-def decode_chunk(paths: Sequence[Path], image_size: int | None) -> np.ndarray:
+def decode_chunk(paths: Sequence[Path], image_size: int | None) -> Decoded:
     """Decode a few images (one pool task); see :func:`decode_images`.
 
     Raises:
-        UserError: A file is not a readable image, or sizes differ without ``image_size``.
+        UserError: Sizes differ without ``image_size``.
     """
     out: list[np.ndarray] = []
-    for path in paths:
-        arr = _decode_one(path, image_size)
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    for index, path in enumerate(paths):
+        try:
+            arr = _decode_one(path, image_size)
+        except _Undecodable as error:
+            skipped.append((path, str(error)))
+            continue
         if image_size is None and (arr.shape[0] != arr.shape[1] or (out and arr.shape != out[0].shape)):
-            what = f"{paths[0]} is {out[0].shape[1]}x{out[0].shape[0]}, " if out else ""
+            what = f"{paths[kept[0]]} is {out[0].shape[1]}x{out[0].shape[0]}, " if out else ""
             raise UserError(
                 f"images differ in size or are not square ({what}{path} is {arr.shape[1]}x{arr.shape[0]}); "
                 "set data.image_size to resize them on load"
             )
         out.append(arr)
-    return np.stack(out)
+        kept.append(index)
+    if not out:
+        side = image_size or 1
+        return Decoded(np.zeros((0, side, side, 3), dtype=np.uint8), kept, skipped)
+    return Decoded(np.stack(out), kept, skipped)
+
+
+class _Undecodable(Exception):
+    """A file that is not an image Pillow can fully decode (corrupt, truncated, unknown mode)."""
 
 
 def _decode_one(path: Path, image_size: int | None) -> np.ndarray:
-    """One image as uint8 ``H x W x 3`` RGB, fitted to ``image_size`` if given."""
+    """One image as uint8 ``H x W x 3`` RGB, upright, fitted to ``image_size`` if given.
+
+    Raises:
+        _Undecodable: the file cannot be decoded whole.
+    """
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")  # grayscale, palette, RGBA, CMYK -> RGB (alpha dropped)
+        with Image.open(path) as opened:
+            im = _to_rgb(ImageOps.exif_transpose(opened))  # EXIF orientation: as a viewer shows it
             if image_size is not None:
                 # Shorter side to image_size, centre crop; Pillow's resampling is antialiased.
                 im = ImageOps.fit(im, (image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+        raise _Undecodable(f"{type(e).__name__}: {e}") from None
+
+
+# Pillow's modes of more than 8 bits per sample, and the largest value each holds.
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 255}
+
+
+def _to_rgb(im: Any) -> Any:
+    """An opened image as 8-bit RGB, whatever its mode.
+
+    ``convert("RGB")`` handles palette (with or without transparency), grayscale, grayscale
+    with alpha, RGBA (alpha dropped) and CMYK; but it clips 16-bit grayscale (``I;16``, ``I``)
+    at 255, which turns a 16-bit PNG white, so those are scaled down to 8 bits first.
+    """
+    from PIL import Image
+
+    if im.mode in _WIDE_MODES:
+        wide = np.asarray(im, dtype=np.float64)
+        scaled = np.clip(np.rint(wide * (255 / _WIDE_MODES[im.mode])), 0, 255).astype(np.uint8)
+        im = Image.fromarray(scaled)  # 2-D uint8: mode L
+    return im.convert("RGB")
 
 
 def to_nchw(images: np.ndarray) -> torch.Tensor:

@@ -66,16 +66,44 @@ def _decode_folders(layout: Layout, image_size: int | None) -> Splits:
         f"(once; cached in {cache_dir() / 'tensors'})",
         file=sys.stderr,
     )
-    train_x = to_nchw(decode_images(train_files, image_size))
-    test_x = to_nchw(decode_images(test_files, image_size))
-    if test_files and train_x.shape[1:] != test_x.shape[1:]:
+    train, test = decode_images(train_files, image_size), decode_images(test_files, image_size)
+    _report_skipped(train.skipped + test.skipped, len(train_files) + len(test_files))
+    train_x, test_x = to_nchw(train.images), to_nchw(test.images)
+    if len(test.kept) and train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(
             f"train images are {train_x.shape[-1]}px but test images are {test_x.shape[-1]}px "
             f"in {layout.root}; set data.image_size to resize both on load"
         )
-    train_y = torch.tensor(train_labels, dtype=torch.int64)
-    test_y = torch.tensor(test_labels, dtype=torch.int64)
+    train_y = torch.tensor([train_labels[i] for i in train.kept], dtype=torch.int64)
+    test_y = torch.tensor([test_labels[i] for i in test.kept], dtype=torch.int64)
+    _require_images_per_class(layout.root, classes, train_y, len(train.skipped))
     return train_x, train_y, test_x, test_y, classes
+
+
+def _report_skipped(skipped: list[tuple[Path, str]], total: int) -> None:
+    """One warning line for the files that could not be decoded, counting them."""
+    if skipped:
+        first, why = skipped[0]
+        print(
+            f"resnet-search: warning: skipped {len(skipped)} of {total} image files that cannot be decoded "
+            f"(first: {first}: {why})",
+            file=sys.stderr,
+        )
+
+
+def _require_images_per_class(root: Path, classes: list[str], labels: torch.Tensor, skipped: int) -> None:
+    """Every class keeps at least one training image once unreadable files are skipped.
+
+    Raises:
+        UserError: a class has no decodable training image.
+    """
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
+    if empty:
+        raise UserError(
+            f"class {empty[0]!r} in {root} has no training image that can be decoded "
+            f"({skipped} file(s) skipped in all); a class needs at least one readable image"
+        )
 
 
 def read_cifar(layout: Layout) -> Splits:

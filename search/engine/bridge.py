@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
-from search.config.units import format_duration
+from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
 from search.engine.samplers import LEARNS_FROM_REJECTIONS, USES_CONSTRAINTS
 from search.engine.trainable import TrialJob
 from search.engine.types import Log, ignore
 from search.models import build_model
+from search.models.geometry import check_fits
 from search.study.notes import write_trial_note
 from search.study.schema import (
     EPOCHS_RUN,
@@ -45,16 +47,14 @@ from search.study.schema import (
 
 @dataclass
 class Tally:
-    """What the progress line shows."""
+    """How this run's trials ended so far (the progress views keep their own, from the events)."""
 
     done: int = 0
     running: int = 0
     pruned: int = 0
     failed: int = 0
     rejected: int = 0
-    best: float | None = None
-    best_params: int | None = None
-    trial_seconds: list[float] = field(default_factory=list)
+    stopped: int = 0  # by the time budget
 
 
 class StudyBridge:
@@ -70,6 +70,9 @@ class StudyBridge:
         log: Where progress lines go.
         reference_check: Count configs that pass the fast check with fvcore too (the budget's
             final word); off only for rehearsals, which train nothing.
+        observers: Told of every trial's start, epoch reports and end (the live view, trackers).
+        deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
+            their next epoch report (the run's time budget); None: no deadline.
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class StudyBridge:
         threads: int,
         log: Log = ignore,
         reference_check: bool = True,
+        observers: Sequence[RunObserver] = (),
+        deadline: float | None = None,
     ) -> None:
         self.study = study
         self.reference_check = reference_check
@@ -103,8 +108,12 @@ class StudyBridge:
         self.rejections_in_a_row = 0
         self.retry_sampler = optuna.samplers.RandomSampler(seed=spec.study.seed)
         self.stop_reason: str | None = None
-        self.start_time = time.monotonic()
         self.train_seconds = 0.0  # the trials' own training time, as they report it
+        self.observers = list(observers)
+        self.deadline = deadline
+        self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
+        self.epochs: dict[int, int] = {}
+        self.stopped_by_deadline: set[int] = set()
 
     @property
     def remaining(self) -> int:
@@ -115,6 +124,8 @@ class StudyBridge:
     def next_job(self, ray_trial_id: str = "") -> TrialJob | None:
         """Sample until a config fits the budget; None when the study has its trials (or gives up)."""
         while self.remaining > 0 and self.stop_reason is None:
+            if self.past_deadline():
+                return None
             trial, drawn = self._draw()
             if isinstance(drawn, str):
                 self._reject(trial, drawn, None)
@@ -135,6 +146,11 @@ class StudyBridge:
             self.started[trial.number] = time.monotonic()
             self.launched += 1
             self.tally.running += 1
+            self.epochs[trial.number] = config.train.epochs
+            self.notify(
+                "trial_started",
+                TrialStart(trial.number, trial.params, counts.params, counts.flops or 0, config.train.epochs),
+            )
             return TrialJob(trial.number, config, self.spec.data, self.data_dir, counts, self.use_gpu, self.threads)
         return None
 
@@ -153,6 +169,7 @@ class StudyBridge:
             trial = self.study.ask()
             try:
                 config = self.spec.space.sample(trial)
+                check_fits(config, self.image_size)  # a sample that does not fit its input is rejected
                 return trial, (config, fast_count(config.model, self.image_size))
             except (InvalidSample, InvalidValue) as error:
                 return trial, str(error)
@@ -182,7 +199,9 @@ class StudyBridge:
         # PRUNED, not FAIL: TPE learns from pruned trials' constraint values; the
         # ``rejected`` attribute keeps them out of every count and export.
         self.study.tell(trial, state=TrialState.PRUNED)
-        write_trial_note(self.study, self._frozen(trial.number), self.spec)
+        frozen = self._frozen(trial.number)
+        write_trial_note(self.study, frozen, self.spec)
+        self.notify("trial_ended", TrialEnd(trial.number, "rejected", frozen, at=time.monotonic()))
         self.tally.rejected += 1
         self.rejections_in_a_row += 1
         if self.rejections_in_a_row >= self.spec.study.max_rejections:
@@ -198,11 +217,24 @@ class StudyBridge:
     # ---- reports, pruning, outcomes
 
     def report(self, number: int, result: dict) -> bool:
-        """Record one epoch's metric; True when the pruner says stop."""
-        if "epoch" not in result or number not in self.open or self.multi_objective:
+        """Record one epoch's metric; True when the trial must stop: the pruner says so, or the
+        deadline passed before its last epoch."""
+        if "epoch" not in result or number not in self.open:
             return False
+        epoch = int(result["epoch"])
+        metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.notify("epoch_reported", EpochReport(number, epoch, metrics, time.monotonic()))
+        if self._prune(number, result):
+            return True
+        if self.past_deadline() and epoch < self.epochs.get(number, epoch + 1):
+            self.stopped_by_deadline.add(number)
+            return True
+        return False
+
+    def _prune(self, number: int, result: dict) -> bool:
+        """Report the objective to the study; True when its pruner says stop."""
         value = result.get(self.spec.study.objectives[0].metric)
-        if value is None or not math.isfinite(value):
+        if self.multi_objective or value is None or not math.isfinite(value):
             return False
         trial = self.open[number]
         trial.report(value, step=int(result["epoch"]))
@@ -211,15 +243,20 @@ class StudyBridge:
             return True
         return False
 
+    def past_deadline(self) -> bool:
+        """Whether the time budget is spent (remembered in ``out_of_time``)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time = True
+        return self.out_of_time
+
     def finish(self, number: int, result: dict | None, error: bool) -> None:
         """Tell the study how a trial ended (COMPLETE, PRUNED or FAIL)."""
         trial = self.open.pop(number, None)
         if trial is None:
             return
         result = result or {}
-        seconds = time.monotonic() - self.started.pop(number)
+        self.started.pop(number)
         self.tally.running -= 1
-        self.tally.trial_seconds.append(seconds)
         # A trial's own training time: its summary's, or (pruned) its last epoch report's.
         train_time = result.get("train_time_s") or result.get("elapsed_s") or 0.0
         self.train_seconds += train_time
@@ -229,6 +266,9 @@ class StudyBridge:
             trial.set_user_attr(EPOCHS_RUN, int(epochs_run))
         if IMAGES_PER_S in result:
             trial.set_user_attr(IMAGES_PER_S, result[IMAGES_PER_S])
+        if number in self.stopped_by_deadline:
+            self._stop(number, trial, result)
+            return
         failure = result.get(ERROR) or ("the Ray worker died or raised" if error else None)
         values = None
         if failure is None and number not in self.pruned:
@@ -239,7 +279,6 @@ class StudyBridge:
             trial.set_user_attr(ERROR, failure)
             self.study.tell(trial, state=TrialState.FAIL)
             self.tally.failed += 1
-            self.log(f"trial {number} failed: {failure}")
         elif number in self.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tally.pruned += 1
@@ -247,10 +286,34 @@ class StudyBridge:
             assert values is not None  # set above whenever a trial neither failed nor was pruned
             self.study.tell(trial, values)
             self.tally.done += 1
-            self._update_best(values[0], number)
         # Its note in optuna-dashboard, live, from its own record: the cost does not grow with the study.
-        write_trial_note(self.study, self._frozen(number), self.spec)
-        self.log(self.progress_line())
+        frozen = self._frozen(number)
+        write_trial_note(self.study, frozen, self.spec)
+        status = "failed" if failure is not None else "pruned" if number in self.pruned else "complete"
+        self.notify("trial_ended", TrialEnd(number, status, frozen, result, time.monotonic()))
+
+    def _stop(self, number: int, trial: optuna.Trial, result: dict) -> None:
+        """A trial the deadline stopped: FAIL with an ``interrupted`` reason, so it counts as
+        no result; the next run enqueues its parameters again
+        (:func:`~search.study.trials.requeue_stopped`), so the study stays without WAITING trials."""
+        epochs = result.get("epoch", 0)
+        trial.set_user_attr(INTERRUPTED, f"stopped by the run's time budget after {epochs} epoch(s)")
+        self.counts.pop(number, None)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.tally.stopped += 1
+        frozen = self._frozen(number)
+        write_trial_note(self.study, frozen, self.spec)
+        self.notify("trial_ended", TrialEnd(number, "stopped", frozen, result, time.monotonic()))
+
+    def notify(self, method: str, event: object) -> None:
+        """Call ``method`` of every observer; one that raises is dropped with one line, so a
+        broken tracker never costs a trial."""
+        for observer in list(self.observers):
+            try:
+                getattr(observer, method)(event)
+            except Exception as error:  # any failure of an observer: the study's record goes on
+                self.observers.remove(observer)
+                self.log(f"{type(observer).__name__} stopped after an error: {type(error).__name__}: {error}")
 
     def _objective_values(self, number: int, result: dict) -> list[float] | None:
         counts = self.counts.pop(number)
@@ -262,30 +325,6 @@ class StudyBridge:
             values.append(float(value))
         return values
 
-    def _update_best(self, value: float, number: int) -> None:
-        maximize = self.spec.study.objectives[0].direction == "maximize"
-        if self.tally.best is None or (value > self.tally.best if maximize else value < self.tally.best):
-            self.tally.best = value
-            self.tally.best_params = self._frozen(number).user_attrs.get(PARAMS)
-
-    def progress_line(self) -> str:
-        t = self.tally
-        total = self.spec.study.n_trials
-        finished = self.finished_before + t.done + t.pruned + t.failed
-        best = f"best {t.best:.4f} ({t.best_params:,} params)" if t.best is not None else "best -"
-        return (
-            f"[{finished}/{total}] done {t.done} | running {t.running} | pruned {t.pruned} | "
-            f"failed {t.failed} | rejected {t.rejected} | {best} | {self._eta()}"
-        )
-
-    def _eta(self) -> str:
-        finished = len(self.tally.trial_seconds)
-        if not finished:
-            return "ETA -"
-        elapsed = time.monotonic() - self.start_time
-        left = self.spec.study.n_trials - self.finished_before - finished
-        return f"ETA {format_duration(elapsed / finished * left)}"
-
     def close_open_trials(self, reason: str) -> int:
         """Mark trials still open (Ctrl-C, an error) FAIL and enqueue their parameters again.
 
@@ -296,8 +335,10 @@ class StudyBridge:
         for number, trial in closed:
             trial.set_user_attr(INTERRUPTED, reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(self._frozen(number).params, user_attrs={RETRY_OF: number})
+            frozen = self._frozen(number)
+            self.study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: number})
             self.open.pop(number)
+            self.notify("trial_ended", TrialEnd(number, "stopped", frozen, at=time.monotonic()))
         return len(closed)
 
 

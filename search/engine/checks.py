@@ -9,9 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.budget import count_spec
-from search.config import Spec, TorchvisionResNetConfig, UserError, random_samples
+from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError, random_samples
+from search.data import ImageDataset, load_dataset, locate
 from search.engine.types import Log
 from search.models import build_model
+from search.train.warm_start import check_init
 
 # Free space a run wants in the study's folder before it starts (logs, Ray's results, checkpoints).
 MIN_FREE_BYTES = 200 * 2**20
@@ -45,6 +47,11 @@ def check_weights(spec: Spec) -> None:
             build_model(config)  # loads the weights; torchvision's ResNets take any input size
         except UserError as error:
             raise UserError(f"{spec.source}: model.weights: {error}") from None
+    for model in {c.init_from: c for c in configs if c.init_from is not None}.values():
+        try:
+            check_init(model)
+        except UserError as error:
+            raise UserError(f"{spec.source}: {error}") from None
 
 
 def check_space_fits(spec: Spec, image_size: int) -> None:
@@ -59,6 +66,41 @@ def check_space_fits(spec: Spec, image_size: int) -> None:
             f"{spec.source}: budget: no config of the space fits ({report.smallest_line()}); "
             "raise budget.max_params/max_flops or shrink the space (fewer blocks, narrower widths)"
         )
+
+
+# A CIFAR found nowhere is downloaded, and torchvision's CIFAR images are 32x32.
+CIFAR_SIZE = 32
+
+
+def trial_image_size(config: DataConfig, data_dir: str | None, dataset: ImageDataset | None = None) -> int:
+    """The side every trial trains at: the one answer ``run`` and ``run --dry-run`` both use.
+
+    ``data.image_size`` when set (every image is resized to it), else the images' own size
+    as stored, read from the dataset (through the tensor cache); a CIFAR found nowhere is
+    what its download will be, 32.
+
+    Args:
+        config: The spec's data section.
+        data_dir: The ``--data-dir`` flag.
+        dataset: The dataset, where the caller has loaded it already (a run has).
+
+    Returns:
+        The side of the square input, in pixels.
+
+    Raises:
+        UserError: an image folder that cannot be found or read.
+    """
+    if dataset is not None:
+        return dataset.image_size
+    if config.image_size is not None:
+        return config.image_size
+    try:
+        locate(config, data_dir, download=False)
+    except UserError:
+        if config.dataset in ("cifar10", "cifar100"):
+            return CIFAR_SIZE
+        raise
+    return load_dataset(config, data_dir=data_dir, download=False).image_size
 
 
 def absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | None]:

@@ -16,7 +16,7 @@ import optuna
 from search.config import Spec, TrialConfig, UserError
 from search.config.units import format_duration
 from search.engine.bridge import StudyBridge
-from search.engine.checks import require_space
+from search.engine.checks import require_space, trial_image_size
 from search.engine.samplers import create_study
 from search.models import build_model
 
@@ -42,21 +42,15 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     from search.budget import count_spec
 
     require_space(spec)
-    report = count_spec(spec, samples=samples)
+    report = count_spec(spec, samples=samples, image_size=trial_image_size(spec.data, data_dir))
     if not report.fitting:
         raise UserError(f"{spec.source}: budget: none of {samples} samples fits; {report.smallest_line()}")
     config = report.median_fitting
     has_cuda = torch.cuda.is_available()
     device = "cuda" if has_cuda and spec.resources.gpu > 0 else "cpu"
     threads = max(1, int(spec.resources.cpu))
-    # A small batch, scaled up: a CPU's step time grows about linearly with the batch, and a
-    # full batch of a large config would make the dry run itself take minutes.
-    probe_batch = min(config.train.batch_size, PROBE_BATCH)
-    step_s = probe_step_time(config, report.image_size, device, threads, probe_batch) * (
-        config.train.batch_size / probe_batch
-    )
     n_train = _train_size(spec, data_dir)
-    epoch_s = step_s * math.ceil(n_train / config.train.batch_size)
+    step_s, epoch_s = probe_epoch_time(config, report.image_size, device, threads, n_train)
     slots = spec.resources.max_concurrent
     if device == "cpu":
         slots = max(1, min(slots, (os.cpu_count() or 1) // threads))
@@ -81,6 +75,19 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
 
 PROBE_BATCH = 64
 CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10 and CIFAR-100 alike
+
+
+def probe_epoch_time(
+    config: TrialConfig, image_size: int, device: str, threads: int, n_train: int
+) -> tuple[float, float]:
+    """Seconds per training step and per epoch of ``n_train`` images, from a probe of a few steps.
+
+    A small batch, scaled up: a CPU's step time grows about linearly with the batch, and a
+    full batch of a large config would make the probe itself take minutes.
+    """
+    probe_batch = min(config.train.batch_size, PROBE_BATCH)
+    step_s = probe_step_time(config, image_size, device, threads, probe_batch) * (config.train.batch_size / probe_batch)
+    return step_s, step_s * math.ceil(n_train / config.train.batch_size)
 
 
 def probe_step_time(

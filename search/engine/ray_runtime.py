@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from search.study.storage import mask_password
 
 
 @contextmanager
@@ -21,6 +25,7 @@ def ray_session(address: str | None) -> Iterator[dict]:
 
     started = not ray.is_initialized()
     if started:
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(
             address=address or "local",
             include_dashboard=False,
@@ -29,6 +34,10 @@ def ray_session(address: str | None) -> Iterator[dict]:
             configure_logging=False,
             runtime_env=worker_env(),
         )
+        # ray.init makes SIGTERM exit the driver at once (no summary, trials left RUNNING):
+        # the caller's handler (the CLI's, which stops like Ctrl-C) is put back.
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with _through_root("ray"):
             yield ray.cluster_resources()
@@ -51,6 +60,7 @@ def logs_to(path: Path) -> Iterator[None]:
     without handlers or propagation while it starts."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(_mask_secrets)  # a library may log the storage URL (SQLAlchemy, Optuna)
     root, last_resort = logging.getLogger(), logging.lastResort
     root.addHandler(handler)
     logging.lastResort = handler
@@ -60,6 +70,14 @@ def logs_to(path: Path) -> Iterator[None]:
         logging.lastResort = last_resort
         root.removeHandler(handler)
         handler.close()
+
+
+def _mask_secrets(record: logging.LogRecord) -> bool:
+    """A log filter: the record's message with every storage secret masked (see :func:`mask_password`)."""
+    record.msg, record.args = mask_password(record.getMessage()), None
+    if record.exc_info:
+        record.exc_text, record.exc_info = mask_password(logging.Formatter().formatException(record.exc_info)), None
+    return True
 
 
 @contextmanager

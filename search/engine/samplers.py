@@ -75,15 +75,24 @@ def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optu
         sampler=make_sampler(spec.study.sampler, seed),
         pruner=make_pruner(spec.study.pruner, max_epochs(spec)),
     )
-    if not resuming:
-        study.set_user_attr(SPEC_TEXT, spec.text)  # export and report rebuild trials from it
-        study.set_user_attr(SPEC_SOURCE, spec.source)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([o.metric for o in objectives])
-        for params in warm_start_params(spec):
-            study.enqueue_trial(params)
+    if SPEC_TEXT not in study.user_attrs:  # new, or half-created by a driver stopped while setting it up
+        _set_up(study, spec)
     return study
+
+
+def _set_up(study: optuna.Study, spec: Spec) -> None:
+    """Write what a study of ours holds besides its trials, the spec last: a study with its
+    spec is complete, and one without it (its driver was killed in between) is completed by
+    the next run, its warm-start configs enqueued once."""
+    study.set_user_attr(SPEC_SOURCE, spec.source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.study.objectives])
+    queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+    for params in warm_start_params(spec):
+        if params not in queued:
+            study.enqueue_trial(params)
+    study.set_user_attr(SPEC_TEXT, spec.text)  # export and report rebuild trials from it
 
 
 def max_epochs(spec: Spec) -> int:

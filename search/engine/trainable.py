@@ -1,15 +1,31 @@
 """The Tune trainable: what a Ray worker runs for one trial. It loads the uint8 data cache,
 trains, and reports every epoch to Tune; a failure becomes a final report with its reason,
-never an exception, so the search goes on."""
+never an exception, so the search goes on. A trial that finished hands its model folder back
+with its final report, as a Tune checkpoint (``run --keep``; :mod:`search.engine.keep`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from search.budget import Counts
-from search.config import DataConfig, TrialConfig
+from search.config import DataConfig, Spec, TrialConfig
+from search.data.fingerprint import DataRecord
 from search.study.schema import ERROR
+
+KEEP_ERROR = "keep_error"  # in a final report: why the trial's weights could not be handed back
+
+
+@dataclass(frozen=True)
+class TrialOutput:
+    """What a trial needs to hand its trained model back: the spec (for ``config.yaml``), the
+    data's record (for ``model.json``), the driver's folder (relative ``init_from`` paths: Ray
+    runs each trial in a folder of its own) and whether to send weights at all."""
+
+    spec: Spec
+    data: DataRecord | None
+    cwd: str
+    keep: bool
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,7 @@ class TrialJob:
     counts: Counts
     use_gpu: bool
     threads: int
+    output: TrialOutput | None = None
 
 
 def run_trial(config: dict) -> None:
@@ -35,35 +52,67 @@ def run_trial(config: dict) -> None:
 
     from search.data import load_dataset
     from search.train import train
+    from search.train.warm_start import resolve_init
 
     job: TrialJob = config["job"]
     torch.set_num_threads(job.threads)
     device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
     counts = {"params": job.counts.params, "flops": job.counts.flops}
+    trial = job.trial
+    if job.output is not None:
+        trial = replace(trial, model=resolve_init(trial.model, job.output.cwd))
 
     def on_epoch(metrics: Any) -> None:
         tune.report({**epoch_report(metrics), **counts})
 
     try:
         data = load_dataset(job.data, data_dir=job.data_dir, download=False)
-        result = train(job.trial, data, device=device, callback=on_epoch)
+        result = train(trial, data, device=device, callback=on_epoch)
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
         return
     if result.status == "nan":
         tune.report({"final": True, ERROR: f"non-finite loss: {result.reason}", **counts})
         return
-    tune.report(
-        {
-            "final": True,
-            "val_acc": result.history[-1].val_acc if result.history else float("nan"),
-            "val_loss": result.history[-1].val_loss if result.history else float("nan"),
-            "epochs_run": result.epochs_run,
-            "train_time_s": result.train_time_s,
-            "images_per_s": result.images_per_s,
-            **counts,
-        }
-    )
+    final = {
+        "final": True,
+        "val_acc": result.history[-1].val_acc if result.history else float("nan"),
+        "val_loss": result.history[-1].val_loss if result.history else float("nan"),
+        "epochs_run": result.epochs_run,
+        "train_time_s": result.train_time_s,
+        "images_per_s": result.images_per_s,
+        **counts,
+    }
+    if job.output is not None and job.output.keep:
+        report_with_model(final, result, trial, data, job, device)
+    else:
+        tune.report(final)
+
+
+def report_with_model(final: dict, result: Any, trial: TrialConfig, data: Any, job: TrialJob, device: str) -> None:
+    """The final report with the trial's model folder as a Tune checkpoint, which Ray copies into
+    the study's storage (its ``storage_path``) from whichever node trained it.
+
+    The result counts even when the weights cannot be sent (say, a storage path the node
+    cannot reach): then the report says why, under ``keep_error``.
+    """
+    import tempfile
+
+    from ray import tune
+
+    from search.train.model_folder import ModelSource, write_model_folder
+
+    assert job.output is not None
+    spec = job.output.spec
+    source = ModelSource(study=spec.study.name, trial=job.number, trained_on="train", data=job.output.data)
+    with tempfile.TemporaryDirectory(prefix=f"trial_{job.number}_model_") as folder:
+        try:
+            write_model_folder(folder, result, spec=spec, trial=trial, data=data, source=source, device=device)
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+            return
+        except Exception as error:  # the trial's result must reach the study all the same
+            reason = failure_line(error)
+    tune.report({**final, KEEP_ERROR: reason})
 
 
 def epoch_report(metrics: Any) -> dict:

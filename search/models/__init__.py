@@ -21,6 +21,7 @@ from search.config import (
     Stem,
     TorchvisionResNetConfig,
 )
+from search.models.freezing import apply_freeze
 from search.models.resnet import ResNet
 from search.models.torchvision_resnet import build_torchvision_resnet
 
@@ -44,7 +45,9 @@ def build_model(config: ModelConfig, image_size: int = 32) -> nn.Module:
         UserError: Torchvision weights cannot be found or do not fit.
     """
     if isinstance(config, ResNetConfig):
-        return ResNet(config, image_size)
+        model = ResNet(config, image_size)
+        apply_freeze(model, config)
+        return model
     if isinstance(config, TorchvisionResNetConfig):
         return build_torchvision_resnet(config)
     raise TypeError(f"not a model config: {type(config).__name__}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from search.config import InvalidValue, ResNetConfig, Stage, Stem, TorchvisionResNetConfig
+from search.config import InvalidValue, ModelConfig, ResNetConfig, Stage, Stem, TorchvisionResNetConfig, TrialConfig
 
 __all__ = [
     "EXPANSION",
@@ -25,7 +25,11 @@ __all__ = [
     "resnet_geometry",
     "conv_output_size",
     "torchvision_as_resnet",
+    "check_fits",
 ]
+
+# Every image is decoded as RGB (search.data.decode), whatever its file holds.
+IMAGE_CHANNELS = 3
 
 # Output channels of a block per unit of its width: a Bottleneck expands 4x (torchvision).
 EXPANSION: dict[str, int] = {"basic": 1, "bottleneck": 4}
@@ -152,6 +156,44 @@ def resnet_geometry(config: ResNetConfig, image_size: int) -> ResNetGeometry:
             channels, size, stride = out_channels, out_size, 1
         stages.append(StageGeometry(tuple(blocks)))
     return ResNetGeometry(stem, tuple(stages), _pooled_size(config.pool_kernel, size, image_size))
+
+
+def check_fits(trial: TrialConfig, image_size: int) -> None:
+    """Whether a trial's shapes fit its input: what torch would refuse, or take forever over,
+    is refused here first. Checked when a fixed spec is read and for every sample before it
+    is trained (a sample that does not fit is rejected like one over the budget).
+
+    The model takes 3-channel images; the stem's kernel is no larger than the image; every
+    stage's feature map is at least 1x1, and a fixed pooling window fits the last one; a
+    test-time shift is smaller than the image (reflect padding needs that).
+
+    Args:
+        trial: The config.
+        image_size: The side of its square input.
+
+    Raises:
+        InvalidValue: what does not fit, its key relative to the spec (``model.stem.kernel``).
+    """
+    model: ModelConfig = trial.model
+    if isinstance(model, ResNetConfig):
+        if model.in_channels != IMAGE_CHANNELS:
+            raise InvalidValue("model.in_channels", f"must be {IMAGE_CHANNELS}: images are decoded as RGB")
+        if model.stem.kernel > image_size:
+            raise InvalidValue(
+                "model.stem.kernel", f"{model.stem.kernel} is larger than the {image_size}x{image_size} input"
+            )
+    as_resnet = model if isinstance(model, ResNetConfig) else torchvision_as_resnet(model)
+    try:
+        geometry = resnet_geometry(as_resnet, image_size)
+    except InvalidValue as error:
+        raise InvalidValue(f"model.{error.key}", error.message) from None
+    for index, stage in enumerate(geometry.stages):
+        if stage.out_size < 1:
+            size = f"{image_size}x{image_size}"
+            raise InvalidValue(f"model.stages[{index}]", f"the feature map vanishes for {size} input")
+    translate = trial.train.tta.translate
+    if translate >= image_size:
+        raise InvalidValue("train.tta.translate", f"{translate} must be smaller than the {image_size}px image")
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.config import AuxHead, Head, ResNetConfig
+from search.config import AuxHead, BatchNorm, Head, ResNetConfig
 from search.models.geometry import EXPANSION, BlockGeometry, StemGeometry, resnet_geometry
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "SqueezeExcite"]
@@ -340,6 +340,15 @@ class ResNet(nn.Module):
         self.head = make_head(geometry.head_features, config.head, config.num_classes)
 
         self._init_weights(config.zero_init_residual)
+        self._set_batchnorm(config.batchnorm)
+
+    def _set_batchnorm(self, options: BatchNorm) -> None:
+        """Every BatchNorm2d's momentum; a frozen scale stays at its initial 1 (no gradient)."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = options.momentum
+                if options.frozen_scale:
+                    m.weight.requires_grad_(False)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """torchvision's init; ``zero_init_residual`` makes each block start as the identity."""

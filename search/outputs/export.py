@@ -12,8 +12,9 @@ from optuna.trial import FrozenTrial
 
 from search._version import __version__
 from search.config import fixed_document
+from search.study.records import kept_models
 from search.study.schema import FLOPS, PARAMS, SPEC_SOURCE, metric_names
-from search.study.storage import mask_password, study_dir
+from search.study.storage import mask_password, safe_study_name, study_dir
 from search.study.trials import ranked_trials, study_spec, trial_config
 
 
@@ -50,14 +51,15 @@ def export_best(
     paths = []
     for trial in trials:
         document = fixed_document(spec, trial_config(spec, trial), provenance(study, storage_url, trial))
-        path = out / f"{study.study_name}_trial{trial.number}.yaml"
+        path = out / f"{safe_study_name(study.study_name)}_trial{trial.number}.yaml"  # stays in out
         path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
         paths.append(path)
     return paths
 
 
 def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial) -> dict[str, Any]:
-    """Where an exported config came from: study, storage (masked), trial, results, versions."""
+    """Where an exported config came from: study, storage (masked), trial, results, the model
+    folder with its trained weights (``run --keep``; None if not kept), versions."""
     date = trial.datetime_complete or trial.datetime_start
     return {
         "study": study.study_name,
@@ -68,6 +70,7 @@ def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial) -> dic
         "search_params": dict(trial.params),
         "params": trial.user_attrs.get(PARAMS),
         "flops": trial.user_attrs.get(FLOPS),
+        "model": str(kept_models(study)[trial.number]) if trial.number in kept_models(study) else None,
         "date": date.isoformat(timespec="seconds") if date else None,
         "versions": {
             "resnet-search": __version__,

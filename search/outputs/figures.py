@@ -20,7 +20,7 @@ COLORS = {
     "running": "#2ca02c",
     "waiting": "#bcbd22",
 }
-MIN_TRIALS_FOR_IMPORTANCE = 4  # fewer complete trials say nothing about which parameter matters
+MIN_TRIALS_FOR_IMPORTANCE = 20  # below this, importances are noise: one lucky trial moves them
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -66,8 +66,8 @@ def importance_figure(study: optuna.Study) -> go.Figure | str:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
-            f"Hyperparameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; "
-            f"this study has {len(complete)}."
+            f"Not shown: hyperparameter importances from {len(complete)} complete trial(s) would be noise "
+            f"(a single lucky trial decides them); they need at least {MIN_TRIALS_FOR_IMPORTANCE}."
         )
     try:
         with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def importance_figure(study: optuna.Study) -> go.Figure | str:
     names = list(importances)[::-1]  # most important on top
     fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h"))
     fig.update_layout(
-        title=f"Hyperparameter importances for {metric_names(study)[0]} (PED-ANOVA)",
+        title=f"Hyperparameter importances for {metric_names(study)[0]} (PED-ANOVA, {len(complete)} complete trials)",
         xaxis_title="importance",
         height=max(300, 40 + 28 * len(names)),
     )

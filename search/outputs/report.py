@@ -1,8 +1,9 @@
-"""The HTML report of a study: one self-contained file (plotly.js inline, works offline)
-with its figures and tables, and ``trials.csv`` beside it.
+"""The HTML report of a study: one page that leads with the winner (:mod:`~search.outputs.winner`),
+then its figures and tables, with ``trials.csv`` and ``plotly.min.js`` beside it.
 
-Figures are plotly graph objects built from the study's trials; the page embeds
-plotly.js once, with the first figure, and every later figure reuses it.
+Figures are plotly graph objects built from the study's trials. plotly.js (4.6 MB) is written
+once beside the page and loaded once by it, so a report of 50 trials stays well under 1 MB
+and works offline: copy the folder, not the page alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from search.outputs.figures import (
     size_figure,
     states_figure,
 )
+from search.outputs.kept import data_and_models_html
+from search.outputs.winner import winner_section
 from search.study.notes import format_flops
 from search.study.schema import (
     EPOCHS_RUN,
@@ -42,6 +45,7 @@ from search.study.storage import mask_password, study_dir
 from search.study.trials import ranked_trials, study_spec
 
 TEMPLATE = "plotly_white"
+PLOTLY_JS = "plotly.min.js"  # beside the page; plotly's include_plotlyjs="directory" loads it by this name
 
 
 @dataclass(frozen=True)
@@ -154,41 +158,38 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
     """
     ranked_trials(study, 1)  # raises the one-line error for a study without results
     try:
-        max_params = study_spec(study).budget.max_params
+        spec = study_spec(study)
     except UserError:
-        max_params = None
+        spec = None
+    max_params = spec.budget.max_params if spec is not None else None
     path = Path(out) if out is not None else study_dir(study.study_name) / "report.html"
     counts = status_counts(study.get_trials(deepcopy=False))
 
-    sections: list[tuple[str, go.Figure | str]] = [
+    board = study.user_attrs.get(LEADERBOARD)
+    best: list[go.Figure | str] = winner_section(study, spec, storage_url)
+    if board:
+        best += ["<h3>Leaderboard (retrained)</h3>", leaderboard_table(board)]
+    kept = data_and_models_html(study)
+    if kept:
+        best += ["<h3>Data and trained models</h3>", kept]
+    sections: list[tuple[str, go.Figure | str | list[go.Figure | str]]] = [
+        ("The best trial", best),
         ("Optimization history", history_figure(study)),
-        ("Hyperparameter importances", importance_figure(study)),
+        (f"Hyperparameter importances (from {counts['complete']} complete trials)", importance_figure(study)),
         ("Result vs parameters, the budget and the Pareto front", size_figure(study, max_params)),
         ("Learning curves (pruned: dashed, x where stopped)", learning_curves_figure(study)),
         ("Parallel coordinates of the complete trials", parallel_figure(study)),
         ("Trials by status (rejected: over the budget, never trained)", states_figure(counts)),
     ]
-    board = study.user_attrs.get(LEADERBOARD)
-    if board:
-        sections.append(("Leaderboard (retrained)", leaderboard_table(board)))
     sections.append(("All trials", trials_table(study)))
 
     parts, figures = [], 0
     for title, content in sections:
-        if isinstance(content, go.Figure):
-            # The section heading names the figure: a plot title would repeat it.
-            content.update_layout(template=TEMPLATE, title=None, margin={"t": 30, "l": 60, "r": 30, "b": 50})
-            body = content.to_html(
-                full_html=False,
-                include_plotlyjs=figures == 0,  # plotly.js once, inline
-                config={"displaylogo": False, "responsive": True},
-            )
-            figures += 1
-        elif content.lstrip().startswith("<"):
-            body = content
-        else:
-            body = f'<p class="message">{html.escape(content)}</p>'
-        parts.append(f"<section><h2>{html.escape(title)}</h2>{body}</section>")
+        bodies = []
+        for item in content if isinstance(content, list) else [content]:
+            bodies.append(_body(item, first_figure=figures == 0))
+            figures += isinstance(item, go.Figure)
+        parts.append(f"<section><h2>{html.escape(title)}</h2>{''.join(bodies)}</section>")
 
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     page = PAGE.format(
@@ -205,11 +206,36 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
     csv_path = path.with_name("trials.csv")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _write_plotly_js(path.with_name(PLOTLY_JS))
         path.write_text(page, encoding="utf-8")
         trials_frame(study).to_csv(csv_path, index=False)
     except OSError as error:
         raise UserError(f"{path}: cannot write the report ({error.strerror or error})") from None
     return ReportFiles(path, csv_path, figures)
+
+
+def _body(item: go.Figure | str, first_figure: bool) -> str:
+    """A section's part as HTML: a figure (the first one loads plotly.js), HTML, or a sentence."""
+    if isinstance(item, go.Figure):
+        # The section heading names the figure: a plot title would repeat it.
+        item.update_layout(template=TEMPLATE, title=None, margin={"t": 30, "l": 60, "r": 30, "b": 50})
+        return item.to_html(
+            full_html=False,
+            include_plotlyjs="directory" if first_figure else False,  # <script src="plotly.min.js">, once
+            config={"displaylogo": False, "responsive": True},
+        )
+    if item.lstrip().startswith("<"):
+        return item
+    return f'<p class="message">{html.escape(item)}</p>'
+
+
+def _write_plotly_js(path: Path) -> None:
+    """plotly.js beside the page, written again only when plotly's own copy differs."""
+    from plotly.offline import get_plotlyjs
+
+    script = get_plotlyjs()
+    if not path.is_file() or path.stat().st_size != len(script.encode("utf-8")):
+        path.write_text(script, encoding="utf-8")
 
 
 def trials_frame(study: optuna.Study) -> Any:

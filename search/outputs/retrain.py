@@ -10,15 +10,20 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.config import UserError
+from search.config import Spec, TrialConfig, UserError
 from search.engine.types import Log
 from search.study.schema import FLOPS, LEADERBOARD, metric_names
+from search.study.storage import safe_study_name
 from search.study.trials import ranked_trials, study_spec, trial_config
+
+if TYPE_CHECKING:  # torch loads only once retraining starts
+    from search.data import ImageDataset
+    from search.data.fingerprint import DataRecord
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,13 @@ class Leaderboard:
                 f"{r.rank:>4}  {r.trial:>5}  {r.search_value:>9.4f}  {acc:>16}  {r.params:>11,}  "
                 f"{flops:>15}  {r.train_time_s_mean:.1f} s"
             )
-        return "\n".join(lines + ["", f"leaderboard: {self.csv_path}"])
+        folders = [
+            f"model folder: {Path(r.out_dir) / f'seed{seed}'}"
+            for r in self.rows
+            for seed, acc in zip(r.seeds, r.test_acc)
+            if acc is not None
+        ]
+        return "\n".join([*lines, "", f"leaderboard: {self.csv_path}", *folders])
 
 
 CSV_COLUMNS = (
@@ -100,16 +111,17 @@ def retrain(
 ) -> Leaderboard:
     """Retrain the best ``top`` configs from scratch on train+val, once per seed, and test them.
 
-    Each run writes ``metrics.json``, ``history.csv`` and ``curves.html`` to
+    Each run writes a model folder (:mod:`search.train.model_folder`) to
     ``<out>/trial<N>/seed<S>``; the leaderboard (ranked by mean test accuracy) goes to
-    ``<out>/leaderboard.csv`` and onto the study (user attribute ``leaderboard``).
+    ``<out>/leaderboard.csv`` and onto the study (user attribute ``leaderboard``). Without
+    ``data_dir`` the study's recorded data is used, and refused if it moved or changed.
 
     Args:
         study: A study made by ``resnet-search run``.
         top: How many of the best COMPLETE trials.
         seeds: Training seeds (``train.seed``) per config.
         epochs: Overrides each config's ``train.epochs``.
-        data_dir: Dataset location (beats the spec's ``data.root``).
+        data_dir: Dataset location (beats the data the study recorded, and ``data.root``).
         download: Whether a known dataset found nowhere may be downloaded.
         out_dir: Output folder; default ``runs/<study>/retrain``.
         device: ``cuda`` or ``cpu``; default CUDA when available.
@@ -119,41 +131,28 @@ def retrain(
         The leaderboard.
 
     Raises:
-        UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit.
+        UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit;
+            recorded data that moved or changed.
     """
     import torch  # heavy: only retraining needs it
 
-    from search.data import load_dataset
-    from search.train import ProgressPrinter, train, write_outputs
+    from search.study.records import study_data
 
     if not seeds:
         raise UserError("--seeds needs at least one seed")
     trials = ranked_trials(study, top)
     spec = study_spec(study)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    data = load_dataset(spec.data, data_dir=data_dir, download=download)
-    train_split = data.train_plus_val()  # the final fit uses every non-test image
-    out = Path(out_dir) if out_dir is not None else Path("runs") / study.study_name / "retrain"
+    data, record = study_data(study, spec, data_dir, download=download, log=log)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / safe_study_name(study.study_name) / "retrain"
+    how: dict[str, Any] = {"epochs": epochs, "device": device, "log": log}
     rows = []
     for trial in trials:
-        runs = []
-        for seed in seeds:
-            config = trial_config(spec, trial)
-            run = replace(config, train=replace(config.train, seed=seed))
-            result = train(
-                run,
-                data,
-                device=device,
-                epochs=epochs,
-                train_split=train_split,
-                evaluate_test=True,
-                callback=ProgressPrinter(
-                    epochs or run.train.epochs, log=log, prefix=f"trial {trial.number} seed {seed}: "
-                ),
-            )
-            params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-            write_outputs(result, out / f"trial{trial.number}" / f"seed{seed}", config_dict=asdict(run), params=params)
-            runs.append((result.test_acc, result.train_time_s, params))
+        config = trial_config(spec, trial)
+        runs = [
+            _retrain_seed(spec, trial, replace(config, train=replace(config.train, seed=s)), data, record, out, **how)
+            for s in seeds
+        ]
         rows.append(_row(trial, seeds, runs, out / f"trial{trial.number}"))
     # Diverged configs (no test accuracy) rank last.
     rows.sort(key=lambda r: (r.test_acc_mean is None, -(r.test_acc_mean or 0.0), r.trial))
@@ -162,6 +161,48 @@ def retrain(
     _write_leaderboard_csv(board)
     study.set_user_attr(LEADERBOARD, board.as_dict())
     return board
+
+
+def _retrain_seed(
+    spec: Spec,
+    trial: FrozenTrial,
+    run: TrialConfig,
+    data: ImageDataset,
+    record: DataRecord,
+    out: Path,
+    *,
+    epochs: int | None,
+    device: str,
+    log: Log,
+) -> tuple[float | None, float, int]:
+    """Train one seed's config on train+val, test it, and write its model folder
+    (``<out>/trial<N>/seed<S>``; a diverged run writes its metrics only).
+
+    Returns:
+        The test accuracy (None if the run diverged), the training time and the parameter count.
+    """
+    from search.train import ProgressPrinter, train, write_outputs
+    from search.train.model_folder import ModelSource, write_model_folder
+
+    seed = run.train.seed
+    result = train(
+        run,
+        data,
+        device=device,
+        epochs=epochs,
+        train_split=data.train_plus_val(),  # the final fit uses every non-test image
+        evaluate_test=True,
+        callback=ProgressPrinter(epochs or run.train.epochs, log=log, prefix=f"trial {trial.number} seed {seed}: "),
+        log=log,
+    )
+    params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
+    folder = out / f"trial{trial.number}" / f"seed{seed}"
+    if result.status == "nan":
+        write_outputs(result, folder, config_dict=asdict(run), params=params)
+    else:
+        source = ModelSource(study=spec.study.name, trial=trial.number, trained_on="train+val", data=record)
+        write_model_folder(folder, result, spec=spec, trial=run, data=data, source=source, device=device)
+    return result.test_acc, result.train_time_s, params
 
 
 def _row(

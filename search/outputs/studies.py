@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import UserError
-from search.study.schema import STATUSES, metric_names, status_counts
+from search.study.schema import SPEC_TEXT, STATUSES, metric_names, status_counts
 from search.study.storage import STUDIES_DIR, mask_password, open_existing_storage
 
 
@@ -25,6 +25,7 @@ class StudyRow:
     best: str
     started: dt.datetime | None
     last: dt.datetime | None
+    note: str = ""  # what is odd about the study, and what to do
 
 
 def list_studies(storage: str | None = None) -> list[StudyRow]:
@@ -55,9 +56,16 @@ def list_studies(storage: str | None = None) -> list[StudyRow]:
                     _best_text(study, trials),
                     min(starts, default=None),
                     max(ends, default=None),
+                    "" if SPEC_TEXT in study.user_attrs else HALF_CREATED,
                 )
             )
     return rows
+
+
+HALF_CREATED = (
+    "no stored spec: its driver was stopped while creating it (the next `resnet-search run` of its spec "
+    "completes it), or it was not made by resnet-search run"
+)
 
 
 def _best_text(study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
@@ -80,4 +88,6 @@ def studies_table(rows: Sequence[StudyRow]) -> str:
         for r in rows
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])
+    notes = [f"note: study {r.name} in {r.storage}: {r.note}" for r in rows if r.note]
+    return "\n".join([table, *notes])

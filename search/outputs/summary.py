@@ -15,6 +15,7 @@ def summary_table(summary: SearchSummary) -> str:
     lines = [
         f"study {s.study_name}: {s.finished} finished trials, {s.rejected} samples rejected for the budget",
         f"wall time {format_duration(s.wall_time_s)}, search overhead {s.overhead:.1%} of it",
+        *([s.ended_by, "a rerun with a larger --timeout (or --n-trials) continues the study"] if s.ended_by else []),
         "",
         f"{'trial':>5}  {'value':>8}  {'params':>11}  {'FLOPs':>15}  epochs",
     ]

@@ -6,6 +6,11 @@ touches a trial, and a second driver refuses to start while the lease is live. A
 live while its heartbeat is fresh, and, on this host, while its process exists: a driver
 killed with SIGKILL leaves a lease that the rerun on the same host takes over at once; one
 on another host is taken over once its heartbeat is ``stale_after_s`` old.
+
+Wall clocks jump (NTP steps, a resumed VM), so a heartbeat's age alone never ends a lease
+that may be live: where the signs disagree (this host's driver still exists but its heartbeat
+looks stale, or a heartbeat is dated in the future) the lease is watched for two heartbeat
+intervals on the monotonic clock, and it is live if its heartbeat moves.
 """
 
 from __future__ import annotations
@@ -99,17 +104,27 @@ class DriverLease:
             )
 
     def _is_live(self, holder: Holder) -> bool:
-        if time.time() - holder.heartbeat > self.stale_after_s:
-            return False
-        if holder.host != self.me.host:
-            return True
-        try:
-            os.kill(holder.pid, 0)  # signal 0: does the process exist?
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # it exists, under another user
-            pass
-        return True
+        age = time.time() - holder.heartbeat
+        if holder.host == self.me.host:
+            if not _process_exists(holder.pid):
+                return False
+            return 0 <= age <= self.stale_after_s or self._still_beating(holder)
+        if age < -self.stale_after_s:  # dated in the future: one of the two clocks jumped
+            return self._still_beating(holder)
+        return age <= self.stale_after_s
+
+    def _still_beating(self, holder: Holder) -> bool:
+        """Whether ``holder``'s heartbeat moves within two intervals, timed on the monotonic clock
+        (which no clock jump moves), or the lease changed hands meanwhile."""
+        deadline = time.monotonic() + 2 * self.heartbeat_s + SETTLE_S
+        while time.monotonic() < deadline:
+            time.sleep(min(self.heartbeat_s / 4, max(0.0, deadline - time.monotonic())))
+            record = self.study.user_attrs.get(DRIVER)
+            if not record:
+                return False  # it let go
+            if record["token"] != holder.token or record["heartbeat"] != holder.heartbeat:
+                return True
+        return False
 
     def _holder(self) -> str | None:
         record = self.study.user_attrs.get(DRIVER)
@@ -124,3 +139,13 @@ class DriverLease:
                 self._write()
             except Exception:  # a missed heartbeat is harmless; the storage's retries cover outages
                 continue
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: does the process exist?
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True

@@ -7,7 +7,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.config import ResNetConfig, Spec, SpecError, TrialConfig, UserError
+from search.config import Spec, SpecError, UserError
+from search.config.describe import architecture_line, format_flops, recipe_line
 from search.study.schema import (
     EPOCHS_RUN,
     ERROR,
@@ -21,40 +22,7 @@ from search.study.schema import (
 )
 from search.study.trials import study_spec, trial_config
 
-
-def architecture_line(config: TrialConfig, params: int | None, flops: int | None) -> str:
-    """One line: stages, blocks, widths, block type, SE, parameters and FLOPs."""
-    model = config.model
-    if isinstance(model, ResNetConfig):
-        se = "no SE" if model.se.name == "none" else f"SE {model.se.name} 1/{model.se.ratio}"
-        shape = (
-            f"{len(model.stages)} stages, blocks {'-'.join(str(s.blocks) for s in model.stages)}, "
-            f"widths {'/'.join(str(s.width) for s in model.stages)}, stem {model.stem.width}, "
-            f"{model.block}{' preact' if model.preact else ''}, {se}"
-        )
-    else:
-        shape = f"{model.name}, freeze {model.freeze}, weights {model.weights or 'none'}"
-    size = [f"{params:,} params" if params is not None else None, f"{format_flops(flops)}" if flops else None]
-    return ", ".join([shape, *[s for s in size if s]])
-
-
-def recipe_line(config: TrialConfig) -> str:
-    """One line: optimizer and LR, schedule, batch size, epochs."""
-    t = config.train
-    return (
-        f"{t.optimizer.name} lr {t.optimizer.lr:.3g} wd {t.optimizer.weight_decay:.2g}, {t.scheduler.name}, "
-        f"batch {t.batch_size}, {t.epochs} epochs"
-    )
-
-
-def format_flops(flops: int | None) -> str:
-    """``2396208`` -> ``2.4 MFLOPs``."""
-    if flops is None:
-        return "-"
-    for unit, scale in (("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
-        if flops >= scale:
-            return f"{flops / scale:.3g} {unit}"
-    return f"{flops} FLOPs"
+__all__ = ["architecture_line", "format_flops", "recipe_line", "trial_note", "write_trial_note"]
 
 
 def trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None) -> str:

@@ -62,6 +62,8 @@ class RetryingStorage(BaseStorage):
         retry_for_s: Patience in seconds; 0 retries nothing.
         on_retry: Called with a one-line message before each wait.
         sleep: How to wait (tests pass a fake clock's).
+        still_there: Called before each wait; raises (a UserError) when waiting cannot help,
+            e.g. the SQLite file was deleted (see :func:`search.study.storage.storage_gone_check`).
 
     Raises:
         ValueError: ``retry_for_s`` is negative.
@@ -74,6 +76,7 @@ class RetryingStorage(BaseStorage):
         retry_for_s: float = RETRY_FOR_S,
         on_retry: Callable[[str], None] = lambda message: None,
         sleep: Callable[[float], None] = time.sleep,
+        still_there: Callable[[], None] = lambda: None,
     ) -> None:
         if retry_for_s < 0:
             raise ValueError(f"retry_for_s must be >= 0, got {retry_for_s!r}")
@@ -81,6 +84,7 @@ class RetryingStorage(BaseStorage):
         self.retry_for_s = retry_for_s
         self.on_retry = on_retry
         self.sleep = sleep
+        self.still_there = still_there
         self.retries = 0
 
     def _retry(self, operation: Callable[[], T], landed: Callable[[], Any] | None = None) -> T:
@@ -98,6 +102,7 @@ class RetryingStorage(BaseStorage):
             except Exception as error:
                 if not is_transient(error) or waited + wait > self.retry_for_s:
                     raise
+                self.still_there()
                 self.retries += 1
                 self.on_retry(f"storage unreachable ({first_line(error.__cause__ or error)}); retrying in {wait:g} s")
                 self.sleep(wait)

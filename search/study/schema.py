@@ -29,6 +29,8 @@ SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong
 SPEC_SOURCE = "spec_source"  # the spec's file name as the user gave it
 DRIVER = "driver"  # the driver running the study now: host, pid, token, heartbeat (lease.py)
 LEADERBOARD = "leaderboard"  # written by retrain, shown by the report
+DATA = "data"  # the data the study searched: location, classes, counts per split, hash (DataRecord)
+MODELS = "models"  # trial number (a string) -> model folder holding its weights, for the best K trials
 
 # --- optuna-dashboard's custom plot of every trial's learning curve
 LEARNING_CURVES_ID = "learning_curves"

@@ -1,34 +1,88 @@
 """Optuna storages by URL: where a study's files live, the default SQLite file, masking
-passwords, opening a storage, and finding the one a command means."""
+passwords, opening a storage, and finding the one a command means.
+
+Two decisions live here and nowhere else: which study names may name a file and folder
+(:func:`safe_study_name`), and what of a storage URL is a secret (:func:`mask_password`).
+"""
 
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.config import UserError
+from search.config.names import study_name_problem
 
 STUDIES_DIR = Path("studies")
 URL_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 
 
+def safe_study_name(name: str) -> str:
+    """``name``, if it may name a file and a folder under ``studies/`` (see :mod:`search.config.names`).
+
+    Raises:
+        UserError: the name is empty, has a path separator or ``..``, or other characters.
+    """
+    problem = study_name_problem(name)
+    if problem:
+        raise UserError(f"study name {problem}")
+    return name
+
+
 def default_storage(study_name: str) -> str:
-    """``sqlite:///studies/<study name>.db``, relative to the working directory."""
-    return f"sqlite:///{STUDIES_DIR / study_name}.db"
+    """``sqlite:///studies/<study name>.db``, relative to the working directory.
+
+    Raises:
+        UserError: the name would put the file outside ``studies/`` (see :func:`safe_study_name`).
+    """
+    return f"sqlite:///{STUDIES_DIR / safe_study_name(study_name)}.db"
 
 
 def study_dir(study_name: str) -> Path:
-    """Where a study keeps its logs, Ray's results and checkpoints."""
-    return STUDIES_DIR / study_name
+    """Where a study keeps its logs, Ray's results and checkpoints.
+
+    Raises:
+        UserError: the name would put the folder outside ``studies/`` (see :func:`safe_study_name`).
+    """
+    return STUDIES_DIR / safe_study_name(study_name)
 
 
-def mask_password(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print, log and write."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+# A URL's userinfo password: from ``://user:`` to the last ``@`` of the URL (SQLAlchemy ends
+# it at the first, so a raw ``@`` in a password would otherwise leave its tail readable).
+_USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)\S*@")
+# ``key=value`` pairs: a URL's query string (``?password=...``) and libpq's ``password=...``.
+_KEY_VALUE = re.compile(r"(?<![\w%])([\w%.~-]+)=([^&;#\s'\"]*)")
+# Parts of a key's name that mark its value as a secret (password, passwd, pwd, sslpassword,
+# token, api_key, secret, ...). Masking a harmless value too costs nothing.
+_SECRET_KEY_PARTS = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
+def mask_password(text: str) -> str:
+    """``text`` with every secret a storage URL can carry replaced by ``***``: the userinfo
+    password and any query (or libpq ``key=value``) parameter whose name marks a secret,
+    percent-encoded names included. Safe to print, log and write.
+
+    Args:
+        text: A URL, or a message that may hold one.
+
+    Returns:
+        The masked text.
+    """
+    text = _USERINFO_SECRET.sub(r"\1***@", text)
+
+    def mask_value(match: re.Match[str]) -> str:
+        key, value = match.group(1), match.group(2)
+        return f"{key}=***" if value and _SECRET_KEY_PARTS.search(unquote(key)) else match.group(0)
+
+    return _KEY_VALUE.sub(mask_value, text)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -51,6 +105,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if scheme == "sqlite":
         _make_sqlite_dir(url)
+        _check_sqlite_file(url)
     try:
         return optuna.storages.RDBStorage(
             _with_driver(url), heartbeat_interval=None, engine_kwargs=_engine_kwargs(scheme)
@@ -66,6 +121,40 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise UserError(f"storage {mask_password(url)}: cannot connect ({first_line(error)})") from None
 
 
+def storage_gone_check(url: str) -> Callable[[], None]:
+    """For a storage in a file (SQLite, journal): a check that raises when the file is gone.
+
+    A SQLite file deleted under a running driver turns every write into "attempt to write a
+    readonly database", which looks like a busy database and would be retried for minutes.
+
+    Returns:
+        A function raising ``UserError`` (naming the file) once the file no longer exists; a
+        no-op for database servers.
+    """
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    path = _file_of(url) if scheme in ("sqlite", "journal") else None
+    if path is None:
+        return lambda: None
+    where = mask_password(url)
+
+    def check() -> None:
+        if not path.exists():
+            raise UserError(
+                f"storage {where}: {path} was deleted while the run was going, so this run's trials "
+                "cannot be recorded; restore the file from a backup, or run again to start the study afresh"
+            )
+
+    return check
+
+
+def _file_of(url: str) -> Path | None:
+    """The file of a SQLite or journal URL (``sqlite:///rel.db``, ``sqlite:////abs.db``), if any."""
+    path = url.split("://", 1)[1] if "://" in url else ""
+    path = path[1:] if url.startswith("sqlite") else path  # sqlite:///rel.db, sqlite:////abs.db
+    path = path.split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _with_driver(url: str) -> str:
     """``postgresql://`` means psycopg 3 (the ``postgres`` extra), not SQLAlchemy's default psycopg2."""
     return "postgresql+psycopg://" + url[len("postgresql://") :] if url.startswith("postgresql://") else url
@@ -75,6 +164,37 @@ def _make_sqlite_dir(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _check_sqlite_file(url: str) -> None:
+    """An existing SQLite file must be a sound database: a damaged one is one line naming it
+    and what to do, not a storage error at the first query that touches a bad page.
+
+    Raises:
+        UserError: the file is not a database, or SQLite's quick check finds damage.
+    """
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return  # open_storage says what is wrong with the URL
+    if not database or database == ":memory:" or not Path(database).is_file() or Path(database).stat().st_size == 0:
+        return
+    try:
+        uri = Path(database).resolve().as_uri() + "?mode=ro"
+        # A driver writing the study holds its lock for milliseconds: wait for it, as Optuna would.
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as connection:
+            problem = str(connection.execute("PRAGMA quick_check").fetchone()[0])
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            return  # busy is not damaged; the storage's own retries wait it out
+        problem = str(error)
+    except sqlite3.Error as error:
+        problem = str(error)
+    if problem != "ok":
+        raise UserError(
+            f"storage {mask_password(url)}: {database} is damaged ({problem.splitlines()[0]}); "
+            "restore it from a backup, or move it aside to start the study afresh"
+        )
 
 
 def _engine_kwargs(scheme: str) -> dict:
@@ -93,11 +213,9 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
         UserError: unknown scheme, a missing SQLite/journal file, or an unreachable database.
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme in ("sqlite", "journal") and "://" in url:
-        path = url.split("://", 1)[1]
-        path = path[1:] if scheme == "sqlite" else path  # sqlite:///rel.db, sqlite:////abs.db
-        if path and path != ":memory:" and not Path(path).is_file():
-            raise UserError(f"storage {mask_password(url)}: no such database file {path}")
+    path = _file_of(url) if scheme in ("sqlite", "journal") else None
+    if path is not None and not path.is_file():
+        raise UserError(f"storage {mask_password(url)}: no such database file {mask_password(str(path))}")
     return open_storage(url)
 
 
@@ -116,7 +234,7 @@ def resolve_storage(storage: str | None, study_name: str | None = None) -> str:
     """
     if storage:
         return storage
-    if study_name and (STUDIES_DIR / f"{study_name}.db").is_file():
+    if study_name and (STUDIES_DIR / f"{safe_study_name(study_name)}.db").is_file():
         return default_storage(study_name)
     found = sorted(STUDIES_DIR.glob("*.db"))
     if len(found) == 1:

@@ -42,7 +42,8 @@ def study_spec(study: optuna.Study) -> Spec:
     if text is None:
         raise UserError(
             f"study {study.study_name} has no stored spec (user attribute {SPEC_TEXT!r}): "
-            "it was not made by resnet-search run"
+            "it was not made by resnet-search run, or its driver was stopped while creating it "
+            "(run its spec again to complete it)"
         )
     return parse_spec(text, study.user_attrs.get(SPEC_SOURCE) or f"study {study.study_name}")
 
@@ -91,3 +92,19 @@ def recover_interrupted(study: optuna.Study) -> int:
         study.tell(frozen.number, state=TrialState.FAIL)
         study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: frozen.number})
     return len(stale)
+
+
+def requeue_stopped(study: optuna.Study) -> int:
+    """Trials an earlier run's time budget stopped (FAIL, ``interrupted``, never enqueued
+    again): enqueue their parameters, so that this run trains them again.
+
+    Returns:
+        How many trials were enqueued.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    stopped = [t for t in trials if t.state == TrialState.FAIL and INTERRUPTED in t.user_attrs]
+    for frozen in stopped:
+        if frozen.number not in retried:
+            study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: frozen.number})
+    return sum(t.number not in retried for t in stopped)

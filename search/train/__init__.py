@@ -8,14 +8,18 @@ The modules, each importing only those above it:
 
 - :mod:`~search.train.result`: :class:`EpochMetrics`, :class:`TrainResult`.
 - :mod:`~search.train.recipe`: optimizer, LR schedule, precision and memory format.
+- :mod:`~search.train.ema`: :class:`WeightEma`, the moving average of the weights.
+- :mod:`~search.train.whiten`: :func:`whiten_stem`, the stem initialised from the data.
 - :mod:`~search.train.state`: :class:`TrainState` between epochs, and its checkpoint file.
-- :mod:`~search.train.epoch`: one training epoch, one evaluation.
+- :mod:`~search.train.step`: the training step, eager or replayed as a CUDA graph.
+- :mod:`~search.train.epoch`: one training epoch, one evaluation (with test-time views).
 - :mod:`~search.train.loop`: :func:`train`, the loop over epochs.
 - :mod:`~search.train.outputs`, :mod:`~search.train.progress`: files and epoch callbacks.
 - :mod:`~search.train.run`: :func:`train_spec`.
 """
 
-from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.ema import WeightEma
+from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch, tta_views
 from search.train.loop import train
 from search.train.outputs import write_outputs
 from search.train.progress import ProgressPrinter, chain_callbacks
@@ -28,10 +32,13 @@ from search.train.recipe import (
     param_groups,
     resolve_amp_dtype,
     resolve_channels_last,
+    scaled_lr,
 )
 from search.train.result import EpochMetrics, Status, TrainResult
 from search.train.run import train_spec
 from search.train.state import CHECKPOINT_VERSION, RunId, TrainState
+from search.train.step import GraphedStep, StepOutput, TrainStep, make_step
+from search.train.whiten import whiten_stem
 
 __all__ = [
     "CHANNELS_LAST_ON_CPU",
@@ -39,23 +46,31 @@ __all__ = [
     "BatchFormat",
     "EpochMetrics",
     "Evaluation",
+    "GraphedStep",
     "ProgressPrinter",
     "RunId",
     "Status",
+    "StepOutput",
     "TrainResult",
     "TrainState",
+    "TrainStep",
     "TrainedEpoch",
+    "WeightEma",
     "build_optimizer",
     "build_scheduler",
     "chain_callbacks",
     "cpu_channels_last_is_safe",
     "evaluate",
     "lr_factor",
+    "make_step",
     "param_groups",
     "resolve_amp_dtype",
     "resolve_channels_last",
+    "scaled_lr",
     "train",
     "train_epoch",
     "train_spec",
+    "tta_views",
+    "whiten_stem",
     "write_outputs",
 ]

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.config import Augment, TrainConfig
+from search.config import Augment, Tta
 from search.data import TensorSplit, augment_batch, normalize
 from search.train.state import TrainState
+from search.train.step import TrainStep
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,17 @@ class BatchFormat:
         """``images`` (uint8 or on the [0, 1] scale) normalized to float32 in the model's memory format."""
         return normalize(images, self.mean, self.std, dtype=torch.float32, channels_last=self.channels_last)
 
-    def autocast(self) -> torch.autocast:
-        """An autocast context for ``amp_dtype``; a disabled one for plain fp32."""
+    def autocast(self, cache: bool = True) -> torch.autocast:
+        """An autocast context for ``amp_dtype``; a disabled one for plain fp32.
+
+        Args:
+            cache: Keep the casts of weights for the context's lifetime; a CUDA graph
+                capture needs it off (its casts must happen inside the graph).
+        """
         # autocast wants a dtype even when disabled; bf16 is one it accepts everywhere.
         enabled = self.amp_dtype is not None
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled)
+        dtype = self.amp_dtype or torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache)
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,13 @@ def sync(device: torch.device) -> None:
 
 def train_epoch(
     state: TrainState,
-    net: nn.Module,
+    step_fn: TrainStep,
     split: TensorSplit,
     fmt: BatchFormat,
     *,
-    cfg: TrainConfig,
     augment: Augment,
     batch_size: int,
+    flips: torch.Tensor | None = None,
     time_first_step: bool = False,
 ) -> TrainedEpoch:
     """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
@@ -101,12 +108,13 @@ def train_epoch(
 
     Args:
         state: The model, optimizer, scheduler and generator; the epoch advances them.
-        net: What runs the forward pass: ``state.model``, or a compiled wrapper of it.
+        step_fn: One training step (forward, backward, optimizer, schedule, EMA).
         split: The training images (uint8) and labels, on the device.
         fmt: How batches enter the model.
-        cfg: The recipe: label smoothing, aux weight, gradient clipping.
         augment: The whole-batch augmentation.
         batch_size: Images per step, at most ``len(split)``.
+        flips: Which training images this epoch mirrors (``flip: alternating``); None
+            lets the augmentation draw them.
         time_first_step: Time the first step apart (it is mostly compilation).
 
     Returns:
@@ -121,20 +129,19 @@ def train_epoch(
     steps = len(split) // batch_size
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
-    autocast = fmt.autocast()
     for step in range(steps):
         t_step = time.perf_counter()
         idx = perm[step * batch_size : (step + 1) * batch_size]
-        x = fmt.prepare(augment_batch(split.images[idx], augment, state.generator))
+        mask = None if flips is None else flips[idx]
+        x = fmt.prepare(augment_batch(split.images[idx], augment, state.generator, flip_mask=mask))
         y = split.labels[idx]
-        with autocast:
-            logits, main, loss = _losses(net(x), y, cfg)
-        lr = _optimizer_step(state, loss, cfg)
+        out = step_fn(x, y)
+        lr = out.lr
         # Device-side sums: the host reads them once, after the epoch. The total loss
         # (aux included) is what could blow up, so the NaN check sees it too.
-        loss_sum += main.detach().float()
-        total_sum += loss.detach().float()
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss_sum += out.main.detach().float()
+        total_sum += out.loss.detach().float()
+        correct += (out.logits.detach().argmax(1) == y).sum()
         if time_first_step and step == 0:
             sync(device)
             first_step_s = time.perf_counter() - t_step
@@ -150,35 +157,6 @@ def train_epoch(
     )
 
 
-def _losses(
-    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, cfg: TrainConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The logits, the main head's loss and the loss to optimize (aux head weighted in)."""
-    if isinstance(out, tuple):  # an aux head in training mode
-        logits, aux = out
-        main = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        return logits, main, main + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
-    main = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-    return out, main, main
-
-
-def _optimizer_step(state: TrainState, loss: torch.Tensor, cfg: TrainConfig) -> float:
-    """Backpropagate ``loss``, clip, step the optimizer and the schedule; return the LR stepped with."""
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip is not None:
-        # Neither clip reads a value back to the host (no error_if_nonfinite):
-        # no sync per step; both use the multi-tensor kernels where they exist.
-        if cfg.grad_clip_mode == "norm":
-            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
-        else:
-            nn.utils.clip_grad_value_(state.model.parameters(), cfg.grad_clip)
-    lr: float = state.optimizer.param_groups[0]["lr"]
-    state.optimizer.step()
-    state.scheduler.step()
-    return lr
-
-
 def evaluate(
     model: nn.Module,
     split: TensorSplit,
@@ -187,8 +165,9 @@ def evaluate(
     num_classes: int,
     batch_size: int,
     confusion: bool = False,
+    tta: Tta = Tta(),
 ) -> Evaluation:
-    """Cross-entropy and accuracy of ``model`` in eval mode on ``split``.
+    """Cross-entropy and accuracy of ``model`` in eval mode on ``split``, with test-time augmentation.
 
     Args:
         model: The model; run eagerly (a compiled wrapper would recompile for eval mode
@@ -198,6 +177,7 @@ def evaluate(
         num_classes: Rows and columns of the confusion matrix.
         batch_size: Images per forward pass.
         confusion: Also read back the confusion matrix.
+        tta: The views whose logits are averaged (:func:`tta_views`); none by default.
 
     Returns:
         The mean loss, the accuracy and, if asked, the confusion matrix.
@@ -208,8 +188,8 @@ def evaluate(
     conf_t = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     with torch.inference_mode(), fmt.autocast():
         for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size), strict=True):
-            out = model(fmt.prepare(x))
-            logits = (out[0] if isinstance(out, tuple) else out).float()
+            views = tta_views(fmt.prepare(x), tta, fmt.channels_last)
+            logits = torch.stack([_logits(model(view)) for view in views]).mean(0)
             loss_t += F.cross_entropy(logits, y, reduction="sum")
             # bincount of (true, predicted) pairs is the confusion matrix in one kernel.
             conf_t += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
@@ -223,3 +203,32 @@ def evaluate(
         # One read for both numbers: each read waits for the device.
         loss_sum, n_correct = torch.stack([loss_t, conf_t.diagonal().sum().float()]).tolist()
     return Evaluation(n=n, loss=loss_sum / n if n else math.nan, acc=n_correct / n if n else math.nan, confusion=matrix)
+
+
+def _logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return (out[0] if isinstance(out, tuple) else out).float()
+
+
+def tta_views(x: torch.Tensor, tta: Tta, channels_last: bool = False) -> list[torch.Tensor]:
+    """The views of the batch ``x`` that :func:`evaluate` averages: ``x`` itself first.
+
+    Args:
+        x: Normalized float images, ``N x C x H x W``.
+        tta: ``translate: t`` adds ``x`` shifted by ``t`` pixels up-left and down-right
+            (reflect padding); ``flip`` then adds the mirror image of every view.
+        channels_last: Put every view in channels_last memory format, as the model expects.
+
+    Returns:
+        1, 2, 3 or 6 views of the same shape as ``x``.
+    """
+    views = [x]
+    t = tta.translate
+    if t:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (t, t, t, t), mode="reflect")
+        views += [padded[..., :h, :w], padded[..., 2 * t :, 2 * t :]]
+    if tta.flip:
+        views += [view.flip(-1) for view in views]
+    if channels_last:
+        views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+    return views

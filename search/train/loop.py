@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from search.config import Augment, TrainConfig, TrialConfig, UserError
-from search.data import ImageDataset, TensorSplit
+from search.config import Augment, ResNetConfig, TrainConfig, TrialConfig, UserError
+from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
+from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
 from search.train.recipe import (
     build_optimizer,
@@ -29,23 +30,32 @@ from search.train.recipe import (
     param_groups,
     resolve_amp_dtype,
     resolve_channels_last,
+    scaled_lr,
 )
 from search.train.result import EpochMetrics, Status, TrainResult
 from search.train.state import RunId, TrainState
+from search.train.step import TrainStep, make_step
+from search.train.warm_start import load_init_weights
+from search.train.whiten import WHITEN_IMAGES, whiten_stem
 
 
 @dataclass(frozen=True)
 class _Run:
-    """What stays fixed through a run: the recipe, the compiled model, the data on the device."""
+    """What stays fixed through a run: the recipe, the step, the data on the device.
+
+    ``flip_bits`` is each training image's mirror state in odd epochs under
+    ``flip: alternating`` (even epochs mirror the others), None otherwise.
+    """
 
     cfg: TrainConfig
     augment: Augment
-    net: nn.Module
+    step: TrainStep
     fmt: BatchFormat
     train: TensorSplit
     val: TensorSplit
     batch_size: int
     num_classes: int
+    flip_bits: torch.Tensor | None
 
 
 def train(
@@ -60,6 +70,7 @@ def train(
     resume: bool = False,
     evaluate_test: bool = False,
     train_split: TensorSplit | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``trial.model`` with ``trial.train`` on ``data`` and evaluate it every epoch.
 
@@ -82,6 +93,7 @@ def train(
         evaluate_test: Evaluate the final weights on the test split.
         train_split: Trains on this instead of ``data.train`` (final retraining on
             train+val; the per-epoch validation is then not held out).
+        log: Receives the line on weights loaded from ``model.init_from``.
 
     Returns:
         The :class:`TrainResult`; a non-finite loss ends the run with status ``nan``.
@@ -96,19 +108,10 @@ def train(
     epochs = cfg.epochs if epochs is None else epochs
     split = data.train if train_split is None else train_split
     _check(trial, data, split)
-    state, fmt = _set_up(trial, data, split, dev, epochs)
+    state, fmt = _set_up(trial, data, split, dev, epochs, log)
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = TrainState.load(Path(checkpoint_path), state)
-    run = _Run(
-        cfg=cfg,
-        augment=cfg.augment if augment is None else augment,
-        net=_compiled(state.model, cfg.compile),
-        fmt=fmt,
-        train=_to(split, dev),
-        val=_to(data.val, dev),
-        batch_size=min(cfg.batch_size, len(split)),
-        num_classes=data.num_classes,
-    )
+    run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data)
     status: Status = "completed"
     reason: str | None = None
     first = state.epoch + 1
@@ -125,8 +128,43 @@ def train(
             break
     result = _result(state, status, reason, data.classes)
     if evaluate_test and status != "nan" and data.test.labels.numel():
-        _add_test_metrics(result, state.model, _to(data.test, dev), run)
+        _add_test_metrics(result, state.eval_model, _to(data.test, dev), run)
     return result
+
+
+def _make_run(
+    cfg: TrainConfig, state: TrainState, fmt: BatchFormat, augment: Augment, split: TensorSplit, data: ImageDataset
+) -> _Run:
+    """The run's fixed parts, once ``state`` is set up or loaded from a checkpoint.
+
+    The step is made after the checkpoint is loaded: a CUDA graph captures the very
+    tensors it will train.
+    """
+    device = state.device
+    batch_size = min(cfg.batch_size, len(split))
+    net = _compiled(state.model, cfg.compile)
+    step = make_step(state, net, cfg, fmt.autocast(cache=not cfg.cuda_graph), state.ema, scaled_lr(cfg, batch_size))
+    return _Run(
+        cfg=cfg,
+        augment=augment,
+        step=step,
+        fmt=fmt,
+        train=_to(split, device),
+        val=_to(data.val, device),
+        batch_size=batch_size,
+        num_classes=data.num_classes,
+        flip_bits=_flip_bits(cfg.seed, len(split), device) if augment.flip == "alternating" else None,
+    )
+
+
+def _flip_bits(seed: int, n: int, device: torch.device) -> torch.Tensor:
+    """Each training image's mirror state in odd epochs: a fair coin per image, from ``seed``.
+
+    A generator of its own, so that the batches and their crops are those of the run
+    without alternating flips; a function of the seed alone, so a resumed run has the same.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n,), generator=generator).bool().to(device)
 
 
 def _non_finite_reason(metrics: EpochMetrics) -> str:
@@ -149,10 +187,17 @@ def _check(trial: TrialConfig, data: ImageDataset, split: TensorSplit) -> None:
         raise UserError(
             f"model.num_classes is {trial.model.num_classes} but the dataset has {data.num_classes} classes"
         )
+    if trial.train.whiten_stem != "none" and not isinstance(trial.model, ResNetConfig):
+        raise UserError(f"train.whiten_stem: only for model name resnet, not {trial.model.name}; allowed: none")
 
 
 def _set_up(
-    trial: TrialConfig, data: ImageDataset, split: TensorSplit, device: torch.device, epochs: int
+    trial: TrialConfig,
+    data: ImageDataset,
+    split: TensorSplit,
+    device: torch.device,
+    epochs: int,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[TrainState, BatchFormat]:
     """The seeded model, optimizer, schedule and generator before the first epoch, and the batch format.
 
@@ -162,6 +207,7 @@ def _set_up(
         split: The training split (its size sets the steps per epoch).
         device: Where to train.
         epochs: The run's epoch count; the LR schedule spans it.
+        log: Receives the line on weights loaded from ``model.init_from``.
 
     Returns:
         The fresh state and how batches enter the model.
@@ -170,22 +216,25 @@ def _set_up(
     if device.type == "cuda":
         # Every step has the same shape, so cuDNN's autotuning pays for itself at once.
         torch.backends.cudnn.benchmark = True
-    # Seed the global RNG for init and dropout, and a private generator for the data
-    # order and augmentation, so that what the model does cannot shift the batches.
-    torch.manual_seed(cfg.seed)
-    model = build_model(trial.model, data.image_size).to(device)
-    channels_last = resolve_channels_last(cfg, device) and (device.type != "cpu" or cpu_channels_last_is_safe(model))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, channels_last = _model(trial, data, split, device, log)
+    # A private generator for the data order and augmentation (the global RNG, seeded by
+    # _model, serves init and dropout), so that what the model does cannot shift the batches.
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     n_train = len(split)
-    steps_per_epoch = n_train // min(cfg.batch_size, n_train)
+    batch_size = min(cfg.batch_size, n_train)
+    steps_per_epoch = n_train // batch_size
     optimizer = build_optimizer(
-        param_groups(model, cfg.optimizer.weight_decay, cfg.decay_norm_and_bias), cfg.optimizer, device
+        param_groups(model, cfg.optimizer.weight_decay, cfg.decay_norm_and_bias),
+        cfg.optimizer,
+        device,
+        lr=scaled_lr(cfg, batch_size),
+        capturable=cfg.cuda_graph and device.type == "cuda",
     )
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, steps_per_epoch * epochs)
-    state = TrainState(model, optimizer, scheduler, generator, device, RunId(repr(trial), epochs, n_train))
+    ema = WeightEma(model, cfg.ema) if cfg.ema is not None else None
+    run_id = RunId(repr(trial), epochs, n_train)
+    state = TrainState(model, optimizer, scheduler, generator, device, run_id, ema=ema)
     fmt = BatchFormat(
         device=device,
         mean=torch.tensor(data.mean, dtype=torch.float32, device=device),
@@ -194,6 +243,37 @@ def _set_up(
         amp_dtype=resolve_amp_dtype(cfg, device),
     )
     return state, fmt
+
+
+def _model(
+    trial: TrialConfig, data: ImageDataset, split: TensorSplit, device: torch.device, log: Callable[[str], None] | None
+) -> tuple[nn.Module, bool]:
+    """The seeded model on ``device``, its stem whitened if asked, and whether it is channels_last.
+
+    Args:
+        trial: The model and the recipe.
+        data: For the image size and the normalization constants.
+        split: The training split, whose first images' patches whiten the stem.
+        device: Where to train.
+        log: Receives the line on weights loaded from ``model.init_from``.
+
+    Returns:
+        The model (in channels_last where that is used) and whether it is.
+    """
+    cfg = trial.train
+    torch.manual_seed(cfg.seed)
+    model = build_model(trial.model, data.image_size).to(device)
+    if trial.model.init_from is not None:
+        line = load_init_weights(model, trial.model)
+        if log is not None:
+            log(line)
+    if cfg.whiten_stem != "none":
+        images = normalize(split.images[:WHITEN_IMAGES].to(device), data.mean, data.std)
+        whiten_stem(model, images, freeze=cfg.whiten_stem == "frozen")
+    channels_last = resolve_channels_last(cfg, device) and (device.type != "cpu" or cpu_channels_last_is_safe(model))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
 
 
 def _compiled(model: nn.Module, enabled: bool) -> nn.Module:
@@ -221,21 +301,29 @@ def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: boo
         The epoch's metrics, and whether its training and validation losses were finite.
     """
     t_epoch = time.perf_counter()
+    flips = None if run.flip_bits is None else run.flip_bits if epoch % 2 else ~run.flip_bits
     trained = train_epoch(
         state,
-        run.net,
+        run.step,
         run.train,
         run.fmt,
-        cfg=run.cfg,
         augment=run.augment,
         batch_size=run.batch_size,
+        flips=flips,
         time_first_step=time_first_step,
     )
     # The first compiled step is mostly compilation: book it apart from training time.
     state.compile_time_s += trained.first_step_s
     t_epoch += trained.first_step_s
     seconds = time.perf_counter() - t_epoch
-    val = evaluate(state.model, run.val, run.fmt, num_classes=run.num_classes, batch_size=run.cfg.eval_batch_size)
+    val = evaluate(
+        state.eval_model,
+        run.val,
+        run.fmt,
+        num_classes=run.num_classes,
+        batch_size=run.cfg.eval_batch_size,
+        tta=run.cfg.tta,
+    )
     metrics = _record(state, epoch, trained, val, seconds, time.perf_counter() - t_epoch)
     finite = math.isfinite(trained.total_loss) and (val.n == 0 or math.isfinite(val.loss))
     return metrics, finite
@@ -291,13 +379,16 @@ def _result(state: TrainState, status: Status, reason: str | None, classes: tupl
         compile_time_s=state.compile_time_s,
         classes=tuple(classes),
         reason=reason,
-        model=state.model,
+        model=state.eval_model,
     )
 
 
 def _add_test_metrics(result: TrainResult, model: nn.Module, test: TensorSplit, run: _Run) -> None:
     """Evaluate ``model`` on the (non-empty) ``test`` split and fill ``result``'s test fields."""
-    ev = evaluate(model, test, run.fmt, num_classes=run.num_classes, batch_size=run.cfg.eval_batch_size, confusion=True)
+    cfg = run.cfg
+    ev = evaluate(
+        model, test, run.fmt, num_classes=run.num_classes, batch_size=cfg.eval_batch_size, confusion=True, tta=cfg.tta
+    )
     conf = ev.confusion or []
     result.test_loss = ev.loss
     result.test_acc = ev.acc

@@ -110,7 +110,14 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict[str, Any]],
+    cfg: OptimizerConfig,
+    device: torch.device,
+    *,
+    lr: float | None = None,
+    capturable: bool = False,
+) -> torch.optim.Optimizer:
     """The optimizer of ``cfg`` over ``groups``.
 
     Args:
@@ -118,18 +125,42 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig, device: 
         cfg: SGD, Adam or AdamW.
         device: Where the parameters live: CUDA gets the fused kernels (one launch for
             all parameters); elsewhere torch's default implementation.
+        lr: The LR to use instead of ``cfg.lr`` (:func:`scaled_lr`).
+        capturable: For a CUDA graph (CUDA only): the LR is a device tensor that the
+            schedule fills in place, and Adam keeps its step count on the device.
 
     Returns:
         A torch optimizer.
     """
     kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    base = cfg.lr if lr is None else lr
+    rate: float | torch.Tensor = torch.tensor(base, device=device) if capturable else base
     if cfg.name == "sgd":
         # torch refuses nesterov without momentum; nesterov then means nothing anyway.
         nesterov = cfg.nesterov and cfg.momentum > 0
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, **kw)
+        return torch.optim.SGD(groups, lr=rate, momentum=cfg.momentum, nesterov=nesterov, **kw)
+    if capturable:
+        kw["capturable"] = True
     opt_cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     beta1, beta2 = cfg.betas  # a YAML list or a tuple
-    return opt_cls(groups, lr=cfg.lr, betas=(beta1, beta2), **kw)
+    return opt_cls(groups, lr=rate, betas=(beta1, beta2), **kw)
+
+
+def scaled_lr(cfg: TrainConfig, batch_size: int) -> float:
+    """The optimizer's LR for ``batch_size`` under ``cfg.lr_scaling`` (``cfg.optimizer.lr`` without it).
+
+    Args:
+        cfg: The recipe.
+        batch_size: The batch size the run steps with.
+
+    Returns:
+        ``lr * ratio`` (linear) or ``lr * sqrt(ratio)``, ``ratio = batch_size / reference_batch``.
+    """
+    scaling = cfg.lr_scaling
+    if scaling is None:
+        return cfg.optimizer.lr
+    ratio = batch_size / scaling.reference_batch
+    return cfg.optimizer.lr * (ratio if scaling.rule == "linear" else math.sqrt(ratio))
 
 
 def lr_factor(cfg: SchedulerConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:

@@ -12,11 +12,15 @@ import torch
 import yaml
 
 import search.data
-from search.config import Spec, TrialConfig, fixed_document, to_plain
+from search.config import InvalidValue, Spec, SpecError, TrialConfig, fixed_document, to_plain
 from search.data import ImageDataset
+from search.data.fingerprint import fingerprint, source_location
+from search.models.geometry import check_fits
 from search.train.loop import train
+from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_model_folder
 from search.train.outputs import write_outputs, write_text
 from search.train.progress import ProgressPrinter
+from search.train.warm_start import check_init
 
 
 def train_spec(
@@ -29,14 +33,16 @@ def train_spec(
     out_dir: str | Path | None = None,
     device: str | None = None,
     resume: bool = False,
+    init_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
     """Train a fixed spec's config once per seed and write each run's outputs (``train`` command).
 
     Each run trains on the training split, validates every epoch and evaluates the test
-    split at the end; its files go to ``out_dir`` (one seed) or ``out_dir/seed<N>``:
-    ``metrics.json``, ``history.csv``, ``curves.html``, ``checkpoint.pt`` (written every
-    epoch) and ``config.yaml`` (the config as a fixed spec, to train it again).
+    split at the end; its files go to ``out_dir`` (one seed) or ``out_dir/seed<N>``, a model
+    folder (:mod:`search.train.model_folder`: ``model.safetensors``, ``config.yaml``,
+    ``model.json``, ``metrics.json``, ``history.csv``, ``curves.html``, ``README.md``) with
+    ``checkpoint.pt`` (the training state, written every epoch, for ``resume``).
 
     Args:
         spec: A spec whose every leaf is fixed.
@@ -47,19 +53,28 @@ def train_spec(
         out_dir: Output folder; default ``runs/<study name>``.
         device: ``cuda`` or ``cpu``; default CUDA when available.
         resume: Continue each seed's run from its checkpoint, where there is one.
+        init_from: A model folder to start from (``train --init``); beats ``model.init_from``.
         log: Receives one progress line per epoch.
 
     Returns:
         A summary: one line per seed, and mean +- std over seeds when there are several.
 
     Raises:
-        SpecError: The spec is not fixed.
+        SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
         UserError: The data cannot be found or does not fit the model.
     """
     trial = spec.fixed()
+    if init_from is not None:
+        trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
+    check_init(trial.model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Looked up on the package when called, not bound at import, so a test can patch it there.
     data = search.data.load_dataset(spec.data, data_dir=data_dir, download=download)
+    try:
+        check_fits(trial, data.image_size)  # before any training: what torch would refuse mid-run
+    except InvalidValue as error:
+        raise SpecError(spec.source, error.key, error.message) from None
+    source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.study.name
     seeds = seeds or [trial.train.seed]
     several = len(seeds) > 1
@@ -71,6 +86,7 @@ def train_spec(
             run,
             data,
             out / f"seed{seed}" if several else out,
+            source=source,
             prefix=f"seed {seed}: " if several else "",
             epochs=epochs,
             device=device,
@@ -84,6 +100,8 @@ def train_spec(
         for name, accs in (("val_acc", val_accs), ("test_acc", test_accs)):
             mean, std = statistics.fmean(accs), statistics.stdev(accs)
             lines.append(f"{name}: mean {mean:.2%} +- {std:.2%} over {len(accs)} seeds")
+    folders = [out / f"seed{seed}" if several else out for seed in seeds]
+    lines += [f"model folder: {folder}" for folder in folders if (folder / WEIGHTS_FILE).exists()]
     return "\n".join(lines)
 
 
@@ -93,6 +111,7 @@ def _train_seed(
     data: ImageDataset,
     run_dir: Path,
     *,
+    source: ModelSource,
     prefix: str,
     epochs: int | None,
     device: str,
@@ -106,6 +125,7 @@ def _train_seed(
         run: The trial config with this seed.
         data: The loaded dataset.
         run_dir: Where this run's files go.
+        source: Where the model comes from, for ``model.json``.
         prefix: Put before every progress line.
         epochs: Overrides ``train.epochs``.
         device: Where to train.
@@ -125,10 +145,14 @@ def _train_seed(
         evaluate_test=True,
         checkpoint_path=run_dir / "checkpoint.pt",
         resume=resume,
+        log=log,
     )
     params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-    write_outputs(result, run_dir, config_dict=to_plain(run), params=params)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(fixed_document(spec, run), sort_keys=False))
+    if result.status == "nan":  # diverged weights make no model: the files say what happened
+        write_outputs(result, run_dir, config_dict=to_plain(run), params=params)
+        write_text(run_dir / "config.yaml", yaml.safe_dump(fixed_document(spec, run), sort_keys=False))
+    else:
+        write_model_folder(run_dir, result, spec=spec, trial=run, data=data, source=source, device=device)
     test_acc = result.test_acc if result.test_acc is not None else math.nan
     line = (
         f"seed {seed}: {result.status}, val_acc {result.final_val_acc:.2%}, test_acc {test_acc:.2%}, "

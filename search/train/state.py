@@ -5,7 +5,8 @@ A checkpoint is a ``torch.save``'d dict, version :data:`CHECKPOINT_VERSION`:
 - ``version``, ``trial`` (the trial's repr), ``epochs`` and ``n_train``: which run it is;
   :meth:`TrainState.load` refuses a file whose values differ from the run's.
 - ``epoch``: the last epoch completed.
-- ``model``, ``optimizer``, ``scheduler``: their state dicts.
+- ``model``, ``optimizer``, ``scheduler``: their state dicts; ``ema``: the weight
+  average's (``{module, updates}``), or None without ``train.ema``.
 - ``torch_rng``, ``cuda_rng`` (a list, empty off CUDA), ``generator``: every RNG the run
   draws from, so a resumed run equals an uninterrupted one.
 - ``history`` (the epochs' metrics as dicts), ``train_time_s``, ``train_images``,
@@ -25,9 +26,10 @@ import torch
 from torch import nn
 
 from search.config import UserError
+from search.train.ema import WeightEma
 from search.train.result import EpochMetrics
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the weight average (``ema``)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ class TrainState:
     last epoch completed, 0 before the first. The totals are those of
     :class:`~search.train.result.TrainResult`: ``train_images`` and ``train_seconds`` count
     training steps only (for images/s), ``train_time_s`` includes validation,
-    ``compile_time_s`` is the first compiled step.
+    ``compile_time_s`` is the first compiled step. ``ema`` is the weight average of
+    ``train.ema``: where there is one, it is what is evaluated and saved
+    (:attr:`eval_model`).
     """
 
     model: nn.Module
@@ -69,12 +73,22 @@ class TrainState:
     train_images: int = 0
     train_seconds: float = 0.0
     compile_time_s: float = 0.0
+    ema: WeightEma | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and save: the weight average if there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save(self, path: Path) -> None:
         """Write the state to ``path`` atomically: a crash leaves the old file or the new one.
 
         Args:
             path: The checkpoint file; its folder is created if missing.
+
+        Raises:
+            UserError: the file cannot be written (a full disk, no permission); the previous
+                checkpoint is left as it was, and no partial file stays behind.
         """
         state = {
             **self.run_id.as_dict(),
@@ -82,6 +96,7 @@ class TrainState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "generator": self.generator.get_state(),
@@ -91,14 +106,20 @@ class TrainState:
             "train_seconds": self.train_seconds,
             "compile_time_s": self.compile_time_s,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            # On disk before the rename, or a power cut could leave a renamed empty file.
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                # On disk before the rename, or a power cut could leave a renamed empty file.
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise UserError(
+                f"{path}: cannot write the checkpoint ({_reason(error)}); the previous one, if any, is kept"
+            ) from None
 
     @classmethod
     def load(cls, path: Path, fresh: TrainState) -> TrainState:
@@ -116,9 +137,17 @@ class TrainState:
             A state that shares ``fresh``'s objects, at the saved epoch with the saved totals.
 
         Raises:
-            UserError: The checkpoint is of another trial, epoch count or training set size.
+            UserError: The checkpoint is damaged (truncated, not a checkpoint), or of another
+                trial, epoch count or training set size.
         """
-        state = torch.load(path, map_location=fresh.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=fresh.device, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - a zip, pickle or I/O error: the file is unusable
+            raise UserError(
+                f"{path}: the checkpoint cannot be read ({_reason(error)}); delete it to start afresh"
+            ) from None
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: not a checkpoint of resnet-search; delete it to start afresh")
         mine = fresh.run_id.as_dict()
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
@@ -127,6 +156,8 @@ class TrainState:
         fresh.model.load_state_dict(state["model"])
         fresh.optimizer.load_state_dict(state["optimizer"])
         fresh.scheduler.load_state_dict(state["scheduler"])
+        if fresh.ema is not None:
+            fresh.ema.load_state_dict(state["ema"])
         # map_location moved the RNG states to the device; the setters want CPU tensors.
         torch.set_rng_state(state["torch_rng"].cpu())
         if fresh.device.type == "cuda" and state["cuda_rng"]:
@@ -141,3 +172,11 @@ class TrainState:
             train_seconds=state["train_seconds"],
             compile_time_s=state["compile_time_s"],
         )
+
+
+def _reason(error: BaseException) -> str:
+    """An error's first line: a full disk says ``No space left on device``."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

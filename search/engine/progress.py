@@ -1,0 +1,241 @@
+"""A run's progress as its events tell it: the trials running now (epoch, last validation
+accuracy, images/s), the counts, the best so far, and the time left, estimated from the
+epoch times measured in this run. :class:`PlainProgress` prints it as plain lines (CI, a
+pipe, a log file); the live table of a terminal (:mod:`search.outputs.live`) draws the same
+state.
+
+The time left: each running trial still has its expected epochs to go (the mean epochs the
+finished trials of this run ran, so pruning shortens it; the full count before any
+finished), each trial not started yet its start-up and the same epochs; that work, spread
+over the run's slots, and never less than the longest running trial still needs.
+
+- An epoch's time grows with the model's FLOPs, so the estimate keeps seconds per FLOP:
+  measured (every epoch after a trial's first, over their trials' FLOPs), else the pre-run
+  probe's. A running trial's epochs take its own FLOPs' worth; a trial not started yet, the
+  mean FLOPs of the space's configs that fit the budget (sampled before the run).
+- A trial's first report comes after its start-up (a Ray worker, the data) and one epoch.
+  The first trial of each slot starts a Ray worker; later ones reuse it, so the start-up of
+  trials to come is measured on those later ones (0 until one has reported).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from search.config.units import format_duration
+from search.engine.events import EpochReport, RunObserver, RunStart, TrialEnd, TrialStart
+from search.engine.types import Log
+from search.study.schema import EPOCHS_RUN, ERROR, INTERRUPTED, PARAMS, REJECTED
+
+FINISHED_STATUSES = ("complete", "pruned", "failed")  # what counts towards n_trials
+
+
+@dataclass
+class RunningTrial:
+    """A trial on Ray now, as its reports describe it."""
+
+    number: int
+    n_params: int
+    epochs: int
+    started: float
+    flops: int = 0
+    cold: bool = False  # among the first of its slot: it starts a Ray worker
+    epoch: int = 0
+    val_acc: float | None = None
+    images_per_s: float | None = None
+    last_report: float | None = None
+
+
+@dataclass
+class RunProgress(RunObserver):
+    """The run's state, kept from its events (an observer itself)."""
+
+    clock: Callable[[], float] = time.monotonic
+    start: RunStart | None = None
+    running: dict[int, RunningTrial] = field(default_factory=dict)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*FINISHED_STATUSES, "rejected", "stopped"), 0)
+    )
+    best: tuple[float, int, int] | None = None  # value, params, trial number
+    epoch_seconds: list[tuple[float, int]] = field(default_factory=list)  # after a trial's first: (s, FLOPs)
+    warm_starts: list[tuple[float, int]] = field(default_factory=list)  # start to first report, reused workers
+    epochs_run: list[int] = field(default_factory=list)
+    started_here: int = 0
+    maximize: bool = True
+
+    def run_started(self, event: RunStart) -> None:
+        self.start = event
+        self.maximize = event.maximize
+
+    def trial_started(self, event: TrialStart) -> None:
+        self.started_here += 1
+        cold = self.started_here <= (self.start.slots if self.start else 1)
+        self.running[event.number] = RunningTrial(
+            event.number, event.n_params, event.epochs, self.clock(), event.flops, cold
+        )
+
+    def epoch_reported(self, event: EpochReport) -> None:
+        trial = self.running.get(event.number)
+        if trial is None:
+            return
+        if trial.last_report is not None:
+            self.epoch_seconds.append((event.at - trial.last_report, trial.flops))
+        elif not trial.cold:
+            self.warm_starts.append((event.at - trial.started, trial.flops))
+        trial.epoch, trial.last_report = event.epoch, event.at
+        trial.val_acc = event.metrics.get("val_acc", trial.val_acc)
+        trial.images_per_s = event.metrics.get("images_per_s", trial.images_per_s)
+
+    def trial_ended(self, event: TrialEnd) -> None:
+        trial = self.running.pop(event.number, None)
+        self.counts[event.status] = self.counts.get(event.status, 0) + 1
+        if event.status in FINISHED_STATUSES:
+            self.epochs_run.append(event.trial.user_attrs.get(EPOCHS_RUN) or (trial.epoch if trial else 0))
+        if event.status == "complete" and event.trial.values:
+            value = event.trial.values[0]
+            if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
+                self.best = (value, event.trial.user_attrs.get(PARAMS, 0), event.number)
+
+    # ---- what it shows
+
+    @property
+    def finished(self) -> int:
+        """Trials that count towards ``n_trials``, this run's and earlier ones."""
+        before = self.start.finished_before if self.start else 0
+        return before + sum(self.counts[s] for s in FINISHED_STATUSES)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start.started if self.start else 0.0
+
+    def _seconds_per_flop(self) -> float | None:
+        measured = [(s, f) for s, f in self.epoch_seconds if f > 0]
+        if measured:
+            return sum(s for s, _ in measured) / sum(f for _, f in measured)
+        if self.start and self.start.epoch_s and self.start.probe_flops:
+            return self.start.epoch_s / self.start.probe_flops
+        return None
+
+    def epoch_time(self, flops: float | None = None) -> float | None:
+        """Seconds per epoch of a model of ``flops`` FLOPs (default: the space's mean), from the
+        measured seconds per FLOP; for an unknown size, the mean epoch or the probe's."""
+        flops = flops or (self.start.mean_flops if self.start else None)
+        rate = self._seconds_per_flop()
+        if rate is not None and flops:
+            return rate * flops
+        if self.epoch_seconds:
+            return statistics.fmean(s for s, _ in self.epoch_seconds)
+        return self.start.epoch_s if self.start else None
+
+    def start_up(self) -> float:
+        """Seconds from a trial's start to its first epoch, on a reused Ray worker (0 until measured)."""
+        ups = [max(0.0, s - (self.epoch_time(f) or 0.0)) for s, f in self.warm_starts]
+        return statistics.fmean(ups) if ups else 0.0
+
+    def time_left(self) -> float | None:
+        """Seconds until the run ends (see the module's docstring); None before anything is known."""
+        epoch_s = self.epoch_time()
+        if self.start is None or epoch_s is None:
+            return None
+        now = self.clock()
+        expected = statistics.fmean(self.epochs_run) if self.epochs_run else self.start.epochs
+        start_up = self.start_up()
+        running = []
+        for t in self.running.values():
+            own = self.epoch_time(t.flops) or epoch_s
+            if t.last_report is None:
+                running.append(max(0.0, start_up + expected * own - (now - t.started)))
+            else:
+                to_go = max(expected - t.epoch, min(1, t.epochs - t.epoch))
+                running.append(max(0.0, to_go * own - (now - t.last_report)))
+        to_start = max(0, self.start.n_trials - self.finished - len(self.running))
+        work = sum(running) + to_start * (start_up + expected * epoch_s)
+        left = max(max(running, default=0.0), work / self.start.slots)
+        if self.start.timeout_s is not None:  # after the deadline only the running epochs end
+            deadline_left = self.start.timeout_s - (now - self.start.started)
+            left = min(left, max(deadline_left, 0.0) + (epoch_s if self.running else 0.0))
+        return left
+
+    def best_text(self) -> str:
+        if self.best is None:
+            return "best -"
+        value, params, number = self.best
+        return f"best {value:.4f} (trial {number}, {params:,} params)"
+
+    def totals_line(self) -> str:
+        """``[3/8] done 2 | running 2 | pruned 1 | failed 0 | rejected 4 | best ... | elapsed | left``."""
+        c = self.counts
+        total = self.start.n_trials if self.start else "?"
+        left = self.time_left()
+        stopped = f" | stopped {c['stopped']}" if c["stopped"] else ""
+        return (
+            f"[{self.finished}/{total}] done {c['complete']} | running {len(self.running)} | pruned {c['pruned']} | "
+            f"failed {c['failed']} | rejected {c['rejected']}{stopped} | {self.best_text()} | "
+            f"elapsed {format_duration(self.elapsed())} | left {'-' if left is None else '~' + format_duration(left)}"
+        )
+
+    def running_text(self) -> str:
+        """``#4 epoch 2/4 val_acc 0.412, #5 epoch 0/4``."""
+        parts = []
+        for t in sorted(self.running.values(), key=lambda t: t.number):
+            acc = f" val_acc {t.val_acc:.3f}" if t.val_acc is not None else ""
+            parts.append(f"#{t.number} epoch {t.epoch}/{t.epochs}{acc}")
+        return ", ".join(parts) or "none"
+
+
+def trial_line(event: TrialEnd, metric: str) -> str:
+    """One line for a trial that ended: ``trial 3 complete: val_acc 0.4123 (4 epochs, 74,000 params)``."""
+    attrs = event.trial.user_attrs
+    size = f"{attrs[PARAMS]:,} params" if PARAMS in attrs else ""
+    if event.status == "failed":
+        return f"trial {event.number} failed: {attrs.get(ERROR, 'unknown error')}"
+    if event.status == "stopped":
+        return f"trial {event.number} stopped: {attrs.get(INTERRUPTED, '')}"
+    if event.status == "rejected":
+        return f"trial {event.number} rejected: {attrs.get(REJECTED, '')}"
+    epochs = attrs.get(EPOCHS_RUN)
+    shape = ", ".join(p for p in (f"{epochs} epoch{'s' * (epochs != 1)}" if epochs else "", size) if p)
+    if event.status == "complete" and event.trial.values:
+        return f"trial {event.number} complete: {metric} {event.trial.values[0]:.4f} ({shape})"
+    values = event.trial.intermediate_values
+    last = f" at {values[max(values)]:.4f}" if values else ""
+    return f"trial {event.number} pruned{last} ({shape})"
+
+
+class PlainProgress(RunProgress):
+    """Plain lines for a log: the pre-run block, one line per finished trial (with the totals),
+    and at most one progress line per ``every_s`` seconds while trials train.
+
+    Args:
+        log: Where the lines go.
+        every_s: The least time between two progress lines.
+        clock: The time source (tests pass a fake one).
+    """
+
+    def __init__(self, log: Log, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock=clock)
+        self.log = log
+        self.every_s = every_s
+        self.last_line = clock()
+
+    def run_started(self, event: RunStart) -> None:
+        super().run_started(event)
+        for line in event.lines:
+            self.log(line)
+        self.last_line = self.clock()
+
+    def epoch_reported(self, event: EpochReport) -> None:
+        super().epoch_reported(event)
+        if self.clock() - self.last_line >= self.every_s:
+            self.log(f"{self.totals_line()} | now: {self.running_text()}")
+            self.last_line = self.clock()
+
+    def trial_ended(self, event: TrialEnd) -> None:
+        super().trial_ended(event)
+        if event.status == "rejected":
+            return  # counted in the totals: one line each would bury the trials that trained
+        metric = self.start.metric if self.start else "value"
+        self.log(f"{trial_line(event, metric)} | {self.totals_line()}")
+        self.last_line = self.clock()

@@ -1,0 +1,243 @@
+"""Using a trained model: :func:`load_model` reads a model folder into a :class:`LoadedModel`
+that classifies images (``resnet-search predict``).
+
+It needs the folder only (no study, no Ray, no dataset): a folder copied to another machine
+loads. Images enter as in training: RGB, fitted to the input size (shorter side, centre
+crop, Pillow bicubic, as the data cache decodes class folders), normalised with the
+folder's mean and std, and averaged over the recipe's test-time views where it has any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.config import UserError
+from search.data.layout import IMAGE_SUFFIXES
+from search.train.epoch import tta_views
+from search.train.model_folder import ModelFolder, build_trained, eval_format, open_model_folder
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ImageInput = Union[str, Path, "Image.Image", torch.Tensor]
+PREDICT_BATCH = 256
+
+# Colour channels of an image by Pillow mode; alpha is not a colour channel (dropped, as in training).
+_CHANNELS = {"1": 1, "L": 1, "LA": 1, "La": 1, "I": 1, "I;16": 1, "F": 1}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's classification: the best class and its probability, and the top ``k``
+    (label, probability) pairs, best first. ``source`` names the image (its file, or ``#i``)."""
+
+    source: str
+    label: str
+    probability: float
+    top: tuple[tuple[str, float], ...]
+
+    def line(self) -> str:
+        """``file  label probability  [next label probability ...]``, as ``predict`` prints it."""
+        return "  ".join([self.source, *(f"{label} {p:.4f}" for label, p in self.top)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "label": self.label,
+            "probability": self.probability,
+            "top": [{"label": label, "probability": p} for label, p in self.top],
+        }
+
+
+class LoadedModel:
+    """A model folder's network in eval mode, with what using it correctly needs.
+
+    Attributes:
+        module: The ``nn.Module`` (eval mode, on ``device``); it takes normalised float
+            images ``N x C x H x W`` and returns logits.
+        classes: Class names in the order of the logits.
+        input_size: Side of the square input.
+        in_channels: Colour channels it takes (3: RGB).
+        mean: Per-channel mean on the [0, 1] scale; ``std`` likewise.
+        folder: The model folder read (``folder.info`` is ``model.json``).
+    """
+
+    def __init__(self, folder: ModelFolder, device: str | torch.device | None = None) -> None:
+        self.folder = folder
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module: nn.Module = build_trained(folder, self.device)
+        self.trial = folder.trial
+        self.format = eval_format(self.trial, self.module, folder, self.device)
+        self.classes = folder.classes
+        self.input_size = folder.input_size
+        self.in_channels = folder.in_channels
+        self.mean, self.std = folder.mean, folder.std
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({str(self.folder.path)!r}, {len(self.classes)} classes, {self.input_size}px)"
+
+    # ---- preprocessing
+
+    def preprocess(self, image: ImageInput, name: str = "image") -> torch.Tensor:
+        """One image as the uint8 ``C x H x W`` tensor the model's preprocessing starts from.
+
+        Args:
+            image: A file path, a PIL image, or a tensor (``C x H x W``, uint8 0..255 or float
+                on the [0, 1] scale, already at the input size).
+            name: Names the image in errors.
+
+        Raises:
+            UserError: Not a readable image, another channel count, or a tensor of another size.
+        """
+        if isinstance(image, torch.Tensor):
+            return self._check_tensor(image, name)
+        if isinstance(image, (str, Path)):
+            return self._read_file(Path(image))
+        return self._from_pil(image, name)
+
+    def _read_file(self, path: Path) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return self._from_pil(image, str(path))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise UserError(f"{path}: not a readable image ({error})") from None
+
+    def _from_pil(self, image: Any, name: str) -> torch.Tensor:
+        from PIL import Image, ImageOps
+
+        channels = _CHANNELS.get(image.mode, 3)
+        if channels != self.in_channels:
+            raise UserError(
+                f"{name}: a {channels}-channel image (mode {image.mode}); the model takes "
+                f"{self.in_channels}-channel {'RGB' if self.in_channels == 3 else ''} images: convert it first"
+            )
+        rgb = image.convert("RGB")
+        side = self.input_size
+        if rgb.size != (side, side):
+            rgb = ImageOps.fit(rgb, (side, side), Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+    def _check_tensor(self, image: torch.Tensor, name: str) -> torch.Tensor:
+        expected = (self.in_channels, self.input_size, self.input_size)
+        if tuple(image.shape) != expected:
+            raise UserError(
+                f"{name}: a tensor of shape {tuple(image.shape)}; the model takes {' x '.join(map(str, expected))} "
+                "(channels x height x width, uint8 or float on the [0, 1] scale)"
+            )
+        return image
+
+    # ---- prediction
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch (``N x C x H x W``, uint8 or on the [0, 1] scale), averaged over the
+        recipe's test-time views, as evaluation computes them."""
+        fmt = self.format
+        with fmt.autocast():
+            views = tta_views(fmt.prepare(batch.to(self.device)), self.trial.train.tta, fmt.channels_last)
+            outputs = [self.module(view) for view in views]
+            logits = [(out[0] if isinstance(out, tuple) else out).float() for out in outputs]
+        return torch.stack(logits).mean(0)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1) -> list[Prediction]:
+        """Classify images: file paths, PIL images, or tensors (one image, a batch, or a list).
+
+        Args:
+            images: One image or several; a 4-D tensor is a batch.
+            top_k: How many (label, probability) pairs each prediction lists.
+
+        Returns:
+            One :class:`Prediction` per image, in order.
+
+        Raises:
+            UserError: An image cannot be read or does not fit (the first such is named).
+        """
+        items = _as_list(images)
+        names = [str(item) if isinstance(item, (str, Path)) else f"#{i}" for i, item in enumerate(items)]
+        tensors = [self.preprocess(item, name) for item, name in zip(items, names)]
+        return self._classify(tensors, names, top_k)
+
+    def predict_files(self, paths: Iterable[str | Path], top_k: int = 1) -> tuple[list[Prediction], list[str]]:
+        """Classify image files; a file that cannot be read or does not fit is reported, and the
+        others are still classified.
+
+        Returns:
+            The predictions of the good files, in order, and one line per bad file.
+        """
+        tensors, names, errors = [], [], []
+        for path in paths:
+            try:
+                tensors.append(self._read_file(Path(path)))
+                names.append(str(path))
+            except UserError as error:
+                errors.append(str(error))
+        return self._classify(tensors, names, top_k), errors
+
+    def _classify(self, tensors: list[torch.Tensor], names: list[str], top_k: int) -> list[Prediction]:
+        k = max(1, min(top_k, len(self.classes)))
+        out: list[Prediction] = []
+        for start in range(0, len(tensors), PREDICT_BATCH):
+            batch = torch.stack(tensors[start : start + PREDICT_BATCH])
+            probabilities = self.logits(batch).softmax(1)
+            values, indices = probabilities.topk(k, dim=1)
+            for name, row_p, row_i in zip(names[start:], values.tolist(), indices.tolist()):
+                top = tuple((self.classes[i], p) for i, p in zip(row_i, row_p))
+                out.append(Prediction(name, top[0][0], top[0][1], top))
+        return out
+
+
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One image, a batch tensor or a sequence, as a list of single images."""
+    if isinstance(images, torch.Tensor):
+        return list(images.unbind(0)) if images.dim() == 4 else [images]
+    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+        return [images]
+    return list(images)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a model folder (what ``train``, ``retrain`` and ``run --keep`` write).
+
+    Args:
+        path: The model folder.
+        device: ``cpu``, ``cuda``...; default CUDA when available.
+
+    Returns:
+        The model, ready to ``predict``.
+
+    Raises:
+        UserError: Not a model folder, truncated weights, or weights that do not fit its
+            config (the first mismatched tensor is named).
+    """
+    return LoadedModel(open_model_folder(path), device)
+
+
+def image_files(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """The image files named: files as given, folders searched recursively (sorted by path).
+
+    Returns:
+        The files, and one line for each input that does not exist or is a folder without images.
+    """
+    found: list[Path] = []
+    errors: list[str] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            images = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found += images
+            if not images:
+                errors.append(f"{entry}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif entry.exists():
+            found.append(entry)
+        else:
+            errors.append(f"{entry}: no such file or folder")
+    return found, errors
