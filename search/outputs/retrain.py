@@ -181,8 +181,8 @@ def _retrain_seed(
     Returns:
         The test accuracy (None if the run diverged), the training time and the parameter count.
     """
-    from search.train import ProgressPrinter, train, write_outputs
-    from search.train.model_folder import ModelSource, write_model_folder
+    from search.train import ProgressPrinter, train
+    from search.train.model_folder import ModelSource, write_run
 
     seed = run.train.seed
     result = train(
@@ -197,11 +197,8 @@ def _retrain_seed(
     )
     params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
     folder = out / f"trial{trial.number}" / f"seed{seed}"
-    if result.status == "nan":
-        write_outputs(result, folder, config_dict=asdict(run), params=params)
-    else:
-        source = ModelSource(study=spec.study.name, trial=trial.number, trained_on="train+val", data=record)
-        write_model_folder(folder, result, spec=spec, trial=run, data=data, source=source, device=device)
+    source = ModelSource(study=spec.study.name, trial=trial.number, trained_on="train+val", data=record)
+    write_run(folder, result, spec=spec, trial=run, data=data, source=source, device=device)
     return result.test_acc, result.train_time_s, params
 
 

@@ -146,6 +146,30 @@ def write_model_folder(
     return folder
 
 
+def write_run(
+    folder: str | Path,
+    result: TrainResult,
+    *,
+    spec: Spec,
+    trial: TrialConfig,
+    data: ImageDataset,
+    source: ModelSource,
+    device: str | torch.device,
+) -> None:
+    """What one finished training run leaves: its model folder, or, when it diverged (its
+    weights make no model), its metrics, history, curves and ``config.yaml`` only.
+
+    Args: as :func:`write_model_folder`.
+    """
+    if result.status != "nan":
+        write_model_folder(folder, result, spec=spec, trial=trial, data=data, source=source, device=device)
+        return
+    folder = Path(folder)
+    params = fast_count(trial.model, data.image_size).params
+    write_outputs(result, folder, config_dict=to_plain(trial), params=params)
+    write_text(folder / CONFIG_FILE, yaml.safe_dump(fixed_document(spec, trial), sort_keys=False))
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
     """The state dict as safetensors, on the CPU and contiguous (channels_last tensors are not)."""
     from safetensors.torch import save_file

@@ -9,16 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 import search.data
-from search.config import InvalidValue, Spec, SpecError, TrialConfig, fixed_document, to_plain
+from search.config import InvalidValue, Spec, SpecError, TrialConfig
 from search.data import ImageDataset
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
 from search.train.loop import train
-from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_model_folder
-from search.train.outputs import write_outputs, write_text
+from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_run
 from search.train.progress import ProgressPrinter
 from search.train.warm_start import check_init
 
@@ -148,11 +146,7 @@ def _train_seed(
         log=log,
     )
     params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-    if result.status == "nan":  # diverged weights make no model: the files say what happened
-        write_outputs(result, run_dir, config_dict=to_plain(run), params=params)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(fixed_document(spec, run), sort_keys=False))
-    else:
-        write_model_folder(run_dir, result, spec=spec, trial=run, data=data, source=source, device=device)
+    write_run(run_dir, result, spec=spec, trial=run, data=data, source=source, device=device)
     test_acc = result.test_acc if result.test_acc is not None else math.nan
     line = (
         f"seed {seed}: {result.status}, val_acc {result.final_val_acc:.2%}, test_acc {test_acc:.2%}, "
