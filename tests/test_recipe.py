@@ -23,6 +23,7 @@ from search.config import (
     Constant,
     Ema,
     LrScaling,
+    ProgressiveResize,
     ResNetConfig,
     SpecError,
     Stage,
@@ -34,7 +35,7 @@ from search.config import (
     load_spec,
     parse_spec,
 )
-from search.data import ImageDataset, TensorSplit, augment_batch
+from search.data import ImageDataset, TensorSplit, augment_batch, downscale
 from search.models import build_model
 from search.train import (
     BatchFormat,
@@ -345,6 +346,54 @@ def test_lr_scaling_follows_the_batch_size():
     assert [m.lr for m in result.history] == pytest.approx([0.2, 0.2])
 
 
+# --------------------------------------------------------------------------- progressive resizing
+
+
+def model_input_sides(cfg: TrialConfig, data: ImageDataset, device: str = "cpu") -> tuple[list[int], list[int]]:
+    """The image side of every batch the network saw, in training and in evaluation mode."""
+    seen: dict[bool, list[int]] = {True: [], False: []}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if module.__class__.__name__ == "ResNet":
+            seen[module.training].append(args[0].shape[-1])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train(cfg, data, device=device)
+    finally:
+        handle.remove()
+    return seen[True], seen[False]
+
+
+def test_progressive_resize_trains_the_first_epochs_small_and_evaluates_full_size():
+    data = make_data()
+    trained, evaluated = model_input_sides(trial(epochs=3, progressive_resize=ProgressiveResize(8, 2)), data)
+    steps = len(data.train) // 16
+    assert trained == [8] * (2 * steps) + [16] * steps
+    assert set(evaluated) == {16}
+    plain, _ = model_input_sides(trial(epochs=3), data)
+    assert plain == [16] * (3 * steps)
+
+
+def test_downscale_averages_pixels_and_keeps_the_memory_format():
+    x = torch.arange(16.0).view(1, 1, 4, 4).expand(2, 3, 4, 4).contiguous()
+    small = downscale(x, 2, channels_last=True)
+    assert small.shape == (2, 3, 2, 2)
+    # A linear ramp keeps its mean; a pattern at the pixel scale averages out (antialiased),
+    # where sampling would keep one of its values.
+    assert small.mean().item() == pytest.approx(7.5)
+    stripes = torch.tensor([1.0, -1.0] * 8).repeat(16, 1).view(1, 1, 16, 16)
+    assert downscale(stripes, 5).abs().max().item() < 0.25
+    assert F.interpolate(stripes, size=(5, 5), mode="bilinear").abs().max().item() > 0.5
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    assert downscale(x, 4) is x
+
+
+def test_progressive_resize_must_leave_full_size_epochs():
+    with pytest.raises(SpecError, match=r"progressive_resize\.epochs.*less than epochs \(3\)"):
+        parse_spec("train: {epochs: 3, progressive_resize: {size: 24, epochs: 3}}\n", "bad.yaml")
+
+
 # --------------------------------------------------------------------------- the CUDA-graph step
 
 
@@ -363,6 +412,14 @@ def test_graphed_step_trains_as_the_eager_step_on_cuda():
     assert [m.lr for m in graphed.history] == pytest.approx([m.lr for m in eager.history])
     assert [m.train_loss for m in graphed.history] == pytest.approx([m.train_loss for m in eager.history], rel=1e-2)
     assert [m.val_acc for m in graphed.history] == pytest.approx([m.val_acc for m in eager.history], abs=0.07)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the graph is captured on CUDA only)")
+def test_graphed_step_captures_again_when_progressive_resize_changes_the_shape():
+    cfg = {"epochs": 3, "precision": "fp32", "scheduler": Constant(), "progressive_resize": ProgressiveResize(8, 1)}
+    eager = train(trial(**cfg), make_data(), device="cuda")
+    graphed = train(trial(cuda_graph=True, **cfg), make_data(), device="cuda")
+    assert [m.train_loss for m in graphed.history] == pytest.approx([m.train_loss for m in eager.history], rel=1e-2)
 
 
 # --------------------------------------------------------------------------- the spec and the presets

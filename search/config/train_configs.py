@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from search.config.bounds import bounded
+from search.config.errors import InvalidValue
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,22 @@ class Tta:
 
     flip: bool = False
     translate: int = bounded(0, ge=0, le=64)
+
+
+@dataclass(frozen=True)
+class ProgressiveResize:
+    """Progressive resizing: the first ``epochs`` epochs train on the augmented batches
+    downscaled to ``size`` pixels (antialiased bilinear), the rest at the images' own size.
+
+    A convolution's cost grows with the pixels, so an epoch at 24 px costs about 56% of one
+    at 32 px; the early epochs learn coarse features as well at low resolution, and the
+    last ones at full size adapt the network (and its BatchNorm statistics) to the size it
+    is evaluated at (fast.ai's DAWNBench entries; Touvron et al. 2019 on the size gap).
+    Validation and test always see the images' own size.
+    """
+
+    size: int = bounded(24, ge=4, le=4096)
+    epochs: int = bounded(1, ge=1, le=100_000)
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,8 @@ class TrainConfig:
     and saves a moving average of the weights; ``tta`` averages mirrored/shifted views at
     evaluation; ``whiten_stem`` initialises the stem convolution from the training
     patches' covariance so that its outputs are whitened (``frozen``: and never trains
-    it); ``lr_scaling`` scales the LR with the batch size. ``cuda_graph`` replays the
+    it); ``lr_scaling`` scales the LR with the batch size; ``progressive_resize`` trains
+    the first epochs at a lower resolution. ``cuda_graph`` replays the
     training step as one CUDA graph (static shapes: no per-kernel launch cost); off CUDA
     it is the ordinary step.
     """
@@ -171,4 +189,14 @@ class TrainConfig:
     tta: Tta = Tta()
     whiten_stem: Literal["none", "init", "frozen"] = "none"
     lr_scaling: LrScaling | None = None
+    progressive_resize: ProgressiveResize | None = None
     cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        resize = self.progressive_resize
+        if resize is not None and resize.epochs >= self.epochs:
+            raise InvalidValue(
+                "progressive_resize.epochs",
+                f"must be less than epochs ({self.epochs}) so that the last epochs train at the "
+                f"images' own size, got {resize.epochs}",
+            )

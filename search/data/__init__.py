@@ -29,7 +29,7 @@ Modules, each importing only those above it:
 This package only re-exports the public names.
 """
 
-from search.data.augment import augment_batch, normalize
+from search.data.augment import augment_batch, downscale, normalize
 from search.data.cache import cache_dir
 from search.data.load import load_dataset
 from search.data.sources import dataset_root, locate
@@ -39,6 +39,7 @@ __all__ = [
     "ImageDataset",
     "TensorSplit",
     "augment_batch",
+    "downscale",
     "cache_dir",
     "dataset_root",
     "load_dataset",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from search.config import Augment
 
@@ -153,3 +154,20 @@ def normalize(
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def downscale(images: torch.Tensor, size: int, channels_last: bool = False) -> torch.Tensor:
+    """A float ``N x C x H x W`` batch resized to ``size x size`` (antialiased bilinear).
+
+    Antialiasing averages each output pixel over its footprint, as a smaller photograph
+    of the same scene would, rather than sampling (and aliasing) the larger one.
+
+    Args:
+        images: Normalized float images.
+        size: The side wanted; a batch already that size is returned as it is.
+        channels_last: Return the result in ``channels_last`` memory format.
+    """
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    x = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.config import Augment, Tta
-from search.data import TensorSplit, augment_batch, normalize
+from search.data import TensorSplit, augment_batch, downscale, normalize
 from search.train.state import TrainState
 from search.train.step import TrainStep
 
@@ -98,6 +98,7 @@ def train_epoch(
     augment: Augment,
     batch_size: int,
     flips: torch.Tensor | None = None,
+    size: int | None = None,
     time_first_step: bool = False,
 ) -> TrainedEpoch:
     """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
@@ -115,6 +116,8 @@ def train_epoch(
         batch_size: Images per step, at most ``len(split)``.
         flips: Which training images this epoch mirrors (``flip: alternating``); None
             lets the augmentation draw them.
+        size: Train on the augmented batches downscaled to this side
+            (``train.progressive_resize``); None keeps the images' size.
         time_first_step: Time the first step apart (it is mostly compilation).
 
     Returns:
@@ -134,6 +137,8 @@ def train_epoch(
         idx = perm[step * batch_size : (step + 1) * batch_size]
         mask = None if flips is None else flips[idx]
         x = fmt.prepare(augment_batch(split.images[idx], augment, state.generator, flip_mask=mask))
+        if size is not None:
+            x = downscale(x, size, fmt.channels_last)
         y = split.labels[idx]
         out = step_fn(x, y)
         lr = out.lr

@@ -302,6 +302,7 @@ def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: boo
     """
     t_epoch = time.perf_counter()
     flips = None if run.flip_bits is None else run.flip_bits if epoch % 2 else ~run.flip_bits
+    resize = run.cfg.progressive_resize
     trained = train_epoch(
         state,
         run.step,
@@ -310,6 +311,7 @@ def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: boo
         augment=run.augment,
         batch_size=run.batch_size,
         flips=flips,
+        size=resize.size if resize is not None and epoch <= resize.epochs else None,
         time_first_step=time_first_step,
     )
     # The first compiled step is mostly compilation: book it apart from training time.

@@ -126,6 +126,10 @@ class GraphedStep(TrainStep):
     failed: bool = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        if self.graph is not None and x.shape != self.static[0].shape:
+            # A new batch shape (train.progressive_resize reaching full size): a graph
+            # replays one shape only, so warm up and capture again for this one.
+            self.graph, self.static, self.calls = None, (), 0
         self.calls += 1
         if self.graph is not None:
             return self._replay(x, y)
