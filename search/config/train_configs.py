@@ -55,8 +55,9 @@ class ProgressiveResize:
     """Progressive resizing: the first ``epochs`` epochs train on the augmented batches
     downscaled to ``size`` pixels (antialiased bilinear), the rest at the images' own size.
 
-    A convolution's cost grows with the pixels, so an epoch at 24 px costs about 56% of one
-    at 32 px; the early epochs learn coarse features as well at low resolution, and the
+    A convolution's cost grows with the pixels: an epoch at 24 px has 56% of the pixels of
+    one at 32 px (and took 65% of its time on 2 CPU cores, for the quickstart model); the
+    early epochs learn coarse features as well at low resolution, and the
     last ones at full size adapt the network (and its BatchNorm statistics) to the size it
     is evaluated at (fast.ai's DAWNBench entries; Touvron et al. 2019 on the size gap).
     Validation and test always see the images' own size.
