@@ -63,8 +63,8 @@ NEW_QUICKSTART = REPO / "spaces" / "quickstart.yaml"
 OLD_QUICKSTART = REPO / "benchmarks" / "quickstart_before.yaml"
 AIRBENCH94_A100_S = 3.29  # Jordan (2024), arXiv 2404.00498, Table 1
 A100_BF16_TFLOPS = 312.0
-# The recipe keys that measured best on the CPU (those of spaces/quickstart.yaml), as spec
-# overrides (dotted keys, YAML values) for any of our ResNets.
+# The recipe keys of spaces/quickstart.yaml, as spec overrides (dotted keys, YAML values)
+# for any of our ResNets.
 RECIPE: dict[str, Any] = {
     "train.tta": {"flip": True},
     "train.augment.flip": "alternating",
@@ -87,16 +87,14 @@ ABLATION: list[tuple[str, dict[str, Any], str]] = [
     ("zero_init_residual", {"model.zero_init_residual": True}, "train"),
     ("batch 512, lr_scaling linear", {"train.batch_size": 512, "train.lr_scaling": {"reference_batch": 256}}, "train"),
     ("batch 512, no lr scaling", {"train.batch_size": 512}, "train"),
-]
-# A row at the base's cost instead of its epochs: 6 epochs, the first 3 at 24 px (each about
-# 0.65 of a 32 px epoch on the CPU, measured) cost about 5 epochs at 32 px.
-ABLATION.append(
+    # At the base's cost instead of its epochs: 6 epochs, the first 3 at 24 px (each about
+    # 0.65 of a 32 px epoch on the CPU, measured) cost about 5 epochs at 32 px.
     (
         "progressive_resize 24 px: 6 epochs, the first 3 small",
         {"train.epochs": 6, "train.progressive_resize": {"size": SMALL_SIZE, "epochs": 3}},
         "train",
-    )
-)
+    ),
+]
 PROGRESS = re.compile(r"epoch\s+(\d+)/(\d+).*val_acc\s+([\d.]+)%")
 
 
@@ -306,8 +304,8 @@ def gpu_part(args: argparse.Namespace) -> None:
     print(f"  cifar_fast.yaml: 94% in {fast:.1f} s = {fast / scaled:.1f}x scaled airbench94 (goal <= 3x)")
     quick = REPO / "spaces" / "paper_se_443_quick.yaml"
     before = race(load_with(quick, {}), args.data_dir, (0.94, 0.95))
-    after_spec = load_with(quick, {})
-    after = race(load_with(quick, recipe_for(after_spec.fixed().train.epochs)), args.data_dir, (0.94, 0.95))
+    epochs = load_with(quick, {}).fixed().train.epochs
+    after = race(load_with(quick, recipe_for(epochs)), args.data_dir, (0.94, 0.95))
     for target in (0.94, 0.95):
         print(
             f"  seed 003 to {target:.0%}: before {before[target]:.1f} s, with the recipe {after[target]:.1f} s "
