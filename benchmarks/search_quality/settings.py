@@ -47,15 +47,20 @@ PEER_ENGINES = ("bohb", "dehb", "smac")
 NO_WARM_START: dict = {"enqueue": []}
 # A peer's configs reach our StudyBridge enqueued: the study neither samples nor prunes.
 PEER_STUDY: dict = {"sampler": {"name": "random"}, "pruner": {"name": "none"}, **NO_WARM_START}
-# The default before round 2 (successive halving keeping the top third), written out so that
-# (c) and (e) keep their meaning and their saved runs whatever the spec file's pruner is.
-HALVING_BY_3: dict = {"pruner": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 3}}
+
+
+def halving(reduction_factor: int) -> dict:
+    """A study section pruning by successive halving from 1 epoch, written out so that a
+    strategy keeps its meaning and its saved runs whatever the spec file's pruner is."""
+    return {"pruner": {"name": "successive_halving", "min_resource": 1, "reduction_factor": reduction_factor}}
+
+
 STRATEGIES = (
     Strategy("a", "random, no pruning", {"sampler": {"name": "random"}, "pruner": {"name": "none"}, **NO_WARM_START}),
     Strategy("b", "random + successive halving", {"sampler": {"name": "random"}, **NO_WARM_START}),
-    Strategy("c", "TPE + successive halving (default)", {**HALVING_BY_3, **NO_WARM_START}),
+    Strategy("c", "TPE + successive halving (default)", {**halving(3), **NO_WARM_START}),
     Strategy("d", "(c) + seed 003 enqueued", {}),
-    Strategy("e", "Ray Tune ASHA + OptunaSearch", {**HALVING_BY_3, **NO_WARM_START}, engine="tune"),
+    Strategy("e", "Ray Tune ASHA + OptunaSearch", {**halving(3), **NO_WARM_START}, engine="tune"),
     Strategy(
         "f",
         "Optuna TPE + Hyperband",
@@ -67,11 +72,7 @@ STRATEGIES = (
     Strategy("c4", "(c) with 4 concurrent trials", NO_WARM_START, concurrency=4),
     # The candidate default: successive halving keeping the top quarter at each rung (Optuna's
     # and Ray's ASHA's own reduction factor) instead of the top third.
-    Strategy(
-        "j",
-        "(c) with reduction factor 4",
-        {"pruner": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 4}, **NO_WARM_START},
-    ),
+    Strategy("j", "(c) with reduction factor 4", {**halving(4), **NO_WARM_START}),
 )
 BASELINE, OURS = "a", "c"
 BY_KEY = {s.key: s for s in STRATEGIES}
