@@ -38,8 +38,16 @@ from search.config import (
     TrialConfig,
     random_samples,
 )
+from search.config.blocks import BLOCK_TYPES
 from search.models import build_model
-from search.models.geometry import BlockGeometry, ResNetGeometry, check_fits, resnet_geometry, torchvision_as_resnet
+from search.models.geometry import (
+    BlockGeometry,
+    ResNetGeometry,
+    block_convs,
+    check_fits,
+    resnet_geometry,
+    torchvision_as_resnet,
+)
 
 __all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values", "count_spec", "CountReport"]
 
@@ -178,26 +186,16 @@ def _tally_resnet(t: _Tally, config: ResNetConfig, geometry: ResNetGeometry) -> 
 
 
 def _tally_block(t: _Tally, config: ResNetConfig, block: BlockGeometry) -> None:
-    """One block of :mod:`search.models.resnet`: its convs, BatchNorms, SE and shortcut."""
-    c_in, width, c_out = block.in_channels, block.width, block.out_channels
-    size, out = block.in_size, block.out_size
+    """One block of :mod:`search.models.resnet`: its convs and BatchNorms (before each conv in a
+    pre-activation block, after it otherwise), SE and shortcut."""
+    c_in, c_out, out = block.in_channels, block.out_channels, block.out_size
     preact = config.preact
-    if preact:
-        t.bn(c_in, size)
-    if config.block == "basic":
-        t.conv(c_in, width, 3, out)
-        t.bn(width, out)
-        t.conv(width, width, 3, out)
+    for conv in block_convs(BLOCK_TYPES[config.block], block):
+        if preact:
+            t.bn(conv.in_channels, conv.in_size)
+        t.conv(conv.in_channels, conv.out_channels, conv.kernel, conv.out_size)
         if not preact:
-            t.bn(width, out)
-    else:
-        t.conv(c_in, width, 1, size)
-        t.bn(width, size)
-        t.conv(width, width, 3, out)
-        t.bn(width, out)
-        t.conv(width, c_out, 1, out)
-        if not preact:
-            t.bn(c_out, out)
+            t.bn(conv.out_channels, conv.out_size)
     if config.se.name == "blocks":
         t.se(c_out, out, config.se.ratio)
     if config.shortcut == "projection" and block.reshapes:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import typing
 
 import pytest
 import torch
 
+from search import budget
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import (
     AuxHead,
@@ -14,12 +16,17 @@ from search.config import (
     Head,
     InvalidValue,
     ResNetConfig,
+    SpecError,
     SqueezeExcite,
     Stage,
     Stem,
     TorchvisionResNetConfig,
+    blocks,
+    parse_spec,
 )
-from search.models import VARIANTS, build_model
+from search.config.blocks import BLOCK_TYPES, BlockConv, BlockType
+from search.models import VARIANTS, build_model, geometry, resnet
+from search.models.geometry import resnet_geometry
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,7 +50,7 @@ def random_config(rng: random.Random) -> ResNetConfig:
         in_channels=rng.choice([1, 3]),
         stem=Stem(rng.choice([4, 8, 16]), rng.randint(1, 7), rng.randint(1, 3), rng.random() < 0.4),
         stages=tuple(Stage(rng.randint(1, 2), rng.choice([1, 3, 4, 8, 12])) for _ in range(n_stages)),
-        block=rng.choice(["basic", "bottleneck"]),
+        block=rng.choice(sorted(BLOCK_TYPES)),
         preact=rng.random() < 0.5,
         shortcut=rng.choice(["projection", "identity"]),
         se=SqueezeExcite(rng.choice(["none", "stem", "blocks"]), rng.choice([1, 2, 4, 16])),
@@ -76,6 +83,40 @@ def test_fast_count_equals_fvcore_on_random_configs(seed: int) -> None:
     for config, size in random_cases(25, seed):  # 4 x 25 configs, a few seconds each
         expected = count_model(build_model(config, size), size, config.in_channels)
         assert fast_count(config, size) == expected, (config, size)
+
+
+@pytest.mark.parametrize("block", sorted(BLOCK_TYPES))
+@pytest.mark.parametrize("preact", [False, True])
+@pytest.mark.parametrize("shortcut", ["projection", "identity"])
+def test_fast_count_equals_fvcore_for_every_registered_block(block: str, preact: bool, shortcut: str) -> None:
+    config = ResNetConfig(
+        stages=(Stage(2, 8), Stage(1, 12), Stage(1, 4)),
+        block=block,
+        preact=preact,
+        shortcut=shortcut,
+        se=SqueezeExcite("blocks", 4),
+    )
+    assert fast_count(config, 15) == count_model(build_model(config, 15), 15)
+
+
+def test_a_block_type_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A type registered with no other code is built, shaped and counted alike."""
+    monkeypatch.setattr(blocks, "BLOCK_TYPES", dict(BLOCK_TYPES))
+    for module in (geometry, budget, resnet):
+        monkeypatch.setattr(module, "BLOCK_TYPES", blocks.BLOCK_TYPES)
+    three = blocks.register_block(BlockType("three", 2, (BlockConv(3), BlockConv(5, strided=True), BlockConv(1))))
+    for preact in (False, True):
+        config = ResNetConfig(stages=(Stage(1, 6), Stage(2, 5)), block=three.name, preact=preact)
+        model = build_model(config, 16)
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+        assert fast_count(config, 16) == count_model(model, 16)
+        assert resnet_geometry(config, 16).out_channels == 5 * three.expansion
+
+
+def test_block_names_of_the_config_are_the_registry() -> None:
+    with pytest.raises(SpecError, match=r"'wide' is not one of \['basic', 'bottleneck'\]"):
+        parse_spec("model: {block: wide}", "x.yaml")
+    assert typing.get_args(typing.get_type_hints(ResNetConfig)["block"]) == tuple(BLOCK_TYPES)
 
 
 @pytest.mark.parametrize("name", [n for n, c in VARIANTS.items() if isinstance(c, ResNetConfig)])

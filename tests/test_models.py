@@ -21,6 +21,7 @@ from search.config import (
     TorchvisionResNetConfig,
     UserError,
 )
+from search.config.blocks import BLOCK_TYPES
 from search.models import VARIANTS, build_model
 from search.models.resnet import PadShortcut
 
@@ -143,7 +144,7 @@ def test_identity_shortcut_is_parameter_free_and_handles_narrowing() -> None:
 
 
 def test_zero_init_residual_zeroes_last_bn_of_every_block() -> None:
-    for block in ("basic", "bottleneck"):
+    for block in BLOCK_TYPES:
         for preact in (False, True):
             config = ResNetConfig(
                 stages=(Stage(2, 8), Stage(1, 8)), block=block, preact=preact, zero_init_residual=True

@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from search.config.blocks import BlockName
 from search.config.bounds import bounded
 from search.config.errors import InvalidValue
 
@@ -85,7 +86,7 @@ class ResNetConfig:
     in_channels: int = bounded(3, ge=1, le=3)  # the images are decoded as RGB
     stem: Stem = Stem()
     stages: tuple[Stage, ...] = (Stage(2, 64), Stage(2, 128), Stage(2, 256))
-    block: Literal["basic", "bottleneck"] = "basic"
+    block: BlockName = "basic"  # a name of search.config.blocks.BLOCK_TYPES
     preact: bool = False
     shortcut: Literal["projection", "identity"] = "projection"
     se: SqueezeExcite = SqueezeExcite()

@@ -12,17 +12,18 @@ to ``(n - 1) // s + 1``, as does option A's ``::s`` subsampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from search.config import InvalidValue, ModelConfig, ResNetConfig, Stage, Stem, TorchvisionResNetConfig, TrialConfig
+from search.config.blocks import BLOCK_TYPES, BlockType
 
 __all__ = [
-    "EXPANSION",
     "StemGeometry",
+    "ConvGeometry",
     "BlockGeometry",
     "StageGeometry",
     "ResNetGeometry",
     "resnet_geometry",
+    "block_convs",
     "conv_output_size",
     "torchvision_as_resnet",
     "check_fits",
@@ -30,9 +31,6 @@ __all__ = [
 
 # Every image is decoded as RGB (search.data.decode), whatever its file holds.
 IMAGE_CHANNELS = 3
-
-# Output channels of a block per unit of its width: a Bottleneck expands 4x (torchvision).
-EXPANSION: dict[str, int] = {"basic": 1, "bottleneck": 4}
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class BlockGeometry:
     Attributes:
         in_channels: Channels of the block's input.
         width: The block's inner width (``planes`` in torchvision).
-        out_channels: ``width * EXPANSION[block]``.
+        out_channels: ``width * expansion`` of the block type.
         stride: 2 in the first block of every stage after the first, else 1.
         in_size: Side of the block's input.
         out_size: Side of its output (and of everything after its strided convolution).
@@ -82,6 +80,41 @@ class BlockGeometry:
     def reshapes(self) -> bool:
         """Whether output and input differ in shape, so that the shortcut cannot be the identity."""
         return self.stride != 1 or self.in_channels != self.out_channels
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One convolution of a block's main path (padding ``kernel // 2``).
+
+    Attributes:
+        in_channels: Its input channels.
+        out_channels: Its output channels.
+        kernel: Side of its kernel.
+        stride: Its stride.
+        in_size: Side of its input.
+        out_size: Side of its output.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    in_size: int
+    out_size: int
+
+
+def block_convs(kind: BlockType, block: BlockGeometry) -> tuple[ConvGeometry, ...]:
+    """The main path of ``block`` as convolutions, by the rules of :mod:`search.config.blocks`:
+    every convolution outputs the width but the last (``out_channels``), and the strided one
+    takes the input size to the output size."""
+    convs: list[ConvGeometry] = []
+    channels, size = block.in_channels, block.in_size
+    for index, conv in enumerate(kind.convs):
+        out_channels = block.out_channels if index == len(kind.convs) - 1 else block.width
+        stride, out_size = (block.stride, block.out_size) if conv.strided else (1, size)
+        convs.append(ConvGeometry(channels, out_channels, conv.kernel, stride, size, out_size))
+        channels, size = out_channels, out_size
+    return tuple(convs)
 
 
 @dataclass(frozen=True)
@@ -144,7 +177,7 @@ def resnet_geometry(config: ResNetConfig, image_size: int) -> ResNetGeometry:
         InvalidValue: ``pool_kernel`` is larger than the last feature map.
     """
     stem = _stem_geometry(config.stem, config.in_channels, image_size)
-    expansion = EXPANSION[config.block]
+    expansion = BLOCK_TYPES[config.block].expansion
     channels, size = stem.out_channels, stem.out_size
     stages: list[StageGeometry] = []
     for index, stage in enumerate(config.stages):
@@ -226,7 +259,7 @@ def _pooled_size(pool_kernel: int | None, feature_size: int, image_size: int) ->
 
 
 # torchvision's ResNets: block type and blocks per stage; the widths are 64, 128, 256, 512.
-_TORCHVISION_LAYERS: dict[str, tuple[Literal["basic", "bottleneck"], tuple[int, ...]]] = {
+_TORCHVISION_LAYERS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),

@@ -1,9 +1,9 @@
 """Our own ResNet, assembled from a :class:`~search.config.model_configs.ResNetConfig`.
 
-Reads like torchvision's ``models/resnet.py``: conv helpers, then the blocks (one
-constructor signature, an ``expansion`` class attribute), then the ``ResNet`` module.
-Post-activation blocks follow torchvision (Bottleneck v1.5: stride on the 3x3); the
-pre-activation blocks follow He et al., "Identity Mappings in Deep Residual Networks"
+Reads like torchvision's ``models/resnet.py``: conv helpers, then one block class for every
+registered block type (:mod:`search.config.blocks`) in either activation order, then the
+``ResNet`` module. Post-activation blocks follow torchvision (Bottleneck v1.5: stride on
+the 3x3); pre-activation follows He et al., "Identity Mappings in Deep Residual Networks"
 (2016). Channels, strides and sizes come from :mod:`search.models.geometry`, which
 :func:`search.budget.fast_count` also counts from; the layers each shape turns into are
 mirrored there (which convs, BatchNorms, SE): change both together.
@@ -17,14 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from search.config import AuxHead, BatchNorm, Head, ResNetConfig
-from search.models.geometry import EXPANSION, BlockGeometry, StemGeometry, resnet_geometry
+from search.config.blocks import BLOCK_TYPES, BlockType
+from search.models.geometry import BlockGeometry, StemGeometry, block_convs, resnet_geometry
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "SqueezeExcite"]
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias (a BatchNorm follows or precedes it)."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+__all__ = ["ResNet", "ResidualBlock", "SqueezeExcite"]
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -92,142 +88,72 @@ def make_shortcut(block: BlockGeometry, kind: str, preact: bool) -> nn.Module | 
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, post-activation (conv-BN-ReLU); ``expansion`` 1."""
+class ResidualBlock(nn.Module):
+    """A residual block of any registered type (:mod:`search.config.blocks`), in either order.
 
-    expansion: int = EXPANSION["basic"]
+    Post-activation (torchvision): ``conv{i}`` then ``bn{i}`` then ReLU, the last ReLU after
+    the addition. Pre-activation (He et al. 2016; ``preact``): ``bn{i}`` and ReLU before
+    ``conv{i}``, nothing after the addition. One class for both, as torchvision injects
+    ``norm_layer``: the layer names are those of torchvision's blocks, so weights load across.
+
+    Args:
+        kind: The block type (its ``expansion`` and convolutions).
+        block: The block's shapes.
+        preact: Pre-activation order.
+        shortcut: The shortcut where the shape changes, ``None`` for the identity.
+        se_ratio: Squeeze-and-excitation on the main path's output, with this ratio.
+    """
 
     def __init__(
         self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
+        kind: BlockType,
+        block: BlockGeometry,
+        preact: bool = False,
         shortcut: nn.Module | None = None,
         se_ratio: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.expansion = kind.expansion
+        self.preact = preact
+        self.depth = len(kind.convs)
+        for index, conv in enumerate(block_convs(kind, block), start=1):
+            if preact:
+                self.add_module(f"bn{index}", nn.BatchNorm2d(conv.in_channels))
+            layer = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel, conv.stride, conv.kernel // 2, bias=False
+            )
+            self.add_module(f"conv{index}", layer)
+            if not preact:
+                self.add_module(f"bn{index}", nn.BatchNorm2d(conv.out_channels))
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.se = SqueezeExcite(planes, se_ratio) if se_ratio else nn.Identity()
+        self.se = SqueezeExcite(block.out_channels, se_ratio) if se_ratio else nn.Identity()
         self.shortcut = shortcut
 
     def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
+        """The BatchNorm whose zero scale makes the block start as the identity."""
+        return getattr(self, f"bn{self.depth}")
+
+    def _layer(self, kind: str, index: int) -> nn.Module:
+        return getattr(self, f"{kind}{index}")
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.preact:
+            return self._forward_preact(x)
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.se(self.bn2(self.conv2(out)))
-        return self.relu(out + identity)
+        out = x
+        for index in range(1, self.depth + 1):
+            out = self._layer("bn", index)(self._layer("conv", index)(out))
+            if index < self.depth:
+                out = self.relu(out)
+        return self.relu(self.se(out) + identity)
 
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided, torchvision v1.5), 1x1 expand to ``4 * planes``."""
-
-    expansion: int = EXPANSION["bottleneck"]
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        shortcut: nn.Module | None = None,
-        se_ratio: int | None = None,
-    ) -> None:
-        super().__init__()
-        outplanes = planes * self.expansion
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, outplanes)
-        self.bn3 = nn.BatchNorm2d(outplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio else nn.Identity()
-        self.shortcut = shortcut
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.se(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
-
-
-class PreActBasicBlock(nn.Module):
-    """Pre-activation BasicBlock: BN-ReLU-conv twice, nothing after the addition."""
-
-    expansion: int = EXPANSION["basic"]
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        shortcut: nn.Module | None = None,
-        se_ratio: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes)
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.se = SqueezeExcite(planes, se_ratio) if se_ratio else nn.Identity()
-        self.shortcut = shortcut
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-    def forward(self, x: Tensor) -> Tensor:
+    def _forward_preact(self, x: Tensor) -> Tensor:
         # Not in place: ``x`` itself is the identity shortcut.
-        out = F.relu(self.bn1(x))
+        out = F.relu(self._layer("bn", 1)(x))
         identity = _preact_shortcut(self.shortcut, x, out)
-        out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        return self.se(out) + identity
-
-
-class PreActBottleneck(nn.Module):
-    """Pre-activation Bottleneck (stride on the 3x3, as in the post-activation one)."""
-
-    expansion: int = EXPANSION["bottleneck"]
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        shortcut: nn.Module | None = None,
-        se_ratio: int | None = None,
-    ) -> None:
-        super().__init__()
-        outplanes = planes * self.expansion
-        self.bn1 = nn.BatchNorm2d(inplanes)
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, outplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio else nn.Identity()
-        self.shortcut = shortcut
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        identity = _preact_shortcut(self.shortcut, x, out)
-        out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
+        out = self._layer("conv", 1)(out)
+        for index in range(2, self.depth + 1):
+            out = self._layer("conv", index)(self.relu(self._layer("bn", index)(out)))
         return self.se(out) + identity
 
 
@@ -238,14 +164,6 @@ def _preact_shortcut(shortcut: nn.Module | None, x: Tensor, activated: Tensor) -
     if isinstance(shortcut, PadShortcut):
         return shortcut(x)
     return shortcut(activated)
-
-
-BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
-    ("basic", False): BasicBlock,
-    ("bottleneck", False): Bottleneck,
-    ("basic", True): PreActBasicBlock,
-    ("bottleneck", True): PreActBottleneck,
-}
 
 
 def make_stem(config: ResNetConfig, stem: StemGeometry) -> nn.Sequential:
@@ -267,13 +185,14 @@ def make_stem(config: ResNetConfig, stem: StemGeometry) -> nn.Sequential:
 
 def make_stage(config: ResNetConfig, blocks: tuple[BlockGeometry, ...]) -> nn.Sequential:
     """The blocks of one stage, each with its shortcut where its shape changes."""
-    block = BLOCKS[(config.block, config.preact)]
+    kind = BLOCK_TYPES[config.block]
     se_ratio = config.se.ratio if config.se.name == "blocks" else None
-    layers: list[nn.Module] = []
-    for b in blocks:
-        shortcut = make_shortcut(b, config.shortcut, config.preact)
-        layers.append(block(b.in_channels, b.width, b.stride, shortcut, se_ratio))
-    return nn.Sequential(*layers)
+    return nn.Sequential(
+        *(
+            ResidualBlock(kind, b, config.preact, make_shortcut(b, config.shortcut, config.preact), se_ratio)
+            for b in blocks
+        )
+    )
 
 
 def make_head(in_features: int, head: Head, num_classes: int) -> nn.Sequential:
@@ -360,7 +279,7 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck)):
+                if isinstance(m, ResidualBlock):
                     nn.init.constant_(m.last_bn().weight, 0)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
