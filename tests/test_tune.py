@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from search.config import parse_spec
 from search.engine.adapters import OptunaPruningScheduler, OptunaSearcher
 from search.engine.bridge import StudyBridge
-from search.engine.samplers import create_study
+from search.engine.samplers import PRUNERS, SAMPLERS, create_study, make_pruner
 from search.study.schema import ERROR, INTERRUPTED, REJECTED, is_finished
 from search.study.trials import recover_interrupted
 
@@ -183,10 +183,18 @@ def test_the_adapters_drive_the_bridge_as_tune_would(storage: str) -> None:
     assert bridge.study.trials[configs[0]["job"].number].user_attrs["ray_trial_id"] == "ray0"
 
 
-@pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes", "nsgaii"])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_samples_the_space(name: str, storage: str) -> None:
     bridge = make_bridge(storage, SPACE.replace("pruner:", f"sampler: {{name: {name}, n_startup_trials: 1}}, pruner:"))
+    assert type(bridge.study.sampler) is SAMPLERS[name].cls
     for _ in range(3):
         job = bridge.next_job()
         bridge.finish(job.number, {"val_acc": 0.5}, error=False)
     assert sum(is_finished(t) for t in bridge.study.trials) == 3
+
+
+@pytest.mark.parametrize("config_class", list(PRUNERS), ids=lambda c: c.__name__)
+def test_every_pruner_config_makes_its_pruner(config_class: type) -> None:
+    pruner = make_pruner(config_class(), max_epochs=9)
+    expected = {"none": "NopPruner"}.get(config_class().name, config_class.__name__)
+    assert type(pruner).__name__ == expected

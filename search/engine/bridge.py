@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
 from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
-from search.engine.samplers import LEARNS_FROM_REJECTIONS, USES_CONSTRAINTS
+from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.trainable import TrialJob
 from search.engine.types import Log, ignore
 from search.models import build_model
@@ -163,7 +163,7 @@ class StudyBridge:
         asks its sampler lazily, at its first suggestion.
         """
         sampler = self.study.sampler
-        if self.rejections_in_a_row and not isinstance(sampler, LEARNS_FROM_REJECTIONS):
+        if self.rejections_in_a_row and not learns_from_rejections(sampler):
             self.study.sampler = self.retry_sampler
         try:
             trial = self.study.ask()
@@ -188,7 +188,7 @@ class StudyBridge:
         trial.set_user_attr(PARAMS, counts.params)
         trial.set_user_attr(TRAINABLE_PARAMS, counts.trainable_params)
         trial.set_user_attr(FLOPS, counts.flops)
-        if isinstance(self.study.sampler, USES_CONSTRAINTS):
+        if uses_constraints(self.study.sampler):
             for key, value in zip(("params", "flops"), constraint_values(counts, self.spec.budget)):
                 trial.set_constraint(key, value)
 

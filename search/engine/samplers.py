@@ -3,55 +3,124 @@ the spec's study with its warm-start configs enqueued."""
 
 from __future__ import annotations
 
+import typing
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from search.config import PrunerConfig, SamplerConfig, Spec, SpecError, load_spec, random_samples
+from search.config.schema import HyperbandPruner, MedianPruner, NoPruner, PercentilePruner, SuccessiveHalvingPruner
 from search.study.schema import SPEC_SOURCE, SPEC_TEXT
 from search.study.storage import open_storage
 
-# Samplers that learn from pruned infeasible trials (and the random one, which learns nothing).
-LEARNS_FROM_REJECTIONS = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler)
-# Samplers that read constraint values (CMA-ES warns that it ignores them).
-USES_CONSTRAINTS = (optuna.samplers.TPESampler, optuna.samplers.NSGAIISampler, optuna.samplers.GPSampler)
+
+@dataclass(frozen=True)
+class SamplerKind:
+    """A sampler a spec can name: its class, how it is made, and what it can learn from.
+
+    Attributes:
+        cls: The Optuna sampler class.
+        make: ``make(config, seed)`` builds it.
+        learns_from_rejections: It learns from pruned infeasible trials (TPE), or learns
+            nothing at all (random): a run of rejections is not a sign of a stuck sampler.
+        uses_constraints: It reads constraint values (CMA-ES warns that it ignores them).
+    """
+
+    cls: type[optuna.samplers.BaseSampler]
+    make: Callable[[SamplerConfig, int | None], optuna.samplers.BaseSampler]
+    learns_from_rejections: bool
+    uses_constraints: bool
+
+
+def _tpe(config: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Multivariate, grouped (for conditional spaces), with the constant liar so that parallel
+    trials spread out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
+        return optuna.samplers.TPESampler(
+            n_startup_trials=config.n_startup_trials, multivariate=True, group=True, constant_liar=True, seed=seed
+        )
+
+
+SAMPLERS: dict[str, SamplerKind] = {
+    "tpe": SamplerKind(optuna.samplers.TPESampler, _tpe, True, True),
+    "random": SamplerKind(
+        optuna.samplers.RandomSampler, lambda c, seed: optuna.samplers.RandomSampler(seed), True, False
+    ),
+    "gp": SamplerKind(
+        optuna.samplers.GPSampler,
+        lambda c, seed: optuna.samplers.GPSampler(n_startup_trials=c.n_startup_trials, seed=seed),
+        False,
+        True,
+    ),
+    "cmaes": SamplerKind(
+        optuna.samplers.CmaEsSampler,
+        lambda c, seed: optuna.samplers.CmaEsSampler(
+            n_startup_trials=c.n_startup_trials, seed=seed, warn_independent_sampling=False
+        ),
+        False,
+        False,
+    ),
+    "nsgaii": SamplerKind(
+        optuna.samplers.NSGAIISampler, lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed), False, True
+    ),
+}
+
+PRUNERS: dict[type, Callable[[Any, int], optuna.pruners.BasePruner]] = {
+    MedianPruner: lambda c, epochs: optuna.pruners.MedianPruner(c.n_startup_trials, c.n_warmup_steps),
+    PercentilePruner: lambda c, epochs: optuna.pruners.PercentilePruner(
+        c.percentile, c.n_startup_trials, c.n_warmup_steps
+    ),
+    SuccessiveHalvingPruner: lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=c.min_resource, reduction_factor=c.reduction_factor
+    ),
+    HyperbandPruner: lambda c, epochs: optuna.pruners.HyperbandPruner(
+        min_resource=c.min_resource, max_resource=epochs, reduction_factor=c.reduction_factor
+    ),
+    NoPruner: lambda c, epochs: optuna.pruners.NopPruner(),
+}
+
+
+def _check_tables() -> None:
+    """Every name the schema allows has its entry, and no entry is unreachable: checked on
+    import, so that a name added to the schema alone fails at once, never as a silent fallback."""
+    sampler_names = set(typing.get_args(typing.get_type_hints(SamplerConfig)["name"]))
+    if set(SAMPLERS) != sampler_names:
+        raise RuntimeError(f"SAMPLERS has {sorted(SAMPLERS)}, the schema allows {sorted(sampler_names)}")
+    if set(PRUNERS) != set(typing.get_args(PrunerConfig)):
+        raise RuntimeError(f"PRUNERS has {sorted(c.__name__ for c in PRUNERS)}, not the schema's PrunerConfig")
+
+
+_check_tables()
 
 
 def make_sampler(config: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a spec names. TPE is multivariate, grouped (for conditional
-    spaces) and uses the constant liar so that parallel trials spread out."""
-    startup = config.n_startup_trials
-    if config.name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
-            return optuna.samplers.TPESampler(
-                n_startup_trials=startup, multivariate=True, group=True, constant_liar=True, seed=seed
-            )
-    if config.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if config.name == "gp":
-        return optuna.samplers.GPSampler(n_startup_trials=startup, seed=seed)
-    if config.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(n_startup_trials=startup, seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.NSGAIISampler(seed=seed)
+    """The Optuna sampler a spec names (:data:`SAMPLERS`)."""
+    return SAMPLERS[config.name].make(config, seed)
+
+
+def sampler_kind(sampler: optuna.samplers.BaseSampler) -> SamplerKind | None:
+    """The table's entry of ``sampler``'s class; ``None`` for a sampler no spec can name."""
+    return next((kind for kind in SAMPLERS.values() if isinstance(sampler, kind.cls)), None)
+
+
+def learns_from_rejections(sampler: optuna.samplers.BaseSampler) -> bool:
+    kind = sampler_kind(sampler)
+    return kind is not None and kind.learns_from_rejections
+
+
+def uses_constraints(sampler: optuna.samplers.BaseSampler) -> bool:
+    kind = sampler_kind(sampler)
+    return kind is not None and kind.uses_constraints
 
 
 def make_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The Optuna pruner a spec names; the step is the epoch."""
-    if config.name == "median":
-        return optuna.pruners.MedianPruner(config.n_startup_trials, config.n_warmup_steps)
-    if config.name == "percentile":
-        return optuna.pruners.PercentilePruner(config.percentile, config.n_startup_trials, config.n_warmup_steps)
-    if config.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=config.min_resource, reduction_factor=config.reduction_factor
-        )
-    if config.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor
-        )
-    return optuna.pruners.NopPruner()
+    """The Optuna pruner a spec names (:data:`PRUNERS`); the step is the epoch."""
+    return PRUNERS[type(config)](config, max_epochs)
 
 
 def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
