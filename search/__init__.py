@@ -18,13 +18,35 @@ Names load on first use, so ``import search`` stays light (no torch, no Ray).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
+    from search.budget import count_spec, fast_count
+    from search.config import Spec, UserError, load_spec, parse_spec
+    from search.data import load_dataset
+    from search.engine.events import RunObserver
+    from search.engine.plan import plan_search
+    from search.engine.run import SearchSummary, run_search
+    from search.models import build_model
+    from search.outputs.dashboard import serve_dashboard
+    from search.outputs.evaluate import evaluate_model
+    from search.outputs.export import export_best
+    from search.outputs.export_model import export_model
+    from search.outputs.model import load_model
+    from search.outputs.report import write_report
+    from search.outputs.retrain import retrain
+    from search.outputs.studies import list_studies
+    from search.outputs.summary import summary_table
+    from search.study.storage import resolve_storage
+    from search.study.trials import load_study
+    from search.train import train, train_spec
 
 _API = {
     "load_spec": "search.config",
     "parse_spec": "search.config",
+    "Spec": "search.config",
     "UserError": "search.config",
     "build_model": "search.models",
     "count_spec": "search.budget",
@@ -35,6 +57,8 @@ _API = {
     "load_study": "search.study.trials",
     "resolve_storage": "search.study.storage",
     "run_search": "search.engine.run",
+    "SearchSummary": "search.engine.run",
+    "RunObserver": "search.engine.events",
     "plan_search": "search.engine.plan",
     "summary_table": "search.outputs.summary",
     "export_best": "search.outputs.export",

@@ -107,3 +107,18 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from search.engine.run import run_search\n")
     targets = {resolve(t) for t in imports_of(bad)}
     assert targets == {"search.engine.run"} and layer_of("search.engine.run") > layer_of("search.config")
+
+
+def test_the_lazy_api_is_what_type_checkers_see() -> None:
+    """``search``'s names load on first use; its ``TYPE_CHECKING`` imports show IDEs the same
+    names from the same modules, and every name resolves."""
+    import search
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    seen = {
+        alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    assert seen == search._API
+    for name in search._API:
+        assert getattr(search, name) is not None
