@@ -463,3 +463,34 @@ def test_real_cifar10_archive_decodes_once_then_loads_fast(fresh_cache: Path, mo
     assert load < 1.0
     assert torch.equal(first.val.images, second.val.images)
     shutil.rmtree(fresh_cache / "extracted")  # 60k small files: don't leave them to pytest's tmp cleanup
+
+
+class _NamedFiles(readers.ClassFolders):
+    """A throwaway format: flat ``<class>_<n>.png`` files, the first three held out for test."""
+
+    kind = "named_files"
+
+    def matches(self, folder: Path, names: set[str]) -> bool:
+        return bool(names) and all("_" in name and name.endswith(".png") for name in names)
+
+    def identity(self, root: Path) -> list[Path]:
+        return [root]
+
+    def list_images(self, root: Path) -> readers.FileLists:
+        files = sorted(root.glob("*.png"))
+        classes = sorted({f.name.split("_")[0] for f in files})
+        labels = [classes.index(f.name.split("_")[0]) for f in files]
+        return files[3:], labels[3:], files[:3], labels[:3], classes
+
+
+def test_a_data_format_is_one_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format registered with no other code is found, fingerprinted and read."""
+    monkeypatch.setattr(readers, "FORMATS", dict(readers.FORMATS))
+    readers.register_format(_NamedFiles())
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{name}_{i}.png")
+    dataset = load_dataset(DataConfig(dataset="imagefolder", val_fraction=0.25), data_dir=tmp_path)
+    assert dataset.classes == ("ant", "bee")
+    assert len(dataset.test.labels) == 3 and len(dataset.train.labels) + len(dataset.val.labels) == 9

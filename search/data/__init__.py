@@ -16,13 +16,14 @@ that file and takes a fraction of a second.
 
 Modules, each importing only those above it:
 
-- :mod:`~search.data.layout`: recognising a dataset's layout on disk.
+- :mod:`~search.data.layout`: a dataset found on disk (:class:`Layout`), folders by name.
 - :mod:`~search.data.cache`: the user cache folder, cache keys, the tensor files, locks.
-- :mod:`~search.data.archives`: safe extraction of archives into the cache.
-- :mod:`~search.data.sources`: where the dataset is (named location, cache, download).
 - :mod:`~search.data.splits`: :class:`TensorSplit`, :class:`ImageDataset`, splits, channel stats.
 - :mod:`~search.data.decode`: image decoding in a process pool, resizing.
-- :mod:`~search.data.readers`: a source (pickles or class folders) into the cache's dict.
+- :mod:`~search.data.readers`: the formats (:data:`FORMATS`: CIFAR pickles, class folders),
+  each recognised, fingerprinted and read into the cache's dict; a new format registers here.
+- :mod:`~search.data.archives`: safe extraction of archives into the cache.
+- :mod:`~search.data.sources`: where the dataset is (named location, cache, download).
 - :mod:`~search.data.load`: :func:`load_dataset`.
 - :mod:`~search.data.augment`: :func:`augment_batch` and :func:`normalize` (independent of the rest).
 

@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from search.config import UserError
 from search.data.cache import cache_dir, digest, locked, slug
-from search.data.layout import EXPECTED_LAYOUT, Layout, describe, find_layout
+from search.data.layout import EXPECTED_LAYOUT, Layout, describe
+from search.data.readers import find_layout
 
 
 def materialize(layout: Layout) -> Layout:

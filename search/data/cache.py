@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from search.config import UserError
-from search.data.layout import ARCHIVE_SUFFIXES, Layout, entries
+from search.data.layout import ARCHIVE_SUFFIXES
 
 # Bump when the layout of the tensor cache, the one-tree test split or the decoding changes:
 # old cache files are then simply never looked up again.
@@ -50,10 +50,11 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet-search"
 
 
-def tensor_path(layout: Layout, image_size: int | None) -> Path:
-    """The cache file for a source decoded at ``image_size`` (which need not exist yet)."""
-    key = digest([CACHE_FORMAT, str(layout.root.resolve()), fingerprint(layout), image_size])
-    return cache_dir() / "tensors" / f"{slug(layout.root)}-{key[:16]}.pt"
+def tensor_path(root: Path, identity: list[Any], image_size: int | None) -> Path:
+    """The cache file for the source at ``root`` decoded at ``image_size`` (which need not exist
+    yet); ``identity`` is its fingerprint (:func:`search.data.readers.fingerprint`)."""
+    key = digest([CACHE_FORMAT, str(root.resolve()), identity, image_size])
+    return cache_dir() / "tensors" / f"{slug(root)}-{key[:16]}.pt"
 
 
 def load_or_build(path: Path, build: Callable[[], Tensors]) -> Tensors:
@@ -157,29 +158,6 @@ def _writable(folder: Path) -> Iterator[None]:
             f"the data cache {folder} cannot be written ({error.strerror or error}); "
             "set RESNET_SEARCH_CACHE to a writable folder"
         ) from None
-
-
-def fingerprint(layout: Layout) -> list[list[Any]]:
-    """Size and mtime of what identifies a source, cheap enough to check on every load.
-
-    For class folders the mtimes of the folders themselves change when an image is added,
-    removed or renamed; an image rewritten in place is not noticed (delete the cache).
-    """
-    root = layout.root
-    if layout.kind == "archive":
-        paths = [root]
-    elif layout.kind == "cifar10":
-        paths = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
-    elif layout.kind == "cifar100":
-        paths = [root / "train", root / "test"]
-    else:
-        splits = [p for p in entries(root) if p.is_dir()] if layout.kind == "split" else []
-        paths = [root, *splits, *(c for s in splits or [root] for c in entries(s) if c.is_dir())]
-    out = []
-    for p in paths:
-        st = p.stat()
-        out.append([str(p.relative_to(root)) if p != root else ".", st.st_size, st.st_mtime_ns])
-    return out
 
 
 def digest(parts: list[Any]) -> str:

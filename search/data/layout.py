@@ -1,7 +1,7 @@
-"""Recognising a dataset on disk: CIFAR python pickles, class-folder trees, or an archive of either.
+"""What a dataset on disk is called: the :class:`Layout` found, and looking at folders by name.
 
-Nothing here reads an image or writes a file: these functions only look at names, so that
-:func:`search.data.sources.locate` can tell quickly whether a folder holds a dataset.
+Nothing here reads an image or writes a file. The formats themselves, and recognising them,
+are in :mod:`search.data.readers`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
@@ -22,67 +21,17 @@ EXPECTED_LAYOUT = (
     "train/<class>/* + test/<class>/*, one folder of <class>/* folders, or a .tar.gz/.tgz/.zip of one of these"
 )
 
-LayoutKind = Literal["cifar10", "cifar100", "split", "tree", "archive"]
-
 
 @dataclass(frozen=True)
 class Layout:
     """A dataset found on disk: its format and the folder (or archive file) holding it.
 
-    ``split`` is ``train/<class>/*`` + ``test/<class>/*`` (or ``val/``), ``tree`` one folder
-    of ``<class>/*`` folders, ``archive`` a ``.tar.gz``/``.tgz``/``.zip`` not extracted yet.
+    ``kind`` is a format of :data:`search.data.readers.FORMATS`, or ``archive`` for a
+    ``.tar.gz``/``.tgz``/``.zip`` not extracted yet.
     """
 
-    kind: LayoutKind
+    kind: str
     root: Path
-
-
-def find_source(path: Path) -> Layout | None:
-    """The dataset at ``path``: an archive, a known layout, or one of those one wrapping folder down.
-
-    Args:
-        path: An existing file or folder.
-
-    Returns:
-        The layout found, or ``None`` if ``path`` holds no dataset.
-    """
-    if path.is_file():
-        return Layout("archive", path) if path.name.lower().endswith(ARCHIVE_SUFFIXES) else None
-    layout = find_layout(path)
-    if layout is not None:
-        return layout
-    # A download folder holding just the archive (like ../shared/data) is as good as the archive.
-    archives = [p for p in entries(path) if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)]
-    return Layout("archive", archives[0]) if len(archives) == 1 else None
-
-
-def find_layout(path: Path, depth: int = 3) -> Layout | None:
-    """The unpacked dataset at ``path`` or below wrapping folders (``cifar10/train/...``).
-
-    Args:
-        path: A folder.
-        depth: How many single wrapping folders may still be descended into.
-
-    Returns:
-        The layout found, or ``None``.
-    """
-    names = {p.name for p in entries(path)}
-    if {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"} <= names:
-        return Layout("cifar10", path)
-    if {"train", "test", "meta"} <= names and (path / "train").is_file():
-        return Layout("cifar100", path)
-    test = "test" if "test" in names else "val"  # ImageNet-style trees call their held-out split val
-    if "train" in names and test in names and class_dirs(path / "train") and class_dirs(path / test):
-        return Layout("split", path)
-    if len(class_dirs(path)) >= 2:
-        return Layout("tree", path)
-    if depth == 0:
-        return None
-    subdirs = [p for p in entries(path) if p.is_dir()]
-    for name in TORCHVISION_FOLDERS.values():  # torchvision's root holds the pickle folder beside the tarball
-        if name in names:
-            return find_layout(path / name, depth - 1)
-    return find_layout(subdirs[0], depth - 1) if len(subdirs) == 1 else None
 
 
 def entries(path: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from search.config import DataConfig, UserError
 from search.data.archives import materialize
 from search.data.cache import Tensors, load_or_build, tensor_path
 from search.data.layout import Layout
-from search.data.readers import build
+from search.data.readers import build, fingerprint
 from search.data.sources import locate
 from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take
 
@@ -55,4 +55,5 @@ def load_tensors(layout: Layout, image_size: int | None) -> Tensors:
     The key is taken from ``layout`` as located, so an archive is only extracted when its
     tensors are not cached yet.
     """
-    return load_or_build(tensor_path(layout, image_size), lambda: build(materialize(layout), image_size))
+    path = tensor_path(layout.root, fingerprint(layout), image_size)
+    return load_or_build(path, lambda: build(materialize(layout), image_size))

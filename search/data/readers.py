@@ -1,4 +1,14 @@
-"""Reading an unpacked source into the tensor cache's dict: CIFAR pickles or class-folder images."""
+"""The formats a dataset can have on disk, each one :class:`DataFormat` registered in
+:data:`FORMATS`: how it is recognised, what identifies it for the cache, and how it is read
+into the tensor cache's dict. A new format is one class here and its registration.
+
+- ``cifar10`` / ``cifar100``: torchvision's CIFAR python pickles;
+- ``split``: class folders ``train/<class>/*`` + ``test/<class>/*`` (or ``val/``);
+- ``tree``: one folder of ``<class>/*`` folders, split into train and test here.
+
+An archive of any of them is a container, not a format: :mod:`search.data.archives` extracts
+it and finds the format inside with :func:`find_layout`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ import torch
 from search.config import UserError
 from search.data.cache import CACHE_FORMAT, Tensors, cache_dir
 from search.data.decode import decode_images, resize_tensor, to_nchw
-from search.data.layout import Layout, class_dirs, entries, image_files
+from search.data.layout import ARCHIVE_SUFFIXES, TORCHVISION_FOLDERS, Layout, class_dirs, entries, image_files
 from search.data.splits import channel_stats, stratified_split
 
 # A one-tree class folder loses 1/6 of each class to the test split (CIFAR's 50k/10k ratio),
@@ -28,6 +38,43 @@ Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]
 FileLists = tuple[list[Path], list[int], list[Path], list[int], list[str]]
 
 
+class DataFormat:
+    """One format of a dataset on disk (see the module docstring).
+
+    Attributes:
+        kind: The name of the format, :attr:`Layout.kind` of what it recognises.
+    """
+
+    kind: str
+
+    def matches(self, folder: Path, names: set[str]) -> bool:
+        """Whether ``folder`` (whose visible entries are ``names``) holds this format."""
+        raise NotImplementedError
+
+    def identity(self, root: Path) -> list[Path]:
+        """The files and folders whose size and mtime identify the data (the cache key)."""
+        raise NotImplementedError
+
+    def read(self, root: Path, image_size: int | None) -> Splits:
+        """Train and test images and labels, and the classes.
+
+        Raises:
+            UserError: What is unreadable or does not make a classification dataset.
+        """
+        raise NotImplementedError
+
+
+FORMATS: dict[str, DataFormat] = {}
+
+
+def register_format(data_format: DataFormat) -> DataFormat:
+    """Add a format to :data:`FORMATS`; the first registered that matches a folder wins."""
+    if data_format.kind in FORMATS:
+        raise ValueError(f"data format {data_format.kind!r} is already registered")
+    FORMATS[data_format.kind] = data_format
+    return data_format
+
+
 def build(layout: Layout, image_size: int | None) -> Tensors:
     """Decode a source into the cache's dict: uint8 images, int64 labels, classes, mean/std.
 
@@ -39,12 +86,7 @@ def build(layout: Layout, image_size: int | None) -> Tensors:
         UserError: An unreadable pickle or image, fewer than two classes, test classes
             unknown to train, or mixed image sizes without ``image_size``.
     """
-    if layout.kind in ("cifar10", "cifar100"):
-        train_x, train_y, test_x, test_y, classes = read_cifar(layout)
-        if image_size is not None and image_size != train_x.shape[-1]:
-            train_x, test_x = resize_tensor(train_x, image_size), resize_tensor(test_x, image_size)
-    else:
-        train_x, train_y, test_x, test_y, classes = _decode_folders(layout, image_size)
+    train_x, train_y, test_x, test_y, classes = FORMATS[layout.kind].read(layout.root, image_size)
     mean, std = channel_stats(train_x)
     return {
         "format": CACHE_FORMAT,
@@ -58,11 +100,196 @@ def build(layout: Layout, image_size: int | None) -> Tensors:
     }
 
 
-def _decode_folders(layout: Layout, image_size: int | None) -> Splits:
-    """Decode the images of a class-folder layout, announced on stderr (it is the slow step)."""
-    train_files, train_labels, test_files, test_labels, classes = list_images(layout)
+def fingerprint(layout: Layout) -> list[list[Any]]:
+    """Size and mtime of what identifies a source, cheap enough to check on every load.
+
+    For class folders the mtimes of the folders themselves change when an image is added,
+    removed or renamed; an image rewritten in place is not noticed (delete the cache).
+    """
+    root = layout.root
+    paths = [root] if layout.kind == "archive" else FORMATS[layout.kind].identity(root)
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append([str(p.relative_to(root)) if p != root else ".", st.st_size, st.st_mtime_ns])
+    return out
+
+
+# --------------------------------------------------------------------------- finding a format
+
+
+def find_source(path: Path) -> Layout | None:
+    """The dataset at ``path``: an archive, a known format, or one of those one wrapping folder down.
+
+    Args:
+        path: An existing file or folder.
+
+    Returns:
+        The layout found, or ``None`` if ``path`` holds no dataset.
+    """
+    if path.is_file():
+        return Layout("archive", path) if path.name.lower().endswith(ARCHIVE_SUFFIXES) else None
+    layout = find_layout(path)
+    if layout is not None:
+        return layout
+    # A download folder holding just the archive (like ../shared/data) is as good as the archive.
+    archives = [p for p in entries(path) if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+    return Layout("archive", archives[0]) if len(archives) == 1 else None
+
+
+def find_layout(path: Path, depth: int = 3) -> Layout | None:
+    """The unpacked dataset at ``path`` or below wrapping folders (``cifar10/train/...``).
+
+    Args:
+        path: A folder.
+        depth: How many single wrapping folders may still be descended into.
+
+    Returns:
+        The layout found, or ``None``.
+    """
+    names = {p.name for p in entries(path)}
+    for data_format in FORMATS.values():
+        if data_format.matches(path, names):
+            return Layout(data_format.kind, path)
+    if depth == 0:
+        return None
+    subdirs = [p for p in entries(path) if p.is_dir()]
+    for name in TORCHVISION_FOLDERS.values():  # torchvision's root holds the pickle folder beside the tarball
+        if name in names:
+            return find_layout(path / name, depth - 1)
+    return find_layout(subdirs[0], depth - 1) if len(subdirs) == 1 else None
+
+
+# --------------------------------------------------------------------------- CIFAR pickles
+
+
+class CifarPickles(DataFormat):
+    """torchvision's CIFAR python pickles: they already are uint8 ``N x 3072`` rows."""
+
+    def __init__(self, kind: str, train_names: list[str], test_name: str, meta: tuple[str, str], label_key: str):
+        self.kind = kind
+        self.train_names, self.test_name = train_names, test_name
+        self.meta_file, self.meta_key = meta
+        self.label_key = label_key
+
+    def matches(self, folder: Path, names: set[str]) -> bool:
+        needed = {*self.train_names, self.test_name, self.meta_file}
+        # CIFAR-100's train is a file; a class-folder dataset's train is a folder.
+        return needed <= names and (folder / self.train_names[0]).is_file()
+
+    def identity(self, root: Path) -> list[Path]:
+        return [root / name for name in (*self.train_names, self.test_name)]
+
+    def read(self, root: Path, image_size: int | None) -> Splits:
+        classes = _load_pickle(root / self.meta_file)[self.meta_key]
+        train_x, train_y = _cifar_split(root, self.train_names, self.label_key)
+        test_x, test_y = _cifar_split(root, [self.test_name], self.label_key)
+        if image_size is not None and image_size != train_x.shape[-1]:
+            train_x, test_x = resize_tensor(train_x, image_size), resize_tensor(test_x, image_size)
+        return train_x, train_y, test_x, test_y, list(classes)
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # pickled by Python 2: bytes keys as str
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise UserError(f"{path}: not a readable CIFAR pickle ({e})") from e
+
+
+def _cifar_split(root: Path, names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of the CIFAR batch files ``names``, concatenated."""
+    batches = [_load_pickle(root / n) for n in names]
+    x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    y = np.concatenate([np.asarray(b[label_key]) for b in batches])
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(y.astype(np.int64))
+
+
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+register_format(CifarPickles("cifar10", CIFAR10_TRAIN, "test_batch", ("batches.meta", "label_names"), "labels"))
+register_format(CifarPickles("cifar100", ["train"], "test", ("meta", "fine_label_names"), "fine_labels"))
+
+
+# --------------------------------------------------------------------------- class folders
+
+
+class ClassFolders(DataFormat):
+    """Images in one folder per class; :meth:`list_images` says which files and labels."""
+
+    def list_images(self, root: Path) -> FileLists:
+        """Image files and labels, train then test, and the classes (the training folders'
+        names, sorted, as torchvision's ImageFolder).
+
+        Raises:
+            UserError: Fewer than two classes, or test classes that train lacks.
+        """
+        raise NotImplementedError
+
+    def read(self, root: Path, image_size: int | None) -> Splits:
+        return _decode_folders(root, self.list_images(root), image_size)
+
+
+class SplitFolders(ClassFolders):
+    """``train/<class>/*`` + ``test/<class>/*`` (or ``val/``): test labels follow train's classes."""
+
+    kind = "split"
+
+    def matches(self, folder: Path, names: set[str]) -> bool:
+        test = "test" if "test" in names else "val"  # ImageNet-style trees call their held-out split val
+        return "train" in names and test in names and bool(class_dirs(folder / "train") and class_dirs(folder / test))
+
+    def identity(self, root: Path) -> list[Path]:
+        splits = [p for p in entries(root) if p.is_dir()]
+        return [root, *splits, *(c for s in splits for c in entries(s) if c.is_dir())]
+
+    def list_images(self, root: Path) -> FileLists:
+        names = {p.name for p in entries(root)}
+        train_dir, test_dir = root / "train", root / ("test" if "test" in names else "val")
+        train_classes = class_dirs(train_dir)
+        classes = [d.name for d in train_classes]
+        _require_two_classes(train_dir, classes)
+        test_classes = class_dirs(test_dir)
+        unknown = sorted({d.name for d in test_classes} - set(classes))
+        if unknown:
+            raise UserError(f"{test_dir} has classes that {train_dir} lacks: {', '.join(unknown[:5])}")
+        train = [(f, i) for i, d in enumerate(train_classes) for f in image_files(d)]
+        test = [(f, classes.index(d.name)) for d in test_classes for f in image_files(d)]
+        return [f for f, _ in train], [y for _, y in train], [f for f, _ in test], [y for _, y in test], classes
+
+
+class ClassTree(ClassFolders):
+    """One tree of ``<class>/*`` folders, split into train and test with a fixed seed."""
+
+    kind = "tree"
+
+    def matches(self, folder: Path, names: set[str]) -> bool:
+        return len(class_dirs(folder)) >= 2
+
+    def identity(self, root: Path) -> list[Path]:
+        return [root, *(c for c in entries(root) if c.is_dir())]
+
+    def list_images(self, root: Path) -> FileLists:
+        folders = class_dirs(root)
+        classes = [d.name for d in folders]
+        _require_two_classes(root, classes)
+        per_class = [image_files(d) for d in folders]
+        labels = torch.tensor([i for i, fs in enumerate(per_class) for _ in fs], dtype=torch.int64)
+        flat = [f for fs in per_class for f in fs]
+        keep, held = stratified_split(labels, len(classes), TREE_TEST_FRACTION, TREE_TEST_SEED)
+        train = [(flat[j], int(labels[j])) for j in sorted(torch.cat(keep).tolist())]
+        test = [(flat[j], int(labels[j])) for j in sorted(torch.cat(held).tolist())]
+        return [f for f, _ in train], [y for _, y in train], [f for f, _ in test], [y for _, y in test], classes
+
+
+register_format(SplitFolders())
+register_format(ClassTree())
+
+
+def _decode_folders(root: Path, files: FileLists, image_size: int | None) -> Splits:
+    """Decode the images of a class-folder dataset, announced on stderr (it is the slow step)."""
+    train_files, train_labels, test_files, test_labels, classes = files
     print(
-        f"resnet-search: decoding {len(train_files) + len(test_files)} images from {layout.root} "
+        f"resnet-search: decoding {len(train_files) + len(test_files)} images from {root} "
         f"(once; cached in {cache_dir() / 'tensors'})",
         file=sys.stderr,
     )
@@ -72,11 +299,11 @@ def _decode_folders(layout: Layout, image_size: int | None) -> Splits:
     if len(test.kept) and train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(
             f"train images are {train_x.shape[-1]}px but test images are {test_x.shape[-1]}px "
-            f"in {layout.root}; set data.image_size to resize both on load"
+            f"in {root}; set data.image_size to resize both on load"
         )
     train_y = torch.tensor([train_labels[i] for i in train.kept], dtype=torch.int64)
     test_y = torch.tensor([test_labels[i] for i in test.kept], dtype=torch.int64)
-    _require_images_per_class(layout.root, classes, train_y, len(train.skipped))
+    _require_images_per_class(root, classes, train_y, len(train.skipped))
     return train_x, train_y, test_x, test_y, classes
 
 
@@ -104,82 +331,6 @@ def _require_images_per_class(root: Path, classes: list[str], labels: torch.Tens
             f"class {empty[0]!r} in {root} has no training image that can be decoded "
             f"({skipped} file(s) skipped in all); a class needs at least one readable image"
         )
-
-
-def read_cifar(layout: Layout) -> Splits:
-    """Read torchvision's CIFAR python pickles directly: they already are uint8 ``N x 3072`` rows.
-
-    Raises:
-        UserError: A pickle is missing or unreadable.
-    """
-    if layout.kind == "cifar10":
-        label_key, train_names, test_name = "labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
-        classes = _load_pickle(layout.root / "batches.meta")["label_names"]
-    else:
-        label_key, train_names, test_name = "fine_labels", ["train"], "test"
-        classes = _load_pickle(layout.root / "meta")["fine_label_names"]
-    train_x, train_y = _cifar_split(layout.root, train_names, label_key)
-    test_x, test_y = _cifar_split(layout.root, [test_name], label_key)
-    return train_x, train_y, test_x, test_y, list(classes)
-
-
-def _load_pickle(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # pickled by Python 2: bytes keys as str
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise UserError(f"{path}: not a readable CIFAR pickle ({e})") from e
-
-
-def _cifar_split(root: Path, names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images and labels of the CIFAR batch files ``names``, concatenated."""
-    batches = [_load_pickle(root / n) for n in names]
-    x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
-    y = np.concatenate([np.asarray(b[label_key]) for b in batches])
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(y.astype(np.int64))
-
-
-def list_images(layout: Layout) -> FileLists:
-    """Image files and labels of a class-folder layout; a one-tree layout is split here.
-
-    Classes are the training folders' names, sorted (as torchvision's ImageFolder).
-
-    Raises:
-        UserError: Fewer than two classes, or test classes that train lacks.
-    """
-    if layout.kind == "split":
-        return _list_split(layout.root)
-    return _list_tree(layout.root)
-
-
-def _list_split(root: Path) -> FileLists:
-    """``train/<class>/*`` + ``test/<class>/*`` (or ``val/``): test labels follow train's classes."""
-    names = {p.name for p in entries(root)}
-    train_dir, test_dir = root / "train", root / ("test" if "test" in names else "val")
-    train_classes = class_dirs(train_dir)
-    classes = [d.name for d in train_classes]
-    _require_two_classes(train_dir, classes)
-    test_classes = class_dirs(test_dir)
-    unknown = sorted({d.name for d in test_classes} - set(classes))
-    if unknown:
-        raise UserError(f"{test_dir} has classes that {train_dir} lacks: {', '.join(unknown[:5])}")
-    train = [(f, i) for i, d in enumerate(train_classes) for f in image_files(d)]
-    test = [(f, classes.index(d.name)) for d in test_classes for f in image_files(d)]
-    return [f for f, _ in train], [y for _, y in train], [f for f, _ in test], [y for _, y in test], classes
-
-
-def _list_tree(root: Path) -> FileLists:
-    """One tree of ``<class>/*`` folders, split into train and test with a fixed seed."""
-    folders = class_dirs(root)
-    classes = [d.name for d in folders]
-    _require_two_classes(root, classes)
-    per_class = [image_files(d) for d in folders]
-    labels = torch.tensor([i for i, fs in enumerate(per_class) for _ in fs], dtype=torch.int64)
-    flat = [f for fs in per_class for f in fs]
-    keep, held = stratified_split(labels, len(classes), TREE_TEST_FRACTION, TREE_TEST_SEED)
-    train = [(flat[j], int(labels[j])) for j in sorted(torch.cat(keep).tolist())]
-    test = [(flat[j], int(labels[j])) for j in sorted(torch.cat(held).tolist())]
-    return [f for f, _ in train], [y for _, y in train], [f for f, _ in test], [y for _, y in test], classes
 
 
 def _require_two_classes(folder: Path, classes: list[str]) -> None:

@@ -16,8 +16,8 @@ from search.data.layout import (
     TORCHVISION_FOLDERS,
     Layout,
     describe,
-    find_source,
 )
+from search.data.readers import find_source
 
 POINT_AT_DATA = "point at local data with --data-dir, data.root or the RESNET_SEARCH_DATA variable"
 
@@ -126,4 +126,4 @@ def _download(dataset: str, cache: Path) -> Layout:
             cls(str(cache), train=True, download=True)
     except Exception as e:  # noqa: BLE001 - URLError, OSError, RuntimeError(checksum): all "no data"
         raise UserError(f"could not download {dataset} from {cls.url} into {cache} ({e}); {POINT_AT_DATA}") from e
-    return Layout(dataset, cache / TORCHVISION_FOLDERS[dataset])  # type: ignore[arg-type]
+    return Layout(dataset, cache / TORCHVISION_FOLDERS[dataset])
