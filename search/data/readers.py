@@ -69,9 +69,8 @@ FORMATS: dict[str, DataFormat] = {}
 
 def register_format(data_format: DataFormat) -> DataFormat:
     """Add a format to :data:`FORMATS`; the first registered that matches a folder wins."""
-    if data_format.kind in FORMATS:
+    if FORMATS.setdefault(data_format.kind, data_format) is not data_format:
         raise ValueError(f"data format {data_format.kind!r} is already registered")
-    FORMATS[data_format.kind] = data_format
     return data_format
 
 

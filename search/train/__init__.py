@@ -37,7 +37,7 @@ from search.train.recipe import (
 from search.train.result import EpochMetrics, Status, TrainResult
 from search.train.run import train_spec
 from search.train.state import CHECKPOINT_VERSION, RunId, TrainState
-from search.train.step import GraphedStep, StepOutput, TrainStep, make_step
+from search.train.step import GraphedStep, StepOutput, TrainStep, step_class
 from search.train.whiten import whiten_stem
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
     "cpu_channels_last_is_safe",
     "evaluate",
     "lr_factor",
-    "make_step",
+    "step_class",
     "param_groups",
     "resolve_amp_dtype",
     "resolve_channels_last",

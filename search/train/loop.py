@@ -34,7 +34,7 @@ from search.train.recipe import (
 )
 from search.train.result import EpochMetrics, Status, TrainResult
 from search.train.state import RunId, TrainState
-from search.train.step import TrainStep, make_step
+from search.train.step import TrainStep, step_class
 from search.train.warm_start import load_init_weights
 from search.train.whiten import WHITEN_IMAGES, whiten_stem
 
@@ -143,7 +143,8 @@ def _make_run(
     device = state.device
     batch_size = min(cfg.batch_size, len(split))
     net = _compiled(state.model, cfg.compile)
-    step = make_step(state, net, cfg, fmt.autocast(cache=not cfg.cuda_graph), state.ema, scaled_lr(cfg, batch_size))
+    autocast = fmt.autocast(cache=not cfg.cuda_graph)
+    step = step_class(cfg, state.device)(state, net, cfg, autocast, state.ema, scaled_lr(cfg, batch_size))
     return _Run(
         cfg=cfg,
         augment=augment,

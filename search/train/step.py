@@ -177,27 +177,7 @@ class GraphedStep(TrainStep):
         return StepOutput(logits, main, loss, lr)
 
 
-def make_step(
-    state: TrainState,
-    net: nn.Module,
-    cfg: TrainConfig,
-    autocast: torch.autocast,
-    ema: WeightEma | None,
-    base_lr: float,
-) -> TrainStep:
-    """The graphed step where ``cfg.cuda_graph`` asks for it and the device is CUDA, else the eager one.
-
-    Args:
-        state: The model, optimizer and scheduler.
-        net: The forward pass (``state.model`` or its compiled wrapper).
-        cfg: The recipe.
-        autocast: The batch format's autocast (without its cast cache for a graph).
-        ema: The weight average, if any.
-        base_lr: The first param group's LR before the schedule.
-
-    Returns:
-        A callable step.
-    """
-    if cfg.cuda_graph and state.device.type == "cuda":
-        return GraphedStep(state, net, cfg, autocast, ema, base_lr)
-    return TrainStep(state, net, cfg, autocast, ema, base_lr)
+def step_class(cfg: TrainConfig, device: torch.device) -> type[TrainStep]:
+    """:class:`GraphedStep` where ``cfg.cuda_graph`` asks for it and the device is CUDA, else the
+    eager :class:`TrainStep` (a graph's ``autocast`` must not cache casts)."""
+    return GraphedStep if cfg.cuda_graph and device.type == "cuda" else TrainStep
