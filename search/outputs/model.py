@@ -22,6 +22,7 @@ from search.config import UserError
 from search.data.layout import IMAGE_SUFFIXES
 from search.train.epoch import tta_views
 from search.train.model_folder import ModelFolder, build_trained, eval_format, open_model_folder
+from search.train.recipe import default_device
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,7 +72,7 @@ class LoadedModel:
 
     def __init__(self, folder: ModelFolder, device: str | torch.device | None = None) -> None:
         self.folder = folder
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.module: nn.Module = build_trained(folder, self.device)
         self.trial = folder.trial
         self.format = eval_format(self.trial, self.module, folder, self.device)

@@ -22,6 +22,8 @@ from search.study.storage import safe_study_name
 from search.study.trials import ranked_trials, study_spec, trial_config
 
 if TYPE_CHECKING:  # torch loads only once retraining starts
+    import torch
+
     from search.data import ImageDataset
     from search.data.fingerprint import DataRecord
 
@@ -134,18 +136,17 @@ def retrain(
         UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit;
             recorded data that moved or changed.
     """
-    import torch  # heavy: only retraining needs it
-
     from search.study.records import study_data
+    from search.train.recipe import default_device  # torch: only retraining needs it
 
     if not seeds:
         raise UserError("--seeds needs at least one seed")
     trials = ranked_trials(study, top)
     spec = study_spec(study)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = default_device(device)
     data, record = study_data(study, spec, data_dir, download=download, log=log)
     out = Path(out_dir) if out_dir is not None else Path("runs") / safe_study_name(study.study_name) / "retrain"
-    how: dict[str, Any] = {"epochs": epochs, "device": device, "log": log}
+    how: dict[str, Any] = {"epochs": epochs, "device": where, "log": log}
     rows = []
     for trial in trials:
         config = trial_config(spec, trial)
@@ -172,7 +173,7 @@ def _retrain_seed(
     out: Path,
     *,
     epochs: int | None,
-    device: str,
+    device: torch.device,
     log: Log,
 ) -> tuple[float | None, float, int]:
     """Train one seed's config on train+val, test it, and write its model folder
@@ -181,24 +182,25 @@ def _retrain_seed(
     Returns:
         The test accuracy (None if the run diverged), the training time and the parameter count.
     """
-    from search.train import ProgressPrinter, train
-    from search.train.model_folder import ModelSource, write_run
+    from search.train.model_folder import ModelSource
+    from search.train.run import SeedRun, train_seed
 
     seed = run.train.seed
-    result = train(
-        run,
-        data,
-        device=device,
-        epochs=epochs,
-        train_split=data.train_plus_val(),  # the final fit uses every non-test image
-        evaluate_test=True,
-        callback=ProgressPrinter(epochs or run.train.epochs, log=log, prefix=f"trial {trial.number} seed {seed}: "),
-        log=log,
+    result = train_seed(
+        SeedRun(
+            spec,
+            run,
+            data,
+            out / f"trial{trial.number}" / f"seed{seed}",
+            ModelSource(study=spec.study.name, trial=trial.number, trained_on="train+val", data=record),
+            device,
+            epochs=epochs,
+            train_split=data.train_plus_val(),  # the final fit uses every non-test image
+            prefix=f"trial {trial.number} seed {seed}: ",
+        ),
+        log,
     )
     params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-    folder = out / f"trial{trial.number}" / f"seed{seed}"
-    source = ModelSource(study=spec.study.name, trial=trial.number, trained_on="train+val", data=record)
-    write_run(folder, result, spec=spec, trial=run, data=data, source=source, device=device)
     return result.test_acc, result.train_time_s, params
 
 

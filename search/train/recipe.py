@@ -25,6 +25,14 @@ from search.config import OptimizerConfig, SchedulerConfig, TrainConfig
 CHANNELS_LAST_ON_CPU = True
 
 
+def default_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device a run uses: the one asked for, else CUDA when there is a GPU, else the CPU.
+    Every command that trains or evaluates decides it here."""
+    if requested is not None:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``cfg.precision`` on ``device``, None for plain fp32.
 

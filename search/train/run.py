@@ -5,19 +5,21 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 import search.data
 from search.config import InvalidValue, Spec, SpecError, TrialConfig
-from search.data import ImageDataset
+from search.data import ImageDataset, TensorSplit
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
 from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_run
 from search.train.progress import ProgressPrinter
+from search.train.recipe import default_device
+from search.train.result import TrainResult
 from search.train.warm_start import check_init
 
 
@@ -65,7 +67,7 @@ def train_spec(
     if init_from is not None:
         trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
     check_init(trial.model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = default_device(device)
     # Looked up on the package when called, not bound at import, so a test can patch it there.
     data = search.data.load_dataset(spec.data, data_dir=data_dir, download=download)
     try:
@@ -78,22 +80,22 @@ def train_spec(
     several = len(seeds) > 1
     lines, val_accs, test_accs = [], [], []
     for seed in seeds:
-        run = replace(trial, train=replace(trial.train, seed=seed))
-        val_acc, test_acc, line = _train_seed(
+        run = SeedRun(
             spec,
-            run,
+            replace(trial, train=replace(trial.train, seed=seed)),
             data,
             out / f"seed{seed}" if several else out,
-            source=source,
-            prefix=f"seed {seed}: " if several else "",
+            source,
+            where,
             epochs=epochs,
-            device=device,
+            checkpoint=True,
             resume=resume,
-            log=log,
+            prefix=f"seed {seed}: " if several else "",
         )
-        val_accs.append(val_acc)
-        test_accs.append(test_acc)
-        lines.append(line)
+        result = train_seed(run, log)
+        val_accs.append(result.final_val_acc)
+        test_accs.append(result.test_acc if result.test_acc is not None else math.nan)
+        lines.append(_seed_line(run, result))
     if several:
         for name, accs in (("val_acc", val_accs), ("test_acc", test_accs)):
             mean, std = statistics.fmean(accs), statistics.stdev(accs)
@@ -103,54 +105,68 @@ def train_spec(
     return "\n".join(lines)
 
 
-def _train_seed(
-    spec: Spec,
-    run: TrialConfig,
-    data: ImageDataset,
-    run_dir: Path,
-    *,
-    source: ModelSource,
-    prefix: str,
-    epochs: int | None,
-    device: str,
-    resume: bool,
-    log: Callable[[str], None],
-) -> tuple[float, float, str]:
-    """Train ``run`` (one seed's config), checkpointing every epoch, and write its files to ``run_dir``.
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed's training run, as ``train`` and ``retrain`` do it: what trains, on what, and
+    where its files go.
 
-    Args:
+    Attributes:
         spec: The fixed spec, for ``config.yaml``.
-        run: The trial config with this seed.
+        config: The trial config with this seed.
         data: The loaded dataset.
-        run_dir: Where this run's files go.
+        folder: Where this run's model folder goes.
         source: Where the model comes from, for ``model.json``.
-        prefix: Put before every progress line.
-        epochs: Overrides ``train.epochs``.
         device: Where to train.
-        resume: Continue from ``run_dir/checkpoint.pt`` if it exists.
-        log: Receives one progress line per epoch.
+        epochs: Overrides ``train.epochs``.
+        train_split: What to train on; ``None``: the training split (``retrain`` gives train+val).
+        checkpoint: Write ``folder/checkpoint.pt`` every epoch (``train``; ``resume`` reads it).
+        resume: Continue from that checkpoint if it exists.
+        prefix: Put before every progress line.
+    """
+
+    spec: Spec
+    config: TrialConfig
+    data: ImageDataset
+    folder: Path
+    source: ModelSource
+    device: torch.device
+    epochs: int | None = None
+    train_split: TensorSplit | None = None
+    checkpoint: bool = False
+    resume: bool = False
+    prefix: str = ""
+
+
+def train_seed(run: SeedRun, log: Callable[[str], None] = print) -> TrainResult:
+    """Train one seed's config, test it, and write what the run leaves in ``run.folder`` (its
+    model folder, or a diverged run's metrics: :func:`write_run`).
 
     Returns:
-        The final validation accuracy, the test accuracy (NaN if none) and the seed's summary line.
+        The finished run.
     """
-    seed = run.train.seed
+    config = run.config
     result = train(
-        run,
-        data,
-        device=device,
-        epochs=epochs,
-        callback=ProgressPrinter(epochs or run.train.epochs, log=log, prefix=prefix),
+        config,
+        run.data,
+        device=run.device,
+        epochs=run.epochs,
+        callback=ProgressPrinter(run.epochs or config.train.epochs, log=log, prefix=run.prefix),
         evaluate_test=True,
-        checkpoint_path=run_dir / "checkpoint.pt",
-        resume=resume,
+        train_split=run.train_split,
+        checkpoint_path=run.folder / "checkpoint.pt" if run.checkpoint else None,
+        resume=run.resume,
         log=log,
     )
+    write_run(run.folder, result, spec=run.spec, trial=config, data=run.data, source=run.source, device=run.device)
+    return result
+
+
+def _seed_line(run: SeedRun, result: TrainResult) -> str:
+    """The summary line of one seed's run, as ``train`` prints it."""
     params = sum(p.numel() for p in result.model.parameters()) if result.model is not None else 0
-    write_run(run_dir, result, spec=spec, trial=run, data=data, source=source, device=device)
     test_acc = result.test_acc if result.test_acc is not None else math.nan
-    line = (
-        f"seed {seed}: {result.status}, val_acc {result.final_val_acc:.2%}, test_acc {test_acc:.2%}, "
-        f"{params:,} params, {result.train_time_s:.0f} s, {result.images_per_s:,.0f} img/s -> {run_dir}"
+    return (
+        f"seed {run.config.train.seed}: {result.status}, val_acc {result.final_val_acc:.2%}, test_acc {test_acc:.2%}, "
+        f"{params:,} params, {result.train_time_s:.0f} s, {result.images_per_s:,.0f} img/s -> {run.folder}"
         + (f" ({result.reason})" if result.reason else "")
     )
-    return result.final_val_acc, test_acc, line
