@@ -62,6 +62,19 @@ def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, _session_data_cache: Pat
     monkeypatch.delenv("RESNET_SEARCH_DATA", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny models (``pytestmark = usefixtures(...)``): batches
+    of one or two images gain nothing from threads, and on a busy 2-core machine OpenMP's
+    spinning threads make each small conv many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the session's own; skips where PostgreSQL is not installed."""

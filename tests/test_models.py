@@ -25,15 +25,7 @@ from search.config.blocks import BLOCK_TYPES
 from search.models import VARIANTS, build_model
 from search.models.resnet import PadShortcut
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Batch-2 inputs gain little from threads, and on a busy 2-core machine OpenMP's
-    spinning threads make small convs many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(model: nn.Module, trainable_only: bool = False) -> int:

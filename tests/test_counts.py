@@ -28,15 +28,7 @@ from search.config.blocks import BLOCK_TYPES, BlockConv, BlockType
 from search.models import VARIANTS, build_model, geometry, resnet
 from search.models.geometry import resnet_geometry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """fvcore traces batch-1 images of tiny models: threads only add overhead, and on a
-    busy 2-core machine OpenMP's spinning threads make each conv ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_config(rng: random.Random) -> ResNetConfig:
