@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.study.storage import mask_password
+from search.config.secrets import mask_secrets
 
 
 @contextmanager
@@ -73,10 +73,10 @@ def logs_to(path: Path) -> Iterator[None]:
 
 
 def _mask_secrets(record: logging.LogRecord) -> bool:
-    """A log filter: the record's message with every storage secret masked (see :func:`mask_password`)."""
-    record.msg, record.args = mask_password(record.getMessage()), None
+    """A log filter: the record's message with every storage secret masked (see :func:`mask_secrets`)."""
+    record.msg, record.args = mask_secrets(record.getMessage()), None
     if record.exc_info:
-        record.exc_text, record.exc_info = mask_password(logging.Formatter().formatException(record.exc_info)), None
+        record.exc_text, record.exc_info = mask_secrets(logging.Formatter().formatException(record.exc_info)), None
     return True
 
 

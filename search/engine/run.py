@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import InvalidValue, Spec, UserError
+from search.config.secrets import mask_secrets
 from search.config.units import format_duration
 from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge
@@ -49,7 +50,7 @@ from search.study.lease import DriverLease
 from search.study.records import kept_models
 from search.study.retrying import RetryingStorage
 from search.study.schema import REJECTED, is_finished
-from search.study.storage import default_storage, mask_password, open_storage, storage_gone_check, study_dir
+from search.study.storage import default_storage, open_storage, storage_gone_check, study_dir
 from search.study.trials import recover_interrupted, requeue_stopped, sort_sign
 
 
@@ -308,7 +309,7 @@ def _summary(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return SearchSummary(
         study_name=study.study_name,
-        storage=mask_password(storage_url),
+        storage=mask_secrets(storage_url),
         finished=sum(is_finished(t) for t in trials),
         rejected=sum(REJECTED in t.user_attrs for t in trials),
         wall_time_s=wall,
