@@ -192,6 +192,9 @@ class MLflowWriter(RunObserver):
         if urllib.parse.urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store only on request; the user asked for one by name.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # MLflow writes a "View run at <URI>" line to stdout for every run it ends on a server:
+        # stdout is the command's result, and the URI may hold a password.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.where = mask_secrets(uri)  # the only form of the URI that is ever shown
         try:
             self.client = MlflowClient(tracking_uri=uri)
