@@ -1,22 +1,28 @@
 """Faults during a real run, through the real CLI as a subprocess (a local Ray, a real
-SQLite or PostgreSQL study): SIGTERM to ``run`` and ``train``, the data cache deleted
-while trials run, the storage file deleted under the driver, and a password given in the
-storage URL's query string, looked for in everything printed or written.
+SQLite or PostgreSQL study): SIGTERM to ``run`` and ``train``, to the driver alone, to its
+whole process group and to every process, the data cache deleted while trials run, the
+storage file deleted under the driver, and a password given in the storage URL's query
+string, looked for in everything printed or written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import torch
 from optuna.trial import TrialState
-from searching import load, run_cli, sqlite_url, wait_for_finished, write_spec
+from searching import load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
 from services import POSTGRES_PASSWORD
 
 from search.study.schema import INTERRUPTED, RETRY_OF, is_finished
@@ -24,6 +30,7 @@ from search.study.schema import INTERRUPTED, RETRY_OF, is_finished
 pytestmark = pytest.mark.slow
 
 EXIT_TERMINATED = 143
+RAY_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")  # a line of Ray's own (C++ or Python) logs
 
 
 def files_containing(root: Path, secret: str) -> list[Path]:
@@ -61,6 +68,65 @@ def test_sigterm_ends_the_run_like_ctrl_c_and_the_same_command_finishes_the_stud
     retried = [t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs]
     assert not set(retried) & set(before), "a finished trial was run again"
     assert len(retried) == len(set(retried)), "an interrupted trial was run twice"
+
+
+def wait_for_training(process: subprocess.Popen, storage: str, name: str) -> None:
+    """Poll the study until a trial is running and has reported an epoch (a worker trains it)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if study_exists(storage, name) and [
+            t for t in load(storage, name).trials if t.state == TrialState.RUNNING and t.intermediate_values
+        ]:
+            return
+    raise AssertionError(f"no trial trained: {process.stdout.read() if process.poll() is not None else ''}")
+
+
+@pytest.mark.parametrize("how", ["timeout -s TERM", "kill -TERM -PGID", "every process"])
+def test_sigterm_to_the_whole_group_ends_the_run_like_sigterm_to_the_driver(
+    tmp_path: Path, tiny_imagefolder: Path, how: str
+) -> None:
+    """What ``timeout`` and ``kill -TERM -PGID`` send (the driver's whole process group), and
+    what Slurm sends (every process of the job, Ray's own included): the running trial is
+    recorded as interrupted, one line, exit status 143 within seconds; not a minute's wait on
+    a Ray killed under the driver and its ``Failed to connect to GCS`` line, exit status 1."""
+    spec = write_spec(tmp_path, "grouped", n_trials=3, epochs=100_000)  # the first trial trains until stopped
+    storage = sqlite_url(tmp_path, "grouped")
+    command = [sys.executable, "-m", "search.cli", "run", str(spec), "--data-dir", str(tiny_imagefolder)]
+    if how == "timeout -s TERM":  # timeout runs the CLI in a process group of its own
+        command = ["timeout", "--preserve-status", "-s", "TERM", "3600", *command]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_training(process, storage, "grouped")
+    signalled = time.monotonic()
+    if how == "timeout -s TERM":
+        process.send_signal(signal.SIGALRM)  # timeout's own timer: TERM to the CLI, then to its whole group
+    elif how == "kill -TERM -PGID":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        for each in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=180)
+    took = time.monotonic() - signalled
+    assert process.returncode == EXIT_TERMINATED, output
+    assert took < 40, f"{took:.0f} s after the signal: {output}"
+    assert "run the same command to continue" in output.strip().splitlines()[-1], output
+    if how != "every process":  # Ray outlived the signal, in a session of its own: the clean stop, with its summary
+        assert "study grouped:" in output, output
+    ours = [line for line in output.splitlines() if RAY_LOG_LINE.match(line) or "GCS" in line or "Traceback" in line]
+    assert ours == [], output
+    trials = load(storage, "grouped").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(INTERRUPTED in t.user_attrs for t in stopped), [(t.state, t.user_attrs) for t in trials]
 
 
 def test_sigterm_ends_train_with_its_checkpoint_and_resume_continues(tmp_path: Path, tiny_imagefolder: Path) -> None:

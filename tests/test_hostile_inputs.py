@@ -25,13 +25,13 @@ from PIL import Image
 
 from search.cli import main
 from search.config import DataConfig, UserError, load_spec
+from search.config.secrets import mask_secrets
 from search.data import load_dataset
 from search.data.decode import decode_images
 from search.engine.checks import trial_image_size
 from search.engine.samplers import create_study
 from search.study.lease import DriverLease
 from search.study.schema import DRIVER, SPEC_TEXT
-from search.study.storage import mask_password
 from search.study.trials import load_study, study_spec
 
 FIXED = """\
@@ -285,7 +285,7 @@ def test_a_bad_flag_is_one_line_and_exit_2(
     ],
 )
 def test_every_form_of_a_storage_secret_is_masked(url: str) -> None:
-    masked = mask_password(url)
+    masked = mask_secrets(url)
     assert SECRET not in masked and SECRET[:6] not in masked and "***" in masked
     assert "db.example" in masked  # the rest stays readable
 

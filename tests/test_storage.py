@@ -15,10 +15,10 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from search.config import UserError
+from search.config.secrets import mask_secrets
 from search.study.lease import DriverLease
 from search.study.retrying import FIRST_WAIT_S, RetryingStorage, is_transient
 from search.study.schema import DRIVER
-from search.study.storage import mask_password
 
 
 class FlakyStorage(optuna.storages.InMemoryStorage):
@@ -70,9 +70,9 @@ def test_retrying_storage_checks_its_patience() -> None:
         RetryingStorage(optuna.storages.InMemoryStorage(), retry_for_s=-1)
 
 
-def test_mask_password_hides_only_the_password() -> None:
-    assert mask_password("postgresql://alice:pa:ss@db:5432/optuna") == "postgresql://alice:***@db:5432/optuna"
-    assert mask_password("sqlite:///studies/x.db") == "sqlite:///studies/x.db"
+def test_mask_secrets_hides_only_the_password() -> None:
+    assert mask_secrets("postgresql://alice:pa:ss@db:5432/optuna") == "postgresql://alice:***@db:5432/optuna"
+    assert mask_secrets("sqlite:///studies/x.db") == "sqlite:///studies/x.db"
 
 
 # --------------------------------------------------------------------------- the lease

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
+from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
 from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.trainable import TrialJob
@@ -313,7 +314,8 @@ class StudyBridge:
                 getattr(observer, method)(event)
             except Exception as error:  # any failure of an observer: the study's record goes on
                 self.observers.remove(observer)
-                self.log(f"{type(observer).__name__} stopped after an error: {type(error).__name__}: {error}")
+                message = mask_secrets(f"{type(error).__name__}: {error}")  # a tracker's error may quote its URI
+                self.log(f"{type(observer).__name__} stopped after an error: {message}")
 
     def _objective_values(self, number: int, result: dict) -> list[float] | None:
         counts = self.counts.pop(number)

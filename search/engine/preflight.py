@@ -13,9 +13,9 @@ import statistics
 from dataclasses import dataclass
 
 from search.config import Spec
+from search.config.secrets import mask_secrets
 from search.config.units import format_duration
 from search.engine.plan import probe_epoch_time
-from search.study.storage import mask_password
 
 LONG_RUN_S = 86_400  # a CPU-only estimate over this gets the warning
 
@@ -87,7 +87,7 @@ def preflight(
     concurrent = slots(spec, cluster, use_gpu)
     resources = spec.resources
     lines = [
-        f"study {spec.study.name} in {mask_password(storage_url)}: "
+        f"study {spec.study.name} in {mask_secrets(storage_url)}: "
         f"{finished_before}/{spec.study.n_trials} trials finished before this run",
         device_line(cluster),
         f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; per trial {resources.cpu:g} CPU, "

@@ -1,17 +1,32 @@
 """Ray for the length of a run: join a cluster or start a local one, pass our environment to
-its workers, and keep its log records in the study's ``ray.log`` instead of the terminal."""
+its workers, and keep its log records in the study's ``ray.log`` instead of the terminal.
+
+A local Ray's processes run in a session of their own, so that a signal sent to the driver's
+whole process group (``timeout``, ``kill -TERM -PGID``, job runners) reaches the driver alone:
+it then stops the run as Ctrl-C does, with Ray still there to end the trials, instead of
+waiting a minute on a Ray killed under it. Where the signal reaches every process all the same
+(Slurm signals every process of a job), :func:`stop_if_ray_is_lost` records the running trials
+and exits at once instead of that minute.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.study.storage import mask_password
+from search.config.secrets import mask_secrets
+from search.engine.types import Log
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # as a shell reports a process that SIGTERM ended
+RAY_CHECK_S = 0.5  # how often, once SIGTERM came, the driver checks that Ray is still there
+_terminated = threading.Event()  # SIGTERM came while the run's Ray was up
 
 
 @contextmanager
@@ -26,24 +41,109 @@ def ray_session(address: str | None) -> Iterator[dict]:
     started = not ray.is_initialized()
     if started:
         on_sigterm = signal.getsignal(signal.SIGTERM)
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=False,
-            runtime_env=worker_env(),
-        )
+        with _own_session():
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+                runtime_env=worker_env(),
+            )
         # ray.init makes SIGTERM exit the driver at once (no summary, trials left RUNNING):
         # the caller's handler (the CLI's, which stops like Ctrl-C) is put back.
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_sigterm)
+            signal.signal(signal.SIGTERM, _noting_sigterm(on_sigterm))
     try:
         with _through_root("ray"):
             yield ray.cluster_resources()
     finally:
         if started:
             ray.shutdown()
+
+
+def _noting_sigterm(handler: Callable | int) -> Callable | int:
+    """``handler``, noting first that SIGTERM came (for :func:`stop_if_ray_is_lost`)."""
+    if not callable(handler):
+        return handler
+    _terminated.clear()
+
+    def noting(signum: int, frame: object) -> None:
+        _terminated.set()
+        handler(signum, frame)
+
+    return noting
+
+
+@contextmanager
+def stop_if_ray_is_lost(rescue: Callable[[], int], log: Log) -> Iterator[None]:
+    """While the block runs Tune: once SIGTERM came, check that Ray's GCS still answers. Where
+    the signal killed Ray too (sent to every process, not only to the driver's group), Tune
+    would wait a minute on it and Ray would then end the driver with exit status 1 and its
+    own line. Instead ``rescue`` records the running trials (it returns how many), one line
+    says so, and the driver exits with status 143 at once.
+
+    Args:
+        rescue: Records the trials still running as interrupted; returns their number.
+        log: Where the line goes.
+    """
+    import ray
+
+    done = threading.Event()
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+
+    def watch() -> None:
+        while not done.wait(RAY_CHECK_S):
+            if _terminated.is_set() and not _answers(host, int(port)):
+                stopped = rescue()
+                log(
+                    f"resnet-search: Ray's processes were stopped with the driver; {stopped} running trial(s) "
+                    "recorded as interrupted; run the same command to continue"
+                )
+                os._exit(EXIT_TERMINATED)  # the main thread is stuck in a call to the Ray that is gone
+
+    watcher = threading.Thread(target=watch, name="resnet-search-ray-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _own_session() -> Iterator[None]:
+    """While Ray starts its local processes (GCS, raylet, log monitor; the raylet's workers
+    make process groups of their own), start them in a new session, out of the driver's
+    process group. Only where Ray ties them to the driver's life by the kernel (Linux's
+    parent-death signal): then they still end when the driver is killed, and Ray needs no
+    reaper, which would look for them in the driver's group. Ray's own Windows code puts its
+    processes in a new process group for the same reason. Ray has no option for it: its
+    ``Popen`` class is swapped for one that asks for a new session, for the start only."""
+    from ray._private import services, utils
+
+    if not sys.platform.startswith("linux") or not utils.detect_fate_sharing_support():
+        yield
+        return
+    popen = services.ConsolePopen
+
+    class NewSessionPopen(popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **{**kwargs, "start_new_session": True})
+
+    services.ConsolePopen = NewSessionPopen  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen  # type: ignore[misc]
 
 
 def worker_env() -> dict:
@@ -73,10 +173,10 @@ def logs_to(path: Path) -> Iterator[None]:
 
 
 def _mask_secrets(record: logging.LogRecord) -> bool:
-    """A log filter: the record's message with every storage secret masked (see :func:`mask_password`)."""
-    record.msg, record.args = mask_password(record.getMessage()), None
+    """A log filter: the record's message with every storage secret masked (see :func:`mask_secrets`)."""
+    record.msg, record.args = mask_secrets(record.getMessage()), None
     if record.exc_info:
-        record.exc_text, record.exc_info = mask_password(logging.Formatter().formatException(record.exc_info)), None
+        record.exc_text, record.exc_info = mask_secrets(logging.Formatter().formatException(record.exc_info)), None
     return True
 
 

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import InvalidValue, Spec, UserError
+from search.config.secrets import mask_secrets, without_secrets
 from search.config.units import format_duration
 from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge
@@ -40,7 +41,7 @@ from search.engine.events import RunEnd, RunObserver, RunStart
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
 from search.engine.preflight import preflight, slots
 from search.engine.progress import PlainProgress
-from search.engine.ray_runtime import logs_to, ray_session
+from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
 from search.engine.samplers import create_study, max_epochs
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
@@ -49,8 +50,10 @@ from search.study.lease import DriverLease
 from search.study.records import kept_models
 from search.study.retrying import RetryingStorage
 from search.study.schema import REJECTED, is_finished
-from search.study.storage import default_storage, mask_password, open_storage, storage_gone_check, study_dir
+from search.study.storage import default_storage, open_storage, storage_gone_check, study_dir
 from search.study.trials import recover_interrupted, requeue_stopped, sort_sign
+
+STOPPED = "the run was stopped before the trial finished"  # why a trial the run stopped is FAIL
 
 
 @dataclass(frozen=True)
@@ -116,15 +119,15 @@ def run_search(
         A summary of the run.
 
     Raises:
-        UserError: bad storage, data, resources, a bad timeout, a space none of whose configs
-            fits the budget, a tracker whose extra is not installed, or another driver
-            running the same study.
+        UserError: bad storage, data, resources, timeout or tracker (not installed, not answering),
+            a space none of whose configs fits the budget, or another driver running the study.
     """
     started = time.monotonic()
     spec = with_budgets(spec, timeout, n_trials)
     require_space(spec)
     check_weights(spec)
     told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
+    spec = without_secrets(spec)  # the study and Ray get masked URIs; the trackers hold the real ones
     storage_url = storage or default_storage(spec.study.name)
     opened = RetryingStorage(  # a wrong URL or password fails here
         open_storage(storage_url), on_retry=log, still_there=storage_gone_check(storage_url)
@@ -145,9 +148,9 @@ def run_search(
             bridge.notify("run_started", _run_start(bridge, cluster, data, storage_url, started))
             start = time.monotonic()
             try:
-                _tuner(bridge, out_dir, trainable, keeper).fit()  # returns early, not raising, on Ctrl-C
+                _fit(bridge, out_dir, trainable, keeper)  # returns early, not raising, on Ctrl-C
             finally:
-                stopped = bridge.close_open_trials("the run was stopped before the trial finished")
+                stopped = bridge.close_open_trials(STOPPED)
                 keeper.settle()
                 ended_by = _end_run(bridge)
             wall = time.monotonic() - start
@@ -263,6 +266,13 @@ def _ended_by(bridge: StudyBridge, timeout_s: float | None) -> str | None:
     )
 
 
+def _fit(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper) -> None:
+    """Tune's run. Where a SIGTERM stopped Ray with the driver, the running trials are recorded
+    and the driver exits at once (:func:`~search.engine.ray_runtime.stop_if_ray_is_lost`)."""
+    with stop_if_ray_is_lost(lambda: bridge.close_open_trials(STOPPED), bridge.log):
+        _tuner(bridge, out_dir, trainable, keeper).fit()
+
+
 def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper) -> Any:
     """A Tune run whose trials the bridge samples, prunes and records, and whose best trials'
     weights the keeper keeps."""
@@ -308,7 +318,7 @@ def _summary(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return SearchSummary(
         study_name=study.study_name,
-        storage=mask_password(storage_url),
+        storage=mask_secrets(storage_url),
         finished=sum(is_finished(t) for t in trials),
         rejected=sum(REJECTED in t.user_attrs for t in trials),
         wall_time_s=wall,

@@ -14,6 +14,7 @@ import optuna
 
 from search.config import PrunerConfig, SamplerConfig, Spec, SpecError, load_spec, random_samples
 from search.config.schema import HyperbandPruner, MedianPruner, NoPruner, PercentilePruner, SuccessiveHalvingPruner
+from search.config.secrets import mask_secrets
 from search.study.schema import SPEC_SOURCE, SPEC_TEXT
 from search.study.storage import open_storage
 
@@ -144,8 +145,11 @@ def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optu
         sampler=make_sampler(spec.study.sampler, seed),
         pruner=make_pruner(spec.study.pruner, max_epochs(spec)),
     )
-    if SPEC_TEXT not in study.user_attrs:  # new, or half-created by a driver stopped while setting it up
+    stored = study.user_attrs.get(SPEC_TEXT)
+    if stored is None:  # new, or half-created by a driver stopped while setting it up
         _set_up(study, spec)
+    elif stored != mask_secrets(stored):  # kept in clear by an earlier version: a URI's password
+        study.set_user_attr(SPEC_TEXT, mask_secrets(stored))
     return study
 
 
@@ -161,7 +165,7 @@ def _set_up(study: optuna.Study, spec: Spec) -> None:
     for params in warm_start_params(spec):
         if params not in queued:
             study.enqueue_trial(params)
-    study.set_user_attr(SPEC_TEXT, spec.text)  # export and report rebuild trials from it
+    study.set_user_attr(SPEC_TEXT, mask_secrets(spec.text))  # export and report rebuild trials from it
 
 
 def max_epochs(spec: Spec) -> int:

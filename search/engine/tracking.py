@@ -4,7 +4,10 @@ named for the study). Written by the driver, not the workers, so they work on a 
 resumed run adds the trials a tracker lacks and never a second run of a trial.
 
 Both libraries are optional extras, imported only when asked for (``pip install -e
-'.[tensorboard]'``, ``'.[mlflow]'``); a missing one is a one-line error naming the extra.
+'.[tensorboard]'``, ``'.[mlflow]'``); a missing one is a one-line error naming the extra. An
+MLflow store that does not answer one quick request is a one-line error before Ray starts,
+not minutes of MLflow's retries. The tracking URI (and its password) stays in the driver's
+memory: the spec the study stores and Ray gets has it masked (:func:`without_secrets`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import math
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Spec, UserError
+from search.config.errors import one_line
+from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
 from search.study.schema import EPOCHS_RUN, ERROR, FLOPS, INTERRUPTED, PARAMS, REJECTED, trial_status
 
@@ -35,20 +42,24 @@ TAG_STUDY = "resnet_search.study"  # MLflow tags that find a trial's run again o
 TAG_TRIAL = "resnet_search.trial"
 UNPREFIXED = ("epochs", "model_params", "model_flops")  # MLflow metrics that are no result: no ``final_``
 MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+CHECK_TIMEOUT_S = 5  # the check of an MLflow store before the run: one request, no retries
 
 
 def tracking_observers(spec: Spec) -> list[RunObserver]:
     """The trackers the spec's ``tracking`` asks for (checked now, before Ray starts).
 
     Raises:
-        UserError: a tracker's library is not installed (the message names the extra).
+        UserError: a tracker's library is not installed (the message names the extra), or
+            an MLflow store does not answer (the message names its masked URI).
     """
     config, study_name = spec.tracking, spec.study.name
     observers: list[RunObserver] = []
     if config.tensorboard:
         observers.append(TensorBoardWriter(Path(config.tensorboard).resolve() / study_name))
     if config.mlflow:
-        observers.append(MLflowWriter(config.mlflow, study_name))
+        writer = MLflowWriter(config.mlflow, study_name)
+        writer.check_reachable()
+        observers.append(writer)
     return observers
 
 
@@ -170,7 +181,7 @@ class MLflowWriter(RunObserver):
         study_name: The study (and experiment) name.
 
     Raises:
-        UserError: mlflow is not installed.
+        UserError: mlflow is not installed, or it does not take the URI.
     """
 
     def __init__(self, uri: str, study_name: str) -> None:
@@ -181,12 +192,40 @@ class MLflowWriter(RunObserver):
         if urllib.parse.urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store only on request; the user asked for one by name.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
+        # MLflow writes a "View run at <URI>" line to stdout for every run it ends on a server:
+        # stdout is the command's result, and the URI may hold a password.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        self.where = mask_secrets(uri)  # the only form of the URI that is ever shown
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as error:  # MlflowException: a scheme MLflow has no store for
+            raise self._unusable(error) from None
         self.study_name = study_name
         self.experiment_id = ""
         self.runs: dict[int, str] = {}  # trial number -> run id, this run's open ones
         self.known: dict[int, str] = {}  # trial number -> run id, every run of the study's experiment
         self.objectives: tuple[str, ...] = ("val_acc",)
+
+    def check_reachable(self) -> None:
+        """One request to the store, with no retries and a short timeout: a server that is
+        down or refuses us ends the run before it starts, in seconds, instead of after
+        MLflow's own retries (minutes) at the first trial.
+
+        Raises:
+            UserError: the store did not answer; the message names its masked URI.
+        """
+        with _quick_requests():
+            try:
+                self.client.get_experiment_by_name(self.study_name)
+            except Exception as error:  # MlflowException, RestException, OSError: all mean "unusable"
+                raise self._unusable(error) from None
+
+    def _unusable(self, error: Exception) -> UserError:
+        return UserError(
+            f"MLflow tracking URI {self.where} cannot be used: {_reason(error)}; start the server or fix "
+            "the URI (--mlflow, tracking.mlflow); credentials go in MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, not in the URI"
+        )
 
     def run_started(self, event: RunStart) -> None:
         self.objectives = event.objectives
@@ -292,3 +331,29 @@ class MLflowWriter(RunObserver):
             kept = self.known.get(number)
             if kept and Path(folder).is_dir() and not self.client.list_artifacts(kept, "model"):
                 self.client.log_artifacts(kept, folder, artifact_path="model")
+
+
+@contextmanager
+def _quick_requests() -> Iterator[None]:
+    """MLflow's HTTP requests without retries and with a timeout of :data:`CHECK_TIMEOUT_S`
+    (MLflow reads these variables at every request), the caller's settings put back after."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_S)}
+    saved = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _reason(error: Exception) -> str:
+    """Why a request failed, masked and short: the innermost cause urllib3 names (``Connection
+    refused``, ``Read timed out``, ``Failed to resolve ...``), else the message's first line."""
+    text = mask_secrets(one_line(str(error).strip() or type(error).__name__))
+    caused = text.rpartition("Caused by ")[2] if "Caused by " in text else ""
+    detail = caused.rpartition("): ")[2].rstrip("\"')").strip()
+    return detail or text[:300]

@@ -13,10 +13,11 @@ from typing import Any
 import optuna
 
 from search.config import UserError
+from search.config.secrets import mask_secrets
 from search.engine.types import Log
 from search.study.notes import write_trial_note
 from search.study.schema import LEARNING_CURVES_ID
-from search.study.storage import mask_password, open_existing_storage
+from search.study.storage import open_existing_storage
 from search.study.trials import load_study
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -102,9 +103,7 @@ def serve_dashboard(
         url = f"http://{shown}:{server.server_port}/dashboard/"
         if study_name:
             url += f"studies/{studies[0]._study_id}"
-        log(
-            f"optuna-dashboard {optuna_dashboard.__version__} on {mask_password(storage_url)}: {url}  (Ctrl-C stops it)"
-        )
+        log(f"optuna-dashboard {optuna_dashboard.__version__} on {mask_secrets(storage_url)}: {url}  (Ctrl-C stops it)")
         _stop_on_signals()
         refresher.start()
         server.serve_forever()

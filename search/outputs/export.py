@@ -12,9 +12,10 @@ from optuna.trial import FrozenTrial
 
 from search._version import __version__
 from search.config import fixed_document
+from search.config.secrets import mask_secrets
 from search.study.records import kept_models
 from search.study.schema import FLOPS, PARAMS, SPEC_SOURCE, metric_names
-from search.study.storage import mask_password, safe_study_name, study_dir
+from search.study.storage import safe_study_name, study_dir
 from search.study.trials import ranked_trials, study_spec, trial_config
 
 
@@ -63,7 +64,7 @@ def provenance(study: optuna.Study, storage_url: str, trial: FrozenTrial) -> dic
     date = trial.datetime_complete or trial.datetime_start
     return {
         "study": study.study_name,
-        "storage": mask_password(storage_url),
+        "storage": mask_secrets(storage_url),
         "spec_source": study.user_attrs.get(SPEC_SOURCE),
         "trial": trial.number,
         "values": dict(zip(metric_names(study), trial.values)),

@@ -18,6 +18,7 @@ import optuna
 import plotly.graph_objects as go
 
 from search.config import UserError
+from search.config.secrets import mask_secrets
 from search.outputs.figures import (
     history_figure,
     importance_figure,
@@ -41,7 +42,7 @@ from search.study.schema import (
     status_counts,
     trial_status,
 )
-from search.study.storage import mask_password, study_dir
+from search.study.storage import study_dir
 from search.study.trials import ranked_trials, study_spec
 
 TEMPLATE = "plotly_white"
@@ -195,7 +196,7 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
     page = PAGE.format(
         title=html.escape(f"resnet-search report: {study.study_name}"),
         name=html.escape(study.study_name),
-        storage=html.escape(mask_password(storage_url)),
+        storage=html.escape(mask_secrets(storage_url)),
         summary=html.escape(summary),
         objectives=html.escape(
             ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metric_names(study), study.directions))

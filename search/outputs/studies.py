@@ -11,8 +11,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import UserError
+from search.config.secrets import mask_secrets
 from search.study.schema import SPEC_TEXT, STATUSES, metric_names, status_counts
-from search.study.storage import STUDIES_DIR, mask_password, open_existing_storage
+from search.study.storage import STUDIES_DIR, open_existing_storage
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def list_studies(storage: str | None = None) -> list[StudyRow]:
             ends = [t.datetime_complete for t in trials if t.datetime_complete]
             rows.append(
                 StudyRow(
-                    mask_password(url),
+                    mask_secrets(url),
                     name,
                     status_counts(trials),
                     _best_text(study, trials),

@@ -15,10 +15,11 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
 from search.config import Spec, UserError
+from search.config.secrets import mask_secrets
 from search.study.notes import architecture_line, format_flops, recipe_line
 from search.study.records import kept_models
 from search.study.schema import FLOPS, LEADERBOARD, PARAMS, metric_names
-from search.study.storage import default_storage, mask_password, study_dir
+from search.study.storage import default_storage, study_dir
 from search.study.trials import ranked_trials, trial_config
 
 
@@ -115,7 +116,7 @@ def use_commands(study_name: str, storage_url: str, number: int) -> list[str]:
 
 
 def _storage_flag(study_name: str, storage_url: str) -> str:
-    return "" if storage_url == default_storage(study_name) else f" --storage {mask_password(storage_url)}"
+    return "" if storage_url == default_storage(study_name) else f" --storage {mask_secrets(storage_url)}"
 
 
 def curve_figure(trial: FrozenTrial, metric: str) -> go.Figure:

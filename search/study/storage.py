@@ -1,18 +1,16 @@
-"""Optuna storages by URL: where a study's files live, the default SQLite file, masking
-passwords, opening a storage, and finding the one a command means.
+"""Optuna storages by URL: where a study's files live, the default SQLite file, opening a
+storage, and finding the one a command means.
 
-Two decisions live here and nowhere else: which study names may name a file and folder
-(:func:`safe_study_name`), and what of a storage URL is a secret (:func:`mask_password`).
+Which study names may name a file and folder is decided here and nowhere else
+(:func:`safe_study_name`); what of a URL is a secret, in :mod:`search.config.secrets`.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from urllib.parse import unquote
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -20,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from search.config import UserError
 from search.config.names import study_name_problem
+from search.config.secrets import mask_secrets
 
 STUDIES_DIR = Path("studies")
 URL_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
@@ -55,36 +54,6 @@ def study_dir(study_name: str) -> Path:
     return STUDIES_DIR / safe_study_name(study_name)
 
 
-# A URL's userinfo password: from ``://user:`` to the last ``@`` of the URL (SQLAlchemy ends
-# it at the first, so a raw ``@`` in a password would otherwise leave its tail readable).
-_USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)\S*@")
-# ``key=value`` pairs: a URL's query string (``?password=...``) and libpq's ``password=...``.
-_KEY_VALUE = re.compile(r"(?<![\w%])([\w%.~-]+)=([^&;#\s'\"]*)")
-# Parts of a key's name that mark its value as a secret (password, passwd, pwd, sslpassword,
-# token, api_key, secret, ...). Masking a harmless value too costs nothing.
-_SECRET_KEY_PARTS = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
-
-
-def mask_password(text: str) -> str:
-    """``text`` with every secret a storage URL can carry replaced by ``***``: the userinfo
-    password and any query (or libpq ``key=value``) parameter whose name marks a secret,
-    percent-encoded names included. Safe to print, log and write.
-
-    Args:
-        text: A URL, or a message that may hold one.
-
-    Returns:
-        The masked text.
-    """
-    text = _USERINFO_SECRET.sub(r"\1***@", text)
-
-    def mask_value(match: re.Match[str]) -> str:
-        key, value = match.group(1), match.group(2)
-        return f"{key}=***" if value and _SECRET_KEY_PARTS.search(unquote(key)) else match.group(0)
-
-    return _KEY_VALUE.sub(mask_value, text)
-
-
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open an Optuna storage: an RDB URL, or ``journal:///path/to/file.log`` for a journal file.
 
@@ -94,7 +63,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in URL_SCHEMES:
         raise UserError(
-            f"storage {mask_password(url)}: unknown scheme {scheme!r}; use one of "
+            f"storage {mask_secrets(url)}: unknown scheme {scheme!r}; use one of "
             f"{', '.join(s + '://' for s in URL_SCHEMES)}"
         )
     if scheme == "journal":
@@ -112,13 +81,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
     except ImportError as error:
         raise UserError(
-            f"storage {mask_password(url)}: the database driver is missing ({error.name}); "
+            f"storage {mask_secrets(url)}: the database driver is missing ({error.name}); "
             "for PostgreSQL: pip install 'resnet-search[postgres]'"
         ) from None
     except (ArgumentError, ValueError) as error:
-        raise UserError(f"storage {mask_password(url)}: not a valid URL ({first_line(error)})") from None
+        raise UserError(f"storage {mask_secrets(url)}: not a valid URL ({first_line(error)})") from None
     except Exception as error:  # sqlalchemy.exc.OperationalError and friends, by driver
-        raise UserError(f"storage {mask_password(url)}: cannot connect ({first_line(error)})") from None
+        raise UserError(f"storage {mask_secrets(url)}: cannot connect ({first_line(error)})") from None
 
 
 def storage_gone_check(url: str) -> Callable[[], None]:
@@ -135,7 +104,7 @@ def storage_gone_check(url: str) -> Callable[[], None]:
     path = _file_of(url) if scheme in ("sqlite", "journal") else None
     if path is None:
         return lambda: None
-    where = mask_password(url)
+    where = mask_secrets(url)
 
     def check() -> None:
         if not path.exists():
@@ -192,7 +161,7 @@ def _check_sqlite_file(url: str) -> None:
         problem = str(error)
     if problem != "ok":
         raise UserError(
-            f"storage {mask_password(url)}: {database} is damaged ({problem.splitlines()[0]}); "
+            f"storage {mask_secrets(url)}: {database} is damaged ({problem.splitlines()[0]}); "
             "restore it from a backup, or move it aside to start the study afresh"
         )
 
@@ -203,7 +172,7 @@ def _engine_kwargs(scheme: str) -> dict:
 
 
 def first_line(error: BaseException) -> str:
-    return mask_password(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    return mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
 
 
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
@@ -215,7 +184,7 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     path = _file_of(url) if scheme in ("sqlite", "journal") else None
     if path is not None and not path.is_file():
-        raise UserError(f"storage {mask_password(url)}: no such database file {mask_password(str(path))}")
+        raise UserError(f"storage {mask_secrets(url)}: no such database file {mask_secrets(str(path))}")
     return open_storage(url)
 
 

@@ -7,8 +7,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Spec, TrialConfig, UserError, parse_spec
+from search.config.secrets import mask_secrets
 from search.study.schema import INTERRUPTED, RETRY_OF, SPEC_SOURCE, SPEC_TEXT, status_counts
-from search.study.storage import mask_password, open_existing_storage
+from search.study.storage import open_existing_storage
 
 
 def load_study(storage_url: str, study_name: str | None = None) -> optuna.Study:
@@ -20,7 +21,7 @@ def load_study(storage_url: str, study_name: str | None = None) -> optuna.Study:
     """
     storage = open_existing_storage(storage_url)
     names = optuna.study.get_all_study_names(storage)
-    where = mask_password(storage_url)
+    where = mask_secrets(storage_url)
     if study_name is None:
         if len(names) != 1:
             listed = ", ".join(names) if names else "none"
