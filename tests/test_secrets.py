@@ -213,3 +213,22 @@ def test_a_tracking_password_is_printed_stored_and_handed_to_ray_nowhere(
     assert files_containing(tmp_path, spec_secret) == [spec]  # the user's own file, nothing of ours
     recent = [p for p in Path("/tmp/ray").glob("session_*/logs") if p.stat().st_mtime > time.time() - 3600]
     assert not [f for logs in recent for secret in (flag_secret, spec_secret) for f in files_containing(logs, secret)]
+
+
+def test_a_study_stored_with_a_password_in_its_spec_is_masked_by_the_next_run(tmp_path: Path) -> None:
+    """Studies written before the spec was masked kept its tracking URI in clear: the next run's
+    :func:`create_study` masks the stored text, and a new study never stores it."""
+    from search.engine.samplers import create_study
+
+    text = (
+        "study: {name: old}\n"
+        f"tracking: {{mlflow: 'http://user:{SECRET}@mlflow.example:5000'}}\n"
+        "model: {stages: [{blocks: {range: [1, 2]}, width: 16}]}\n"
+    )
+    spec = parse_spec(text, "old.yaml")
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    create_study(spec, storage).set_user_attr(SPEC_TEXT, text)  # as an earlier version stored it
+    assert SECRET in load(storage, "old").user_attrs[SPEC_TEXT]
+    assert create_study(spec, storage).user_attrs[SPEC_TEXT] == mask_secrets(text)
+    new = parse_spec(text.replace("name: old", "name: new"), "new.yaml")
+    assert SECRET not in create_study(new, storage).user_attrs[SPEC_TEXT]

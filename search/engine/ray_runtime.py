@@ -24,7 +24,7 @@ from pathlib import Path
 from search.config.secrets import mask_secrets
 from search.engine.types import Log
 
-EXIT_TERMINATED = 128 + signal.SIGTERM  # as a shell reports a process that SIGTERM ended
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the CLI's status after SIGTERM (search.cli.EXIT_TERMINATED)
 RAY_CHECK_S = 0.5  # how often, once SIGTERM came, the driver checks that Ray is still there
 _terminated = threading.Event()  # SIGTERM came while the run's Ray was up
 
@@ -173,7 +173,7 @@ def logs_to(path: Path) -> Iterator[None]:
 
 
 def _mask_secrets(record: logging.LogRecord) -> bool:
-    """A log filter: the record's message with every storage secret masked (see :func:`mask_secrets`)."""
+    """A log filter: the record's message with every URI's secrets masked (see :func:`mask_secrets`)."""
     record.msg, record.args = mask_secrets(record.getMessage()), None
     if record.exc_info:
         record.exc_text, record.exc_info = mask_secrets(logging.Formatter().formatException(record.exc_info)), None

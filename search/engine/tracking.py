@@ -223,8 +223,7 @@ class MLflowWriter(RunObserver):
     def _unusable(self, error: Exception) -> UserError:
         return UserError(
             f"MLflow tracking URI {self.where} cannot be used: {_reason(error)}; start the server or fix "
-            "the URI (--mlflow, tracking.mlflow); credentials go in MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD, not in the URI"
+            "--mlflow (or tracking.mlflow); credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
 
     def run_started(self, event: RunStart) -> None:
