@@ -21,6 +21,7 @@ Modules, each importing only those above it:
 - :mod:`~search.data.archives`: safe extraction of archives into the cache.
 - :mod:`~search.data.sources`: where the dataset is (named location, cache, download).
 - :mod:`~search.data.splits`: :class:`TensorSplit`, :class:`ImageDataset`, splits, channel stats.
+- :mod:`~search.data.images`: one image to RGB pixels, the decoding ``predict`` shares.
 - :mod:`~search.data.decode`: image decoding in a process pool, resizing.
 - :mod:`~search.data.readers`: a source (pickles or class folders) into the cache's dict.
 - :mod:`~search.data.load`: :func:`load_dataset`.

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from search.config.files import MAX_PIXELS_VARIABLE
 from search.study.storage import mask_password
 
 
@@ -48,7 +49,7 @@ def ray_session(address: str | None) -> Iterator[dict]:
 
 def worker_env() -> dict:
     """Our environment variables, for workers on other nodes (local workers inherit them)."""
-    names = ("RESNET_SEARCH_CACHE", "RESNET_SEARCH_DATA", "XDG_CACHE_HOME")
+    names = ("RESNET_SEARCH_CACHE", "RESNET_SEARCH_DATA", MAX_PIXELS_VARIABLE, "XDG_CACHE_HOME")
     return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
 
 

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial
 
 from search._version import __version__
 from search.config import fixed_document
+from search.config.files import write_text
 from search.study.records import kept_models
 from search.study.schema import FLOPS, PARAMS, SPEC_SOURCE, metric_names
 from search.study.storage import mask_password, safe_study_name, study_dir
@@ -52,7 +53,7 @@ def export_best(
     for trial in trials:
         document = fixed_document(spec, trial_config(spec, trial), provenance(study, storage_url, trial))
         path = out / f"{safe_study_name(study.study_name)}_trial{trial.number}.yaml"  # stays in out
-        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        write_text(path, yaml.safe_dump(document, sort_keys=False))
         paths.append(path)
     return paths
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig, UserError
+from search.config.files import write_text
 from search.engine.types import Log
 from search.study.schema import FLOPS, LEADERBOARD, metric_names
 from search.study.storage import safe_study_name
@@ -224,12 +226,12 @@ def _row(
 
 
 def _write_leaderboard_csv(board: Leaderboard) -> None:
-    board.csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with board.csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in board.rows:
-            record = asdict(row)
-            record["seeds"] = " ".join(map(str, row.seeds))
-            record["test_acc"] = " ".join("nan" if a is None else repr(a) for a in row.test_acc)
-            writer.writerow({key: record[key] for key in CSV_COLUMNS})
+    handle = io.StringIO()
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in board.rows:
+        record = asdict(row)
+        record["seeds"] = " ".join(map(str, row.seeds))
+        record["test_acc"] = " ".join("nan" if a is None else repr(a) for a in row.test_acc)
+        writer.writerow({key: record[key] for key in CSV_COLUMNS})
+    write_text(board.csv_path, handle.getvalue())
