@@ -229,6 +229,30 @@ def test_a_bad_out_is_one_line_before_the_work_and_leaves_nothing(
     assert Path("/dev/full").is_char_device()
 
 
+FOLDER_COMMANDS: dict[str, Callable[[str, str], list[str]]] = {
+    "train": lambda storage, out: ["train", "fixed.yaml", "--out", out],
+    "export": lambda storage, out: ["export", "--storage", storage, "--out", out],
+    "retrain": lambda storage, out: ["retrain", "--storage", storage, "--top", "1", "--out", out],
+}
+BAD_FOLDER: dict[str, tuple[str, str]] = {  # command -> (--out, what the line says)
+    "train": ("a_file/runs", "--out a_file/runs: a_file is a regular file, not a folder"),
+    "export": ("a_file", "--out a_file: a regular file, not a folder; name a folder to write into"),
+    "retrain": ("", "--out '': an empty path; name the folder to write"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
+def test_a_bad_out_folder_is_one_line_before_the_work(
+    command: str, model_dir: Path, storage: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a_file").write_text("a file\n")
+    (tmp_path / "fixed.yaml").write_text((model_dir.parent / "fixed.yaml").read_text())
+    out, expected = BAD_FOLDER[command]
+    before = listing(tmp_path)
+    assert one_error_line(cli(FOLDER_COMMANDS[command](storage, out), tmp_path)) == f"resnet-search: error: {expected}"
+    assert listing(tmp_path) == before
+
+
 def fill_disk_at(size: int) -> Callable[[], None]:
     """A child process whose files cannot grow past ``size`` bytes: every write beyond fails as
     on a full disk (EFBIG, "File too large"; SIGXFSZ ignored so that the write returns the error)."""

@@ -4,10 +4,11 @@ not at all.
 A path given on the command line may name a FIFO (``open`` waits for a writer forever), a
 device (``/dev/zero`` never ends; ``/dev/full`` fails every write), a socket, a folder, or
 lie under a file: the readers (:mod:`search.data.images`) ask :func:`file_kind` first and
-refuse anything but a regular file; every command that writes a file checks its path with
-:func:`check_output_file` before the work, then writes with :func:`write_bytes` or
-:func:`write_text` (a temporary file in the same folder, renamed into place). An image's
-size is in its header: :func:`default_pixel_limit` bounds it before its pixels are decoded.
+refuse anything but a regular file; every command that writes checks its path with
+:func:`check_output_file` or :func:`check_output_folder` before the work, then writes with
+:func:`write_bytes` or :func:`write_text` (a temporary file in the same folder, renamed into
+place). An image's size is in its header: :func:`default_pixel_limit` bounds it before its
+pixels are decoded.
 
 Light on purpose (no torch): the commands that only write reports import it.
 """
@@ -99,20 +100,44 @@ def check_output_file(out: str | Path, flag: str = "--out") -> Path:
             other than a regular file (``/dev/full``, a FIFO), under a file, or in a folder
             that cannot be written (permissions, a read-only file system).
     """
-    text = os.fspath(out)
-    where = f"{flag} {text}" if flag else text
-    if not text.strip():
-        raise UserError(f"{flag or 'output'} {text!r}: an empty path; name the file to write")
-    path = Path(text)
+    path, where = _named(out, flag, "file")
     kind = file_kind(path)
     if kind is not None and kind != REGULAR_FILE:
         raise UserError(f"{where}: {kind}, not a regular file; name a file to write")
+    _check_can_create_in(path, where)
+    return path
+
+
+def check_output_folder(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a folder to write files into (made if missing), checked before the work.
+
+    Raises:
+        UserError: One line naming the path and what is wrong: empty, not a folder, under a
+            file, or in a folder that cannot be written.
+    """
+    path, where = _named(out, flag, "folder")
+    kind = file_kind(path)
+    if kind is not None and kind != FOLDER:
+        raise UserError(f"{where}: {kind}, not a folder; name a folder to write into")
+    _check_can_create_in(path / "_", where)  # the files go inside it
+    return path
+
+
+def _named(out: str | Path, flag: str, what: str) -> tuple[Path, str]:
+    """``out`` as a path and as errors name it (``--out PATH``, or the path alone)."""
+    text = os.fspath(out)
+    if not text.strip():
+        raise UserError(f"{flag or 'output'} {text!r}: an empty path; name the {what} to write")
+    return Path(text), f"{flag} {text}" if flag else text
+
+
+def _check_can_create_in(path: Path, where: str) -> None:
+    """The nearest existing folder above ``path`` is a folder this process may write into."""
     folder = next((p for p in path.parents if file_kind(p) is not None), Path.cwd())
     if file_kind(folder) != FOLDER:
         raise UserError(f"{where}: {folder} is {file_kind(folder)}, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{where}: {folder} cannot be written (permissions or a read-only file system)")
-    return path
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig, UserError
-from search.config.files import write_text
+from search.config.files import check_output_folder, write_text
 from search.engine.types import Log
 from search.study.schema import FLOPS, LEADERBOARD, metric_names
 from search.study.storage import safe_study_name
@@ -133,8 +133,8 @@ def retrain(
         The leaderboard.
 
     Raises:
-        UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit;
-            recorded data that moved or changed.
+        UserError: ``out_dir`` cannot be written (checked first); see :func:`ranked_trials`; no
+            seeds; data that cannot be found or does not fit; recorded data that moved or changed.
     """
     import torch  # heavy: only retraining needs it
 
@@ -142,11 +142,12 @@ def retrain(
 
     if not seeds:
         raise UserError("--seeds needs at least one seed")
+    given = check_output_folder(out_dir) if out_dir is not None else None
     trials = ranked_trials(study, top)
     spec = study_spec(study)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data, record = study_data(study, spec, data_dir, download=download, log=log)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / safe_study_name(study.study_name) / "retrain"
+    out = given or Path("runs") / safe_study_name(study.study_name) / "retrain"
     how: dict[str, Any] = {"epochs": epochs, "device": device, "log": log}
     rows = []
     for trial in trials:

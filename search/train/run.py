@@ -12,6 +12,7 @@ import torch
 
 import search.data
 from search.config import InvalidValue, Spec, SpecError, TrialConfig
+from search.config.files import check_output_folder
 from search.data import ImageDataset
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
@@ -59,9 +60,11 @@ def train_spec(
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
-        UserError: The data cannot be found or does not fit the model.
+        UserError: ``out_dir`` cannot be written (checked first); the data cannot be found or
+            does not fit the model.
     """
     trial = spec.fixed()
+    given = check_output_folder(out_dir) if out_dir is not None else None
     if init_from is not None:
         trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
     check_init(trial.model)
@@ -73,7 +76,7 @@ def train_spec(
     except InvalidValue as error:
         raise SpecError(spec.source, error.key, error.message) from None
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
-    out = Path(out_dir) if out_dir is not None else Path("runs") / spec.study.name
+    out = given or Path("runs") / spec.study.name
     seeds = seeds or [trial.train.seed]
     several = len(seeds) > 1
     lines, val_accs, test_accs = [], [], []
