@@ -104,7 +104,7 @@ def check_output_file(out: str | Path, flag: str = "--out") -> Path:
     kind = file_kind(path)
     if kind is not None and kind != REGULAR_FILE:
         raise UserError(f"{where}: {kind}, not a regular file; name a file to write")
-    _check_can_create_in(path, where)
+    _check_can_create_in(path, where, default=not flag)
     return path
 
 
@@ -119,7 +119,7 @@ def check_output_folder(out: str | Path, flag: str = "--out") -> Path:
     kind = file_kind(path)
     if kind is not None and kind != FOLDER:
         raise UserError(f"{where}: {kind}, not a folder; name a folder to write into")
-    _check_can_create_in(path / "_", where)  # the files go inside it
+    _check_can_create_in(path / "_", where, default=not flag)  # the files go inside it
     return path
 
 
@@ -131,13 +131,15 @@ def _named(out: str | Path, flag: str, what: str) -> tuple[Path, str]:
     return Path(text), f"{flag} {text}" if flag else text
 
 
-def _check_can_create_in(path: Path, where: str) -> None:
-    """The nearest existing folder above ``path`` is a folder this process may write into."""
+def _check_can_create_in(path: Path, where: str, default: bool) -> None:
+    """The nearest existing folder above ``path`` is a folder this process may write into;
+    a ``default`` path (the user named none) gets the way out: ``--out``."""
     folder = next((p for p in path.parents if file_kind(p) is not None), Path.cwd())
     if file_kind(folder) != FOLDER:
         raise UserError(f"{where}: {folder} is {file_kind(folder)}, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{where}: {folder} cannot be written (permissions or a read-only file system)")
+        elsewhere = "; write elsewhere with --out" if default else ""
+        raise UserError(f"{where}: {folder} cannot be written (permissions or a read-only file system){elsewhere}")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
