@@ -60,11 +60,10 @@ def train_spec(
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
-        UserError: ``out_dir`` cannot be written (checked first); the data cannot be found or
-            does not fit the model.
+        UserError: ``out_dir`` cannot be written (checked first); the data is missing or misfits.
     """
     trial = spec.fixed()
-    given = check_output_folder(out_dir) if out_dir is not None else None
+    out = check_output_folder(out_dir) if out_dir is not None else Path("runs") / spec.study.name
     if init_from is not None:
         trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
     check_init(trial.model)
@@ -76,7 +75,6 @@ def train_spec(
     except InvalidValue as error:
         raise SpecError(spec.source, error.key, error.message) from None
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
-    out = given or Path("runs") / spec.study.name
     seeds = seeds or [trial.train.seed]
     several = len(seeds) > 1
     lines, val_accs, test_accs = [], [], []
