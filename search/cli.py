@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from search._version import __version__
 from search.config import UserError
-from search.config.errors import one_line
+from search.config.errors import InvalidValue, one_line
+from search.config.files import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, parse_pixel_limit
 
 if TYPE_CHECKING:
     import optuna
@@ -141,6 +142,12 @@ def _model_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--top-k", type=_positive_int, default=1, help="classes shown per image (default 1)")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    predict.add_argument(
+        "--max-pixels",
+        type=_pixel_limit,
+        default=None,
+        help=f"refuse larger images, from their header (default ${MAX_PIXELS_VARIABLE}, else {DEFAULT_MAX_PIXELS:,})",
+    )
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
@@ -229,6 +236,13 @@ def _duration(text: str) -> float:
 
     try:
         return parse_duration(text)
+    except InvalidValue as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+def _pixel_limit(text: str) -> int:
+    try:
+        return parse_pixel_limit(text)
     except InvalidValue as error:
         raise argparse.ArgumentTypeError(error.message) from None
 
@@ -416,14 +430,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load_model(args.model_dir, args.device)
     files, errors = image_files(args.images)
-    predictions, unreadable = model.predict_files(files, top_k=args.top_k)
+    predictions, unreadable = model.predict_files(files, top_k=args.top_k, max_pixels=args.max_pixels)
     errors += unreadable
     if args.json:
         print(json.dumps({"predictions": [p.as_dict() for p in predictions], "errors": errors}, indent=2))
     else:
         print("\n".join(p.line() for p in predictions))
     for error in errors:
-        print(f"resnet-search: error: {error}", file=sys.stderr)
+        print(f"resnet-search: error: {one_line(error)}", file=sys.stderr)
     return EXIT_USER_ERROR if errors else 0
 
 

@@ -244,7 +244,11 @@ FLAGS: dict[str, list[str]] = {
     "export": ["--storage", "--study", "--top", "--out"],
     "retrain": ["--storage", "--study", "--top", "--seeds", "--epochs", "--out", "--device"],
     "report": ["--storage", "--study", "--out"],
+    "predict": ["--top-k", "--max-pixels", "--device"],
+    "evaluate": ["--out", "--split", "--device", "--data-dir"],
+    "export-model": ["--format", "--out"],
 }
+MODEL_COMMANDS = ("predict", "evaluate", "export-model")  # their first argument is a model folder
 
 
 @st.composite
@@ -253,6 +257,10 @@ def command_lines(draw: st.DrawFn) -> list[str]:
     args = [command]
     if command in ("count", "train", "run"):
         args.append(draw(st.sampled_from(["missing.yaml", "", "/", "spec.yaml"])))
+    if command in MODEL_COMMANDS:  # never a model folder: no command gets as far as its work
+        args.append(draw(st.sampled_from(["missing", "", "/", "spec.yaml"])))
+    if command == "predict":
+        args.append(draw(st.sampled_from(["image.png", "", "/", "spec.yaml"])))
     for flag in draw(st.lists(st.sampled_from(FLAGS[command]), max_size=3, unique=True)):
         args += [flag, draw(words)]
     return args

@@ -19,6 +19,7 @@ Modules, each importing only those above it:
 - :mod:`~search.data.layout`: a dataset found on disk (:class:`Layout`), folders by name.
 - :mod:`~search.data.cache`: the user cache folder, cache keys, the tensor files, locks.
 - :mod:`~search.data.splits`: :class:`TensorSplit`, :class:`ImageDataset`, splits, channel stats.
+- :mod:`~search.data.images`: one image to RGB pixels, the decoding ``predict`` shares.
 - :mod:`~search.data.decode`: image decoding in a process pool, resizing.
 - :mod:`~search.data.readers`: the formats (:data:`FORMATS`: CIFAR pickles, class folders),
   each recognised, fingerprinted and read into the cache's dict; a new format registers here.

@@ -1,5 +1,8 @@
 """Image files to uint8 arrays, in a process pool when there are many; tensor layout and resizing.
 
+Each file is decoded by :func:`search.data.images.read_image`, the one decoding path that
+``predict`` uses too.
+
 Decoding JPEGs is the slow part of loading a class-folder source (about 10 s for CIFAR-10),
 which is why it happens once per source (see :mod:`search.data.cache`).
 """
@@ -11,13 +14,14 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from search.config import UserError
+from search.config.files import default_pixel_limit
+from search.data.images import Undecodable, read_image
 
 # Below this many images a process pool costs more to start than it saves.
 POOL_MIN_IMAGES = 2000
@@ -39,7 +43,7 @@ class Decoded:
     skipped: list[tuple[Path, str]]
 
 
-def decode_images(paths: Sequence[Path], image_size: int | None) -> Decoded:
+def decode_images(paths: Sequence[Path], image_size: int | None, max_pixels: int | None = None) -> Decoded:
     """Decode image files into one uint8 ``N x H x W x 3`` array, in a process pool when many.
 
     Processes, not threads: Pillow holds the GIL for much of a small JPEG's decode, and
@@ -50,21 +54,23 @@ def decode_images(paths: Sequence[Path], image_size: int | None) -> Decoded:
         paths: The image files, in the order wanted.
         image_size: Resize (shorter side, then centre crop) to this square side; ``None``
             requires all images square and of one size.
+        max_pixels: Skip an image of more pixels; default :func:`default_pixel_limit`.
 
     Returns:
         The images (``0 x S x S x 3`` for none; ``S`` is ``image_size`` or 1), which files they
         are, and the skipped files.
 
     Raises:
-        UserError: Sizes differ without ``image_size``.
+        UserError: Sizes differ without ``image_size``; a bad ``RESNET_SEARCH_MAX_PIXELS``.
     """
+    limit = max_pixels if max_pixels is not None else default_pixel_limit()
     chunks = [list(paths[i : i + DECODE_CHUNK]) for i in range(0, len(paths), DECODE_CHUNK)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(len(chunks), cpus)
     if len(paths) < POOL_MIN_IMAGES or workers < 2:
-        parts = [decode_chunk(c, image_size) for c in chunks]
+        parts = [decode_chunk(c, image_size, limit) for c in chunks]
     else:
-        parts = _decode_in_pool(chunks, image_size, workers)
+        parts = _decode_in_pool(chunks, image_size, limit, workers)
     decoded = [(chunk, part) for chunk, part in zip(chunks, parts, strict=True) if len(part.kept)]
     _check_chunks_agree([chunk for chunk, _ in decoded], [part.images for _, part in decoded])
     kept = [i * DECODE_CHUNK + k for i, part in enumerate(parts) for k in part.kept]
@@ -75,14 +81,14 @@ def decode_images(paths: Sequence[Path], image_size: int | None) -> Decoded:
     return Decoded(np.concatenate([part.images for _, part in decoded]), kept, skipped)
 
 
-def _decode_in_pool(chunks: list[list[Path]], image_size: int | None, workers: int) -> list[Decoded]:
+def _decode_in_pool(chunks: list[list[Path]], image_size: int | None, max_pixels: int, workers: int) -> list[Decoded]:
     """:func:`decode_chunk` of every chunk in a pool of ``workers`` processes, in order."""
     import multiprocessing
 
     # fork: the workers need only Pillow and numpy, and start in milliseconds.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(decode_chunk, chunks, [image_size] * len(chunks)))
+        return list(pool.map(decode_chunk, chunks, [image_size] * len(chunks), [max_pixels] * len(chunks)))
 
 
 def _check_chunks_agree(chunks: list[list[Path]], arrays: list[np.ndarray]) -> None:
@@ -95,19 +101,21 @@ def _check_chunks_agree(chunks: list[list[Path]], arrays: list[np.ndarray]) -> N
             )
 
 
-def decode_chunk(paths: Sequence[Path], image_size: int | None) -> Decoded:
-    """Decode a few images (one pool task); see :func:`decode_images`.
+def decode_chunk(paths: Sequence[Path], image_size: int | None, max_pixels: int | None = None) -> Decoded:
+    """Decode a few images (one pool task) with :func:`search.data.images.read_image`, the
+    decoding ``predict`` uses too; see :func:`decode_images`.
 
     Raises:
         UserError: Sizes differ without ``image_size``.
     """
+    limit = max_pixels if max_pixels is not None else default_pixel_limit()
     out: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[tuple[Path, str]] = []
     for index, path in enumerate(paths):
         try:
-            arr = _decode_one(path, image_size)
-        except _Undecodable as error:
+            arr = read_image(path, image_size, limit)
+        except Undecodable as error:
             skipped.append((path, str(error)))
             continue
         if image_size is None and (arr.shape[0] != arr.shape[1] or (out and arr.shape != out[0].shape)):
@@ -122,49 +130,6 @@ def decode_chunk(paths: Sequence[Path], image_size: int | None) -> Decoded:
         side = image_size or 1
         return Decoded(np.zeros((0, side, side, 3), dtype=np.uint8), kept, skipped)
     return Decoded(np.stack(out), kept, skipped)
-
-
-class _Undecodable(Exception):
-    """A file that is not an image Pillow can fully decode (corrupt, truncated, unknown mode)."""
-
-
-def _decode_one(path: Path, image_size: int | None) -> np.ndarray:
-    """One image as uint8 ``H x W x 3`` RGB, upright, fitted to ``image_size`` if given.
-
-    Raises:
-        _Undecodable: the file cannot be decoded whole.
-    """
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as opened:
-            im = _to_rgb(ImageOps.exif_transpose(opened))  # EXIF orientation: as a viewer shows it
-            if image_size is not None:
-                # Shorter side to image_size, centre crop; Pillow's resampling is antialiased.
-                im = ImageOps.fit(im, (image_size, image_size), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _Undecodable(f"{type(e).__name__}: {e}") from None
-
-
-# Pillow's modes of more than 8 bits per sample, and the largest value each holds.
-_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 255}
-
-
-def _to_rgb(im: Any) -> Any:
-    """An opened image as 8-bit RGB, whatever its mode.
-
-    ``convert("RGB")`` handles palette (with or without transparency), grayscale, grayscale
-    with alpha, RGBA (alpha dropped) and CMYK; but it clips 16-bit grayscale (``I;16``, ``I``)
-    at 255, which turns a 16-bit PNG white, so those are scaled down to 8 bits first.
-    """
-    from PIL import Image
-
-    if im.mode in _WIDE_MODES:
-        wide = np.asarray(im, dtype=np.float64)
-        scaled = np.clip(np.rint(wide * (255 / _WIDE_MODES[im.mode])), 0, 255).astype(np.uint8)
-        im = Image.fromarray(scaled)  # 2-D uint8: mode L
-    return im.convert("RGB")
 
 
 def to_nchw(images: np.ndarray) -> torch.Tensor:

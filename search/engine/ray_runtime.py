@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from search.config.files import MAX_PIXELS_VARIABLE
 from search.config.secrets import mask_secrets
 from search.engine.types import Log
 
@@ -148,7 +149,7 @@ def _own_session() -> Iterator[None]:
 
 def worker_env() -> dict:
     """Our environment variables, for workers on other nodes (local workers inherit them)."""
-    names = ("RESNET_SEARCH_CACHE", "RESNET_SEARCH_DATA", "XDG_CACHE_HOME")
+    names = ("RESNET_SEARCH_CACHE", "RESNET_SEARCH_DATA", MAX_PIXELS_VARIABLE, "XDG_CACHE_HOME")
     return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import UserError
+from search.config.files import check_output_file, write_text
 from search.data import TensorSplit
 from search.data.fingerprint import load_recorded
 from search.outputs.model import load_model
@@ -87,13 +88,16 @@ def evaluate_model(
         The evaluation, and the JSON file written.
 
     Raises:
-        UserError: Not a model folder; recorded data that moved or changed (without
-            ``data_dir``); data of other classes; an empty split; an unknown split.
+        UserError: ``out`` cannot be written (checked first); not a model folder; recorded
+            data that moved or changed (without ``data_dir``); data of other classes; an
+            empty split; an unknown split.
     """
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: allowed: {', '.join(SPLITS)}")
+    given = check_output_file(out) if out is not None else None
     model = load_model(path, device)
     folder = model.folder
+    target = given or check_output_file(folder.path / f"evaluation_{split}.json", flag="")
     owner = f"model {folder.path}"
     data, record = load_recorded(folder.spec.data, folder.data, data_dir, owner=owner, download=download, log=log)
     if data.classes != model.classes:
@@ -128,8 +132,7 @@ def evaluate_model(
         per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(model.classes)},
         confusion=matrix,
     )
-    target = Path(out) if out is not None else folder.path / f"evaluation_{split}.json"
-    target.write_text(json.dumps(_finite(result.as_dict()), indent=2) + "\n", encoding="utf-8")
+    write_text(target, json.dumps(_finite(result.as_dict()), indent=2) + "\n")
     return result, target
 
 

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial
 
 from search._version import __version__
 from search.config import fixed_document
+from search.config.files import check_output_folder, write_text
 from search.config.secrets import mask_secrets
 from search.study.records import kept_models
 from search.study.schema import FLOPS, PARAMS, SPEC_SOURCE, metric_names
@@ -43,17 +44,18 @@ def export_best(
         The files written, best first (Pareto front: by trial number).
 
     Raises:
-        UserError: see :func:`ranked_trials`; the study has no stored spec.
+        UserError: ``out_dir`` cannot be written (checked first); see :func:`ranked_trials`;
+            the study has no stored spec.
     """
+    out = check_output_folder(out_dir) if out_dir is not None else study_dir(study.study_name) / "export"
     trials = ranked_trials(study, top, pareto)
     spec = study_spec(study)
-    out = Path(out_dir) if out_dir is not None else study_dir(study.study_name) / "export"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for trial in trials:
         document = fixed_document(spec, trial_config(spec, trial), provenance(study, storage_url, trial))
         path = out / f"{safe_study_name(study.study_name)}_trial{trial.number}.yaml"  # stays in out
-        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        write_text(path, yaml.safe_dump(document, sort_keys=False))
         paths.append(path)
     return paths
 

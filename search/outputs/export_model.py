@@ -4,13 +4,16 @@ batch, and its outputs must match the eager model's.
 
 The exported network is the folder's module alone: it takes normalised float32 images
 ``N x C x H x W`` (any batch size) and returns logits; ``model.json`` (classes, input size,
-mean and std) travels inside the file (TorchScript's extra files, ONNX metadata). Test-time
+mean and std) travels inside the file (TorchScript's extra files, ONNX metadata). The file is
+made and checked in memory, then written atomically: a failed check or a full disk leaves
+nothing behind. Test-time
 augmentation of the recipe is not part of it. ONNX needs the ``[onnx]`` extra (onnxscript
 for torch's exporter, onnxruntime for the check).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from search.config import UserError
+from search.config.files import check_output_file, write_bytes
 from search.train.model_folder import INFO_FILE, ModelFolder, build_trained, open_model_folder
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
@@ -27,6 +31,7 @@ CHECK_BATCH = 8  # the export traces one batch size and is checked on another (b
 EXPORT_BATCH = 2
 RELATIVE_TOLERANCE = 1e-4  # of the largest logit: float32 kernels differ in their last bits
 ONNX_EXTRA = "pip install 'resnet-search[onnx]'"
+ONNX_MAX_BYTES = 2**31  # protobuf's limit on one message: larger models need external data files
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class ExportCheck:
 def export_model(path: str | Path, *, format: str, out: str | Path | None = None) -> ExportCheck:
     """Export a model folder's network and check the export against the eager model.
 
+    The export is made and checked in memory and written once it passed, in one file (no
+    ``.onnx.data`` beside it), atomically: whole or not at all.
+
     Args:
         path: The model folder.
         format: ``torchscript`` or ``onnx``.
@@ -62,34 +70,39 @@ def export_model(path: str | Path, *, format: str, out: str | Path | None = None
         The check, once it passed.
 
     Raises:
-        UserError: Not a model folder, an unknown format, ONNX without its extra, or an
-            export whose outputs differ from the eager model's (the file is removed).
+        UserError: ``out`` cannot be written (checked first), not a model folder, an unknown
+            format, ONNX without its extra, an export whose outputs differ from the eager
+            model's, or a failed write (a full disk): nothing is written then.
     """
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
+    given = check_output_file(out) if out is not None else None
     folder = open_model_folder(path)
+    target = given or check_output_file(folder.path / FORMATS[format], flag="")
     module = build_trained(folder, "cpu")
-    target = Path(out) if out is not None else folder.path / FORMATS[format]
-    target.parent.mkdir(parents=True, exist_ok=True)
     inputs = _batch(folder, CHECK_BATCH, seed=1)
     with torch.inference_mode():
         expected = _logits(module(inputs))
-    actual: torch.Tensor | None
-    if format == "torchscript":
-        actual, checked_with = _torchscript(module, folder, target, inputs)
-    else:
-        actual, checked_with = _onnx(module, folder, target, inputs)
+    exported = _torchscript(module, folder, inputs) if format == "torchscript" else _onnx(module, folder, inputs)
     tolerance = RELATIVE_TOLERANCE * max(1.0, float(expected.abs().max()))
-    if actual is None:
-        return ExportCheck(target, format, None, tolerance, checked_with, CHECK_BATCH)
-    diff = float((actual - expected).abs().max())
-    if not diff <= tolerance:  # also catches NaN
-        target.unlink(missing_ok=True)
+    diff = None if exported.logits is None else float((exported.logits - expected).abs().max())
+    if diff is not None and not diff <= tolerance:  # also catches NaN
         raise UserError(
             f"{target}: the {format} export's outputs differ from the eager model's by {diff:.3g} "
-            f"(tolerance {tolerance:.1e}); the file was removed"
+            f"(tolerance {tolerance:.1e}); nothing was written"
         )
-    return ExportCheck(target, format, diff, tolerance, checked_with, CHECK_BATCH)
+    write_bytes(target, exported.data)
+    return ExportCheck(target, format, diff, tolerance, exported.checked_with, CHECK_BATCH)
+
+
+@dataclass(frozen=True)
+class _Export:
+    """An export in memory: the file's bytes, its logits on the check batch (None when no
+    runtime could run it), and what ran it."""
+
+    data: bytes
+    logits: torch.Tensor | None
+    checked_with: str
 
 
 def _batch(folder: ModelFolder, n: int, seed: int) -> torch.Tensor:
@@ -106,27 +119,25 @@ def _logits(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
-def _torchscript(
-    module: nn.Module, folder: ModelFolder, target: Path, inputs: torch.Tensor
-) -> tuple[torch.Tensor, str]:
-    """Trace, save with ``model.json`` inside, load back and run on ``inputs``."""
+def _torchscript(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -> _Export:
+    """Trace, save with ``model.json`` inside (to memory: torch aborts the process on a failed
+    file write), load back and run on ``inputs``."""
     example = _batch(folder, EXPORT_BATCH, seed=0)
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch 2.14 marks TorchScript deprecated; it still saves and loads
         traced = torch.jit.trace(module, example, check_trace=False)
         extra = {INFO_FILE: (folder.path / INFO_FILE).read_text(encoding="utf-8")}
-        torch.jit.save(traced, str(target), _extra_files=extra)
-        loaded = torch.jit.load(str(target), map_location="cpu")
+        torch.jit.save(traced, buffer, _extra_files=extra)
+        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
         with torch.inference_mode():
             actual = _logits(loaded(inputs))
-    return actual, f"torch.jit.load, torch {torch.__version__}"
+    return _Export(buffer.getvalue(), actual, f"torch.jit.load, torch {torch.__version__}")
 
 
-def _onnx(
-    module: nn.Module, folder: ModelFolder, target: Path, inputs: torch.Tensor
-) -> tuple[torch.Tensor | None, str]:
-    """Export with torch's exporter (dynamic batch), add ``model.json`` as metadata, run it in
-    onnxruntime; without onnxruntime the file is only checked by ``onnx.checker``."""
+def _onnx(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -> _Export:
+    """Export with torch's exporter (dynamic batch) to memory, add ``model.json`` as metadata,
+    run it in onnxruntime; without onnxruntime the model is only checked by ``onnx.checker``."""
     try:
         import onnx
         import onnxscript  # noqa: F401 - torch's exporter needs it; imported here to fail with our message
@@ -135,26 +146,33 @@ def _onnx(
     example = _batch(folder, EXPORT_BATCH, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        program = torch.onnx.export(
             module,
             (example,),
-            str(target),
+            None,  # in memory: a file would bring a .onnx.data file of the weights beside it
             dynamo=True,
             input_names=["images"],
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             verbose=False,
         )
-    proto = onnx.load(str(target))
+    assert program is not None, "the dynamo exporter returns its program"
+    proto = program.model_proto
     info = json.loads((folder.path / INFO_FILE).read_text(encoding="utf-8"))
     for key, value in (("model.json", json.dumps(info)), ("classes", json.dumps(info["classes"]))):
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(target))
-    onnx.checker.check_model(str(target))
+    if proto.ByteSize() >= ONNX_MAX_BYTES:
+        raise UserError(
+            f"{folder.path}: the ONNX model would be {proto.ByteSize():,} bytes; one ONNX file holds under 2 GiB"
+        )
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
     try:
         import onnxruntime
     except ImportError:
-        return None, f"structure checked with onnx.checker; outputs not compared (no onnxruntime: {ONNX_EXTRA})"
-    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        return _Export(
+            data, None, f"structure checked with onnx.checker; outputs not compared (no onnxruntime: {ONNX_EXTRA})"
+        )
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"images": inputs.numpy()})
-    return torch.from_numpy(logits).float(), f"onnxruntime {onnxruntime.__version__}"
+    return _Export(data, torch.from_numpy(logits).float(), f"onnxruntime {onnxruntime.__version__}")

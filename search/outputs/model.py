@@ -2,9 +2,11 @@
 that classifies images (``resnet-search predict``).
 
 It needs the folder only (no study, no Ray, no dataset): a folder copied to another machine
-loads. Images enter as in training: RGB, fitted to the input size (shorter side, centre
-crop, Pillow bicubic, as the data cache decodes class folders), normalised with the
-folder's mean and std, and averaged over the recipe's test-time views where it has any.
+loads. Images enter as in training, decoded by the same function as the data cache's
+(:func:`search.data.images.read_image`: EXIF orientation, any mode to RGB, fitted to the
+input size), normalised with the folder's mean and std, and averaged over the recipe's
+test-time views where it has any. A file that is not a regular file, or an image of more
+pixels than the limit, is refused before its pixels are read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import torch
 from torch import nn
 
 from search.config import UserError
+from search.config.errors import one_line
+from search.config.files import default_pixel_limit
+from search.data.images import Undecodable, image_array, read_image
 from search.data.layout import IMAGE_SUFFIXES
+from search.models.geometry import IMAGE_CHANNELS
 from search.train.epoch import tta_views
 from search.train.model_folder import ModelFolder, build_trained, eval_format, open_model_folder
 from search.train.recipe import default_device
@@ -29,9 +35,6 @@ if TYPE_CHECKING:
 
 ImageInput = Union[str, Path, "Image.Image", torch.Tensor]
 PREDICT_BATCH = 256
-
-# Colour channels of an image by Pillow mode; alpha is not a colour channel (dropped, as in training).
-_CHANNELS = {"1": 1, "L": 1, "LA": 1, "La": 1, "I": 1, "I;16": 1, "F": 1}
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,12 @@ class Prediction:
     top: tuple[tuple[str, float], ...]
 
     def line(self) -> str:
-        """``file  label probability  [next label probability ...]``, as ``predict`` prints it."""
-        return "  ".join([self.source, *(f"{label} {p:.4f}" for label, p in self.top)])
+        """``file  label probability  [next label probability ...]``, as ``predict`` prints it:
+        one line whatever the file's name holds (line breaks and other unprintables escaped)."""
+        return one_line("  ".join([self.source, *(f"{label} {p:.4f}" for label, p in self.top)]))
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form: the file's name exactly as given (JSON escapes what it must)."""
         return {
             "file": self.source,
             "label": self.label,
@@ -86,47 +91,48 @@ class LoadedModel:
 
     # ---- preprocessing
 
-    def preprocess(self, image: ImageInput, name: str = "image") -> torch.Tensor:
+    def preprocess(self, image: ImageInput, name: str = "image", max_pixels: int | None = None) -> torch.Tensor:
         """One image as the uint8 ``C x H x W`` tensor the model's preprocessing starts from.
+
+        Files and PIL images are decoded as training decoded its images
+        (:mod:`search.data.images`): EXIF orientation, any mode to RGB, fitted to the input size.
 
         Args:
             image: A file path, a PIL image, or a tensor (``C x H x W``, uint8 0..255 or float
                 on the [0, 1] scale, already at the input size).
             name: Names the image in errors.
+            max_pixels: Refuse a file of more pixels; default :func:`default_pixel_limit`.
 
         Raises:
-            UserError: Not a readable image, another channel count, or a tensor of another size.
+            UserError: Not a regular file, over the pixel limit, not a readable image, or a
+                tensor of another size.
         """
         if isinstance(image, torch.Tensor):
             return self._check_tensor(image, name)
         if isinstance(image, (str, Path)):
-            return self._read_file(Path(image))
-        return self._from_pil(image, name)
-
-    def _read_file(self, path: Path) -> torch.Tensor:
-        from PIL import Image
-
+            return self._read_file(Path(image), max_pixels)
         try:
-            with Image.open(path) as image:
-                image.load()
-                return self._from_pil(image, str(path))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise UserError(f"{path}: not a readable image ({error})") from None
+            pixels = image_array(image, self.input_size)
+        except Undecodable as error:
+            raise UserError(f"{name}: {error}") from None
+        return self._pixels_tensor(pixels, name)
 
-    def _from_pil(self, image: Any, name: str) -> torch.Tensor:
-        from PIL import Image, ImageOps
+    def _read_file(self, path: Path, max_pixels: int | None) -> torch.Tensor:
+        limit = max_pixels if max_pixels is not None else default_pixel_limit()
+        try:
+            pixels = read_image(path, self.input_size, limit)
+        except Undecodable as error:
+            raise UserError(f"{path}: {error}") from None
+        return self._pixels_tensor(pixels, str(path))
 
-        channels = _CHANNELS.get(image.mode, 3)
-        if channels != self.in_channels:
+    def _pixels_tensor(self, pixels: np.ndarray, name: str) -> torch.Tensor:
+        """Decoded RGB pixels (``H x W x 3``) as a ``3 x H x W`` tensor, for a model that takes RGB."""
+        if self.in_channels != IMAGE_CHANNELS:
             raise UserError(
-                f"{name}: a {channels}-channel image (mode {image.mode}); the model takes "
-                f"{self.in_channels}-channel {'RGB' if self.in_channels == 3 else ''} images: convert it first"
+                f"{name}: images are decoded as RGB ({IMAGE_CHANNELS} channels), but the model takes "
+                f"{self.in_channels}-channel input: give it tensors"
             )
-        rgb = image.convert("RGB")
-        side = self.input_size
-        if rgb.size != (side, side):
-            rgb = ImageOps.fit(rgb, (side, side), Image.Resampling.BICUBIC)
-        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
     def _check_tensor(self, image: torch.Tensor, name: str) -> torch.Tensor:
         expected = (self.in_channels, self.input_size, self.input_size)
@@ -168,17 +174,25 @@ class LoadedModel:
         tensors = [self.preprocess(item, name) for item, name in zip(items, names)]
         return self._classify(tensors, names, top_k)
 
-    def predict_files(self, paths: Iterable[str | Path], top_k: int = 1) -> tuple[list[Prediction], list[str]]:
+    def predict_files(
+        self, paths: Iterable[str | Path], top_k: int = 1, max_pixels: int | None = None
+    ) -> tuple[list[Prediction], list[str]]:
         """Classify image files; a file that cannot be read or does not fit is reported, and the
         others are still classified.
+
+        Args:
+            paths: The files.
+            top_k: How many (label, probability) pairs each prediction lists.
+            max_pixels: Refuse a file of more pixels; default :func:`default_pixel_limit`.
 
         Returns:
             The predictions of the good files, in order, and one line per bad file.
         """
+        limit = max_pixels if max_pixels is not None else default_pixel_limit()
         tensors, names, errors = [], [], []
         for path in paths:
             try:
-                tensors.append(self._read_file(Path(path)))
+                tensors.append(self._read_file(Path(path), limit))
                 names.append(str(path))
             except UserError as error:
                 errors.append(str(error))

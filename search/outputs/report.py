@@ -18,6 +18,7 @@ import optuna
 import plotly.graph_objects as go
 
 from search.config import UserError
+from search.config.files import check_output_file, write_text
 from search.config.secrets import mask_secrets
 from search.outputs.figures import (
     history_figure,
@@ -155,15 +156,20 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
         The files written and the number of figures on the page.
 
     Raises:
-        UserError: the study has no complete trial; the file cannot be written.
+        UserError: ``out`` cannot be written (checked first); the study has no complete
+            trial; a write failed (nothing half-written is left).
     """
+    path = (
+        check_output_file(out)
+        if out is not None
+        else check_output_file(study_dir(study.study_name) / "report.html", flag="")
+    )
     ranked_trials(study, 1)  # raises the one-line error for a study without results
     try:
         spec = study_spec(study)
     except UserError:
         spec = None
     max_params = spec.budget.max_params if spec is not None else None
-    path = Path(out) if out is not None else study_dir(study.study_name) / "report.html"
     counts = status_counts(study.get_trials(deepcopy=False))
 
     board = study.user_attrs.get(LEADERBOARD)
@@ -205,13 +211,9 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
         sections="\n".join(parts),
     )
     csv_path = path.with_name("trials.csv")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_plotly_js(path.with_name(PLOTLY_JS))
-        path.write_text(page, encoding="utf-8")
-        trials_frame(study).to_csv(csv_path, index=False)
-    except OSError as error:
-        raise UserError(f"{path}: cannot write the report ({error.strerror or error})") from None
+    _write_plotly_js(path.with_name(PLOTLY_JS))
+    write_text(path, page)
+    write_text(csv_path, trials_frame(study).to_csv(index=False))
     return ReportFiles(path, csv_path, figures)
 
 
@@ -236,7 +238,7 @@ def _write_plotly_js(path: Path) -> None:
 
     script = get_plotlyjs()
     if not path.is_file() or path.stat().st_size != len(script.encode("utf-8")):
-        path.write_text(script, encoding="utf-8")
+        write_text(path, script)
 
 
 def trials_frame(study: optuna.Study) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig, UserError
+from search.config.files import check_output_folder, write_text
 from search.engine.types import Log
 from search.study.schema import FLOPS, LEADERBOARD, metric_names
 from search.study.storage import safe_study_name
@@ -133,19 +135,20 @@ def retrain(
         The leaderboard.
 
     Raises:
-        UserError: see :func:`ranked_trials`; no seeds; data that cannot be found or does not fit;
-            recorded data that moved or changed.
+        UserError: ``out_dir`` cannot be written (checked first); see :func:`ranked_trials`; no
+            seeds; data that cannot be found or does not fit; recorded data that moved or changed.
     """
     from search.study.records import study_data
     from search.train.recipe import default_device  # torch: only retraining needs it
 
     if not seeds:
         raise UserError("--seeds needs at least one seed")
+    given = check_output_folder(out_dir) if out_dir is not None else None
     trials = ranked_trials(study, top)
     spec = study_spec(study)
     where = default_device(device)
     data, record = study_data(study, spec, data_dir, download=download, log=log)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / safe_study_name(study.study_name) / "retrain"
+    out = given or Path("runs") / safe_study_name(study.study_name) / "retrain"
     how: dict[str, Any] = {"epochs": epochs, "device": where, "log": log}
     rows = []
     for trial in trials:
@@ -226,12 +229,12 @@ def _row(
 
 
 def _write_leaderboard_csv(board: Leaderboard) -> None:
-    board.csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with board.csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in board.rows:
-            record = asdict(row)
-            record["seeds"] = " ".join(map(str, row.seeds))
-            record["test_acc"] = " ".join("nan" if a is None else repr(a) for a in row.test_acc)
-            writer.writerow({key: record[key] for key in CSV_COLUMNS})
+    handle = io.StringIO()
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in board.rows:
+        record = asdict(row)
+        record["seeds"] = " ".join(map(str, row.seeds))
+        record["test_acc"] = " ".join("nan" if a is None else repr(a) for a in row.test_acc)
+        writer.writerow({key: record[key] for key in CSV_COLUMNS})
+    write_text(board.csv_path, handle.getvalue())

@@ -1,4 +1,5 @@
-"""A finished run's files: ``metrics.json``, ``history.csv`` and ``curves.html``."""
+"""A finished run's files: ``metrics.json``, ``history.csv`` and ``curves.html``, each written
+whole or not at all (:func:`search.config.files.write_text`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from search.config.files import write_text
 from search.train.result import EpochMetrics, TrainResult
 
 
@@ -23,21 +24,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (UTF-8) atomically.
-
-    Through a temporary file and a rename: a reader (the dashboard, a resumed study)
-    never sees half a file.
-
-    Args:
-        path: The file; its folder must exist.
-        text: The whole content.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_outputs(result: TrainResult, out_dir: Path, *, config_dict: dict[str, Any], params: int) -> None:

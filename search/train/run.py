@@ -12,6 +12,7 @@ import torch
 
 import search.data
 from search.config import InvalidValue, Spec, SpecError, TrialConfig
+from search.config.files import check_output_folder
 from search.data import ImageDataset, TensorSplit
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
@@ -61,9 +62,10 @@ def train_spec(
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
-        UserError: The data cannot be found or does not fit the model.
+        UserError: ``out_dir`` cannot be written (checked first); the data is missing or misfits.
     """
     trial = spec.fixed()
+    out = check_output_folder(out_dir) if out_dir is not None else Path("runs") / spec.study.name
     if init_from is not None:
         trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
     check_init(trial.model)
@@ -75,7 +77,6 @@ def train_spec(
     except InvalidValue as error:
         raise SpecError(spec.source, error.key, error.message) from None
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
-    out = Path(out_dir) if out_dir is not None else Path("runs") / spec.study.name
     seeds = seeds or [trial.train.seed]
     several = len(seeds) > 1
     lines, val_accs, test_accs = [], [], []
