@@ -114,7 +114,7 @@ def _torchscript(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch 2.14 marks TorchScript deprecated; it still saves and loads
         traced = torch.jit.trace(module, example, check_trace=False)
-        extra = {INFO_FILE: (folder.path / INFO_FILE).read_text(encoding="utf-8")}
+        extra = {INFO_FILE: json.dumps(folder.info.as_dict(), indent=2)}
         torch.jit.save(traced, str(target), _extra_files=extra)
         loaded = torch.jit.load(str(target), map_location="cpu")
         with torch.inference_mode():
@@ -146,8 +146,8 @@ def _onnx(
             verbose=False,
         )
     proto = onnx.load(str(target))
-    info = json.loads((folder.path / INFO_FILE).read_text(encoding="utf-8"))
-    for key, value in (("model.json", json.dumps(info)), ("classes", json.dumps(info["classes"]))):
+    info = folder.info.as_dict()
+    for key, value in ((INFO_FILE, json.dumps(info)), ("classes", json.dumps(info["classes"]))):
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(target))
     onnx.checker.check_model(str(target))

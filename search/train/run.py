@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 
 import search.data
-from search.config import InvalidValue, Spec, SpecError, TrialConfig
+from search.config import InvalidValue, Spec, SpecError, TrialConfig, UserError
 from search.data import ImageDataset
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
 from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_run
 from search.train.progress import ProgressPrinter
-from search.train.warm_start import check_init
+from search.train.warm_start import check_fits_data, check_init
 
 
 def train_spec(
@@ -59,7 +59,8 @@ def train_spec(
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
-        UserError: The data cannot be found or does not fit the model.
+        UserError: The data cannot be found or does not fit the model (its class count, or the
+            ``init_from`` folder's classes or input size), checked before any training.
     """
     trial = spec.fixed()
     if init_from is not None:
@@ -68,10 +69,7 @@ def train_spec(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Looked up on the package when called, not bound at import, so a test can patch it there.
     data = search.data.load_dataset(spec.data, data_dir=data_dir, download=download)
-    try:
-        check_fits(trial, data.image_size)  # before any training: what torch would refuse mid-run
-    except InvalidValue as error:
-        raise SpecError(spec.source, error.key, error.message) from None
+    _check_fits(spec, trial, data)
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.study.name
     seeds = seeds or [trial.train.seed]
@@ -101,6 +99,24 @@ def train_spec(
     folders = [out / f"seed{seed}" if several else out for seed in seeds]
     lines += [f"model folder: {folder}" for folder in folders if (folder / WEIGHTS_FILE).exists()]
     return "\n".join(lines)
+
+
+def _check_fits(spec: Spec, trial: TrialConfig, data: ImageDataset) -> None:
+    """Before any training, what would fail it or make it meaningless: shapes torch would refuse
+    mid-run, a head of another width than the data's classes, a fine-tune source of other
+    classes or input size.
+
+    Raises:
+        SpecError, UserError: naming the spec and the key.
+    """
+    try:
+        check_fits(trial, data.image_size)
+    except InvalidValue as error:
+        raise SpecError(spec.source, error.key, error.message) from None
+    try:
+        check_fits_data(trial.model, data.classes, data.image_size)
+    except UserError as error:
+        raise UserError(f"{spec.source}: {error}") from None
 
 
 def _train_seed(
