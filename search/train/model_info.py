@@ -12,6 +12,7 @@ is written is what is read.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from search.config import InvalidValue, UserError, to_plain
 from search.config.bounds import required
 from search.config.distributions import Loc
 from search.config.errors import one_line
+from search.config.names import study_name_problem
 from search.config.parsing import ParseError, parse
 from search.data.fingerprint import SPLITS, DataRecord
 
@@ -48,6 +50,9 @@ class InputInfo:
     pixels: Literal["RGB"] = required()
     resize: str = required()
 
+    def __post_init__(self) -> None:
+        _check_exactly("resize", self.resize, RESIZE)
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -56,6 +61,9 @@ class Normalization:
     mean: tuple[float, ...] = required(ge=0.0, le=1.0)
     std: tuple[float, ...] = required(ge=MIN_STD, le=1.0)
     formula: str = required()
+
+    def __post_init__(self) -> None:
+        _check_exactly("formula", self.formula, FORMULA)
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,14 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         _check_classes("classes", self.classes)
+        if self.study is not None and study_name_problem(self.study):
+            raise InvalidValue("study", str(study_name_problem(self.study)))
+        try:
+            dt.datetime.fromisoformat(self.created)
+        except ValueError:
+            raise InvalidValue(
+                "created", f"must be an ISO 8601 time (2026-01-31T12:00:00+00:00), got {self.created[:80]!r}"
+            ) from None
         channels = self.input.channels
         for key in ("mean", "std"):
             values = getattr(self.normalization, key)
@@ -167,6 +183,12 @@ def _check_classes(key: str, classes: tuple[str, ...]) -> None:
     if len(set(classes)) != len(classes):
         twice = sorted({name for name in classes if classes.count(name) > 1})[0]
         raise InvalidValue(key, f"lists {twice!r} twice; each class is one output")
+
+
+def _check_exactly(key: str, value: str, expected: str) -> None:
+    """A statement of how the model is used must be the one this version carries out."""
+    if value != expected:
+        raise InvalidValue(key, f"must be {expected!r} (what this resnet-search does), got {value[:80]!r}")
 
 
 def _check_sha256(key: str, value: str) -> None:
@@ -202,14 +224,14 @@ def parse_model_info(raw: Any, source: str) -> ModelInfo:
     """``raw`` (a parsed ``model.json``) as a :class:`ModelInfo`; ``source`` names it in errors.
 
     Raises:
-        UserError: Not a mapping, no schema_version, a newer schema, or wrong at a key.
+        UserError: Not a mapping, a newer schema, or wrong at a key.
     """
-    version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UserError(f"{source}: no schema_version: not a resnet-search model.json")
-    if version > MODEL_SCHEMA_VERSION:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: must be a JSON object (a resnet-search model.json), got {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > MODEL_SCHEMA_VERSION:
         raise UserError(
-            f"{source}: schema version {version}, newer than this resnet-search's "
+            f"{source}: schema_version: {version}, newer than this resnet-search's "
             f"{MODEL_SCHEMA_VERSION}: upgrade resnet-search to read it"
         )
     try:
