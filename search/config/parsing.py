@@ -57,7 +57,8 @@ def parse(raw: Any, tp: Any, loc: Loc, *, searchable: bool, bounds: dict | None 
     if _is_distribution(raw):
         if not searchable:
             raise ParseError(
-                loc.display, f"cannot be searched: only model and train hold distributions; it takes {_describe(tp)}"
+                loc.display,
+                f"cannot be searched here (only a spec's model and train sections can); it takes {_describe(tp)}",
             )
         return _parse_distribution(raw, tp, loc, bounds)
     options = _dataclass_options(tp)

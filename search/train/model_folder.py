@@ -40,6 +40,7 @@ from search.config import (
     load_spec,
     to_plain,
 )
+from search.config.errors import one_line
 from search.config.schema import Spec
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord
@@ -315,6 +316,7 @@ def _check_checksum(path: Path, recorded: str) -> None:
     except OSError as error:
         raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
     if actual != recorded:
+        _check_readable(path)  # a truncated file says so rather than only that its checksum differs
         raise UserError(
             f"{path}: SHA-256 {actual[:12]}... differs from the {recorded[:12]}... that {INFO_FILE} records "
             "(weights.sha256): the file changed after it was written; copy the folder again"
@@ -322,6 +324,17 @@ def _check_checksum(path: Path, recorded: str) -> None:
 
 
 _EXPECTED = f"a model folder holds {WEIGHTS_FILE}, {CONFIG_FILE} and {INFO_FILE} (train, retrain and run write them)"
+
+
+def _check_readable(path: Path) -> None:
+    """Raises UserError when ``path`` is not a whole safetensors file (its header is read, not its tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise UserError(one_line(f"{path}: truncated or not a safetensors file ({error})")) from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -336,7 +349,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
-        raise UserError(f"{path}: truncated or not a safetensors file ({error})") from None
+        raise UserError(one_line(f"{path}: truncated or not a safetensors file ({error})")) from None
 
 
 def check_fit(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
@@ -380,7 +393,8 @@ def build_trained(folder: ModelFolder, device: str | torch.device = "cpu") -> nn
     weights replace them.
 
     Raises:
-        UserError: The weights are truncated or do not fit the config.
+        UserError: The weights are truncated, do not fit the config, or make a model whose
+            outputs are not finite (:func:`check_outputs`).
     """
     trial = folder.trial
     model_config: ModelConfig = replace(trial.model, init_from=None)
@@ -391,7 +405,34 @@ def build_trained(folder: ModelFolder, device: str | torch.device = "cpu") -> nn
     state = read_weights(path)
     check_fit(state, model, path)
     model.load_state_dict(state)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    check_outputs(model, folder, torch.device(device))
+    return model
+
+
+def check_outputs(model: nn.Module, folder: ModelFolder, device: torch.device) -> None:
+    """Refuse a model whose logits are not finite on a probe batch: black, white and noise
+    images, normalised as ``model.json`` says. Finite weights can still overflow (a weight
+    edited to 1e38 and its checksum recorded again): this is one line instead of a
+    prediction of probability NaN.
+
+    Raises:
+        UserError: A logit of the probe is NaN or infinite.
+    """
+    side, channels = folder.input_size, folder.in_channels
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (1, channels, side, side), generator=generator, dtype=torch.uint8)
+    pixels = torch.cat([torch.zeros_like(noise), torch.full_like(noise, 255), noise]).float()
+    mean = torch.tensor(folder.mean).view(1, -1, 1, 1)
+    std = torch.tensor(folder.std).view(1, -1, 1, 1)
+    with torch.inference_mode():
+        out = model(((pixels / 255 - mean) / std).to(device))
+    logits = out[0] if isinstance(out, tuple) else out
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"{folder.path / WEIGHTS_FILE}: the model's outputs are not finite on a probe batch (black, white "
+            f"and noise images normalised as {INFO_FILE} says): these weights and this normalisation cannot predict"
+        )
 
 
 def eval_format(trial: TrialConfig, model: nn.Module, folder: ModelFolder, device: torch.device) -> BatchFormat:
