@@ -67,7 +67,24 @@ from search.train.outputs import write_outputs, write_text
 from search.train.recipe import cpu_channels_last_is_safe, resolve_amp_dtype, resolve_channels_last
 from search.train.result import TrainResult
 
-__all__ = ["INFO_FILE", "MODEL_SCHEMA_VERSION", "WEIGHTS_FILE", "ModelFolder", "ModelSource", "open_model_folder"]
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "INFO_FILE",
+    "MODEL_SCHEMA_VERSION",
+    "WEIGHTS_FILE",
+    "ModelFolder",
+    "ModelSource",
+    "build_trained",
+    "check_fit",
+    "check_outputs",
+    "eval_format",
+    "open_model_folder",
+    "read_weights",
+    "save_weights",
+    "write_model_folder",
+    "write_run",
+]
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "README.md"
 
