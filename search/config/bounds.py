@@ -11,3 +11,8 @@ def bounded(default: Any, **bounds: float) -> Any:
     """A dataclass field with a default and numeric bounds (``ge``, ``gt``, ``le``, ``lt``); the
     bounds of a tuple field hold for each of its items."""
     return field(default=default, metadata=bounds)
+
+
+def required(**bounds: float) -> Any:
+    """A dataclass field without a default (a file must give it), with numeric bounds as :func:`bounded`."""
+    return field(metadata=bounds)

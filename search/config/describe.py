@@ -3,10 +3,10 @@ optuna-dashboard and the model card of a model folder both show them)."""
 
 from __future__ import annotations
 
-from search.config.model_configs import ResNetConfig
+from search.config.model_configs import ModelConfig, ResNetConfig
 from search.config.schema import TrialConfig
 
-__all__ = ["architecture_line", "format_flops", "recipe_line"]
+__all__ = ["architecture_line", "format_flops", "freeze_line", "recipe_line"]
 
 
 def architecture_line(config: TrialConfig, params: int | None, flops: int | None) -> str:
@@ -23,6 +23,20 @@ def architecture_line(config: TrialConfig, params: int | None, flops: int | None
         shape = f"{model.name}, freeze {model.freeze}, weights {model.weights or 'none'}"
     size = [f"{params:,} params" if params is not None else None, f"{format_flops(flops)}" if flops else None]
     return ", ".join([shape, *[s for s in size if s]])
+
+
+def freeze_line(model: ModelConfig) -> str | None:
+    """What stayed fixed while the model trained (``freeze``, ``freeze_batchnorm``); None when nothing did."""
+    if model.freeze == "none":
+        return None
+    trains = "only the head" if model.freeze == "all_but_head" else "only the last stage and the head"
+    stats = (
+        "BatchNorm running statistics of the frozen layers kept as loaded"
+        if model.freeze_batchnorm
+        else "BatchNorm running statistics of the frozen layers updated on the new data (freeze_batchnorm: false)"
+    )
+    start = f"started from {model.init_from}, " if model.init_from else ""
+    return f"{start}freeze {model.freeze}: {trains} trained; {stats}"
 
 
 def recipe_line(config: TrialConfig) -> str:

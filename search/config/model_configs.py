@@ -79,6 +79,8 @@ class ResNetConfig:
     weights the model starts from; ``freeze`` then keeps part of it fixed: ``none`` trains
     everything, ``all_but_last_stage`` the last stage and the head, ``all_but_head`` only
     the head (a linear probe; with the final pre-activation BatchNorm and the aux head).
+    ``freeze_batchnorm`` keeps the BatchNorm layers of the frozen part in eval mode while the
+    rest trains: their running statistics stay as loaded (false: they follow the new data).
     """
 
     name: Literal["resnet"] = "resnet"
@@ -98,6 +100,7 @@ class ResNetConfig:
     batchnorm: BatchNorm = BatchNorm()
     init_from: str | None = None
     freeze: Literal["none", "all_but_last_stage", "all_but_head"] = "none"
+    freeze_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.zero_init_residual and self.batchnorm.frozen_scale:
@@ -133,13 +136,14 @@ class TorchvisionResNetConfig:
     member (``IMAGENET1K_V1``) looked up in the torch hub cache; never downloaded.
     ``freeze``: ``none`` trains everything, ``all_but_last_stage`` trains ``layer4`` and
     the head, ``all_but_head`` trains only the head (a linear probe). ``init_from`` is a
-    model folder to start from instead of ``weights``.
+    model folder to start from instead of ``weights``. ``freeze_batchnorm``: as for our ResNet.
     """
 
     name: TorchvisionArch = "resnet18"
     num_classes: int = bounded(1000, ge=2, le=100_000)
     weights: str | None = None
     freeze: Literal["none", "all_but_last_stage", "all_but_head"] = "none"
+    freeze_batchnorm: bool = True
     dropout: float = bounded(0.0, ge=0.0, le=0.99)
     init_from: str | None = None
 

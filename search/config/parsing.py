@@ -3,8 +3,11 @@
 The parser checks everything that can be checked without sampling (keys, types,
 bounds, ranges); a fixed section is built into its dataclass at once so that checks
 across fields run at load time too. It reads the configs' type hints only: scalars,
-``Literal``, ``Optional``, tuples, dataclasses and unions of dataclasses told apart by
-their ``name`` field, with numeric bounds in field metadata (``ge``, ``gt``, ``le``).
+``Literal``, ``Optional``, tuples, ``dict[str, ...]``, dataclasses and unions of dataclasses
+told apart by their ``name`` field, with numeric bounds in field metadata (``ge``, ``gt``,
+``le``). A field without a default is required: a file that leaves it out is refused (the
+spec's schema gives every field a default; what tools write back, such as a model folder's
+``model.json``, has required fields).
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ def parse(raw: Any, tp: Any, loc: Loc, *, searchable: bool, bounds: dict | None 
     bounds = bounds or {}
     if _is_distribution(raw):
         if not searchable:
-            raise ParseError(loc.display, "cannot be searched: only model and train hold distributions")
+            raise ParseError(
+                loc.display,
+                f"cannot be searched here (only a spec's model and train sections can); it takes {_describe(tp)}",
+            )
         return _parse_distribution(raw, tp, loc, bounds)
     options = _dataclass_options(tp)
     if options:
@@ -65,6 +71,9 @@ def parse(raw: Any, tp: Any, loc: Loc, *, searchable: bool, bounds: dict | None 
         if raw is None and _is_optional(tp):
             return Fixed(loc, None)
         return _parse_sequence(raw, item_type, loc, searchable, bounds)
+    value_type = _dict_value_type(tp)
+    if value_type is not None:
+        return Fixed(loc, None if raw is None and _is_optional(tp) else _parse_mapping(raw, value_type, loc, bounds))
     return Fixed(loc, convert_scalar(raw, tp, loc, bounds))
 
 
@@ -151,6 +160,8 @@ def _parse_struct(raw: Any, options: tuple[type, ...], loc: Loc, searchable: boo
         if key in raw:
             bounds = dict(spec_field.metadata)
             nodes[key] = parse(raw[key], field_types[key], loc.child(key), searchable=searchable, bounds=bounds)
+        elif _is_required(spec_field):
+            raise ParseError(loc.child(key).display, f"missing: required ({_describe(field_types[key])})")
         else:
             nodes[key] = Fixed(loc.child(key), _default(spec_field))
     struct = Struct(loc, cls, nodes)
@@ -199,6 +210,18 @@ def _parse_sequence(
     )
     sequence = Sequence(loc, nodes)
     return Fixed(loc, sequence.value()) if sequence.is_fixed else sequence
+
+
+def _parse_mapping(raw: Any, value_type: Any, loc: Loc, bounds: dict) -> dict[str, Any]:
+    """A mapping of string keys to fixed values of ``value_type`` (a ``dict[str, ...]`` field)."""
+    if not isinstance(raw, dict):
+        raise ParseError(loc.display, f"must be a mapping, got {raw!r}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ParseError(loc.display, f"keys must be strings, got {key!r}")
+        out[key] = parse(value, value_type, loc.child(key), searchable=False, bounds=bounds).value()
+    return out
 
 
 # --------------------------------------------------------------------------- scalars
@@ -282,6 +305,10 @@ def _did_you_mean(word: Any, allowed: Any) -> str:
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
+def _is_required(spec_field: dataclasses.Field) -> bool:
+    return spec_field.default is dataclasses.MISSING and spec_field.default_factory is dataclasses.MISSING
+
+
 def _default(spec_field: dataclasses.Field) -> Any:
     if spec_field.default is not dataclasses.MISSING:
         return spec_field.default
@@ -326,6 +353,12 @@ def _tuple_item_types(tp: Any) -> tuple[Any, ...] | Any | None:
     return args[0] if len(args) == 2 and args[1] is Ellipsis else args
 
 
+def _dict_value_type(tp: Any) -> Any | None:
+    """``dict[str, X]`` -> ``X``; else None."""
+    base = _strip_optional(tp)
+    return typing.get_args(base)[1] if typing.get_origin(base) is dict else None
+
+
 def _numeric_kind(tp: Any) -> type | None:
     base = _strip_optional(tp)
     return base if base in (int, float) else None
@@ -333,8 +366,15 @@ def _numeric_kind(tp: Any) -> type | None:
 
 def _describe(tp: Any) -> str:
     base = _strip_optional(tp)
+    items = _tuple_item_types(base)
     if typing.get_origin(base) is Literal:
         text = f"one of {list(typing.get_args(base))}"
+    elif dataclasses.is_dataclass(base):
+        text = f"a mapping of {', '.join(f.name for f in dataclasses.fields(base))}"
+    elif items is not None:
+        text = f"a list of {_describe(items)}" if not isinstance(items, tuple) else f"a list of {len(items)} values"
+    elif typing.get_origin(base) is dict:
+        text = f"a mapping of names to {_describe(typing.get_args(base)[1])}"
     elif typing.get_origin(base) in (Union, types.UnionType):
         text = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(base))
     else:

@@ -1,5 +1,6 @@
 """What is checked before a run writes to its study: there is a space to search, weights that
-load, a writable folder with room, a budget some config meets, and resources that exist."""
+load, a writable folder with room, a model that fits the data, a budget some config meets,
+and resources that exist."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError, 
 from search.data import ImageDataset, load_dataset, locate
 from search.engine.types import Log
 from search.models import build_model
-from search.train.warm_start import check_init
+from search.train.warm_start import check_fits_data, check_init
 
 # Free space a run wants in the study's folder before it starts (logs, Ray's results, checkpoints).
 MIN_FREE_BYTES = 200 * 2**20
@@ -50,6 +51,39 @@ def check_weights(spec: Spec) -> None:
     for model in {c.init_from: c for c in configs if c.init_from is not None}.values():
         try:
             check_init(model)
+        except UserError as error:
+            raise UserError(f"{spec.source}: {error}") from None
+
+
+def check_against_data(spec: Spec, data_dir: str | None, data: ImageDataset) -> int:
+    """What the loaded data decides before a run: the side every trial trains at (the dry run
+    asks the same :func:`trial_image_size`), a model that fits the data, and a budget some
+    config of the space meets at that side.
+
+    Returns:
+        The trials' image side.
+
+    Raises:
+        UserError: see :func:`check_data_fits` and :func:`check_space_fits`.
+    """
+    image_size = trial_image_size(spec.data, data_dir, data)
+    check_data_fits(spec, data)
+    check_space_fits(spec, image_size)
+    return image_size
+
+
+def check_data_fits(spec: Spec, data: ImageDataset) -> None:
+    """A head of another width than the data's classes, or a fine-tune source of other classes
+    or another input size, would fail every trial: it fails the run before any, once.
+
+    Raises:
+        UserError: a sampled config's ``num_classes`` is not the data's class count, or its
+            ``init_from`` folder does not fit the data (see :func:`check_fits_data`).
+    """
+    configs = {(c.model.num_classes, c.model.init_from): c.model for c in random_samples(spec.space, 20, seed=0)}
+    for model in configs.values():
+        try:
+            check_fits_data(model, data.classes, data.image_size)
         except UserError as error:
             raise UserError(f"{spec.source}: {error}") from None
 

@@ -30,12 +30,11 @@ from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge
 from search.engine.checks import (
     absolute_data_paths,
+    check_against_data,
     check_resources,
-    check_space_fits,
     check_weights,
     check_writable,
     require_space,
-    trial_image_size,
 )
 from search.engine.events import RunEnd, RunObserver, RunStart
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
@@ -136,8 +135,7 @@ def run_search(
     check_writable(out_dir)
     spec, data_dir = absolute_data_paths(spec, data_dir)
     data = load_dataset(spec.data, data_dir=data_dir, download=download)  # once, before any trial: builds the cache
-    image_size = trial_image_size(spec.data, data_dir, data)  # the dry run asks the same function
-    check_space_fits(spec, image_size)
+    image_size = check_against_data(spec, data_dir, data)
     with logs_to(out_dir / "ray.log"), ray_session(address) as cluster:
         use_gpu = check_resources(spec, cluster, log)
         study = create_study(spec, opened)

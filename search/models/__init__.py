@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from search.config import ModelConfig, ResNetConfig, TorchvisionResNetConfig
-from search.models.freezing import apply_freeze
+from search.models.freezing import apply_freeze, hold_frozen_batchnorm
 from search.models.resnet import ResNet
 from search.models.torchvision_resnet import build_torchvision_resnet
 from search.models.variants import VARIANTS
@@ -29,16 +29,20 @@ def build_model(config: ModelConfig, image_size: int = 32) -> nn.Module:
             positions); globally pooled models accept any size.
 
     Returns:
-        The model in training mode.
+        The model in training mode (with ``freeze`` and ``freeze_batchnorm``, the BatchNorm
+        layers of the frozen part stay in eval mode).
 
     Raises:
         InvalidValue: ``pool_kernel`` is larger than the last feature map.
         UserError: Torchvision weights cannot be found or do not fit.
     """
+    model: nn.Module
     if isinstance(config, ResNetConfig):
         model = ResNet(config, image_size)
         apply_freeze(model, config)
-        return model
-    if isinstance(config, TorchvisionResNetConfig):
-        return build_torchvision_resnet(config)
-    raise TypeError(f"not a model config: {type(config).__name__}")
+    elif isinstance(config, TorchvisionResNetConfig):
+        model = build_torchvision_resnet(config)
+    else:
+        raise TypeError(f"not a model config: {type(config).__name__}")
+    hold_frozen_batchnorm(model, config)
+    return model

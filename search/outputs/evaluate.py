@@ -119,6 +119,11 @@ def evaluate_model(
         confusion=True,
         tta=cfg.tta,
     )
+    if not math.isfinite(ev.loss):
+        raise UserError(
+            f"{owner}: its outputs on the {split} split are not finite (loss {ev.loss}): the weights or "
+            "model.json's normalisation do not make a working model; no accuracy is reported"
+        )
     matrix = ev.confusion or []
     result = ModelEvaluation(
         model=str(folder.path),

@@ -127,7 +127,7 @@ def _torchscript(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch 2.14 marks TorchScript deprecated; it still saves and loads
         traced = torch.jit.trace(module, example, check_trace=False)
-        extra = {INFO_FILE: (folder.path / INFO_FILE).read_text(encoding="utf-8")}
+        extra = {INFO_FILE: json.dumps(folder.info.as_dict(), indent=2)}
         torch.jit.save(traced, buffer, _extra_files=extra)
         loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
         with torch.inference_mode():
@@ -158,8 +158,8 @@ def _onnx(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -> _Expo
         )
     assert program is not None, "the dynamo exporter returns its program"
     proto = program.model_proto
-    info = json.loads((folder.path / INFO_FILE).read_text(encoding="utf-8"))
-    for key, value in (("model.json", json.dumps(info)), ("classes", json.dumps(info["classes"]))):
+    info = folder.info.as_dict()
+    for key, value in ((INFO_FILE, json.dumps(info)), ("classes", json.dumps(info["classes"]))):
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() >= ONNX_MAX_BYTES:
         raise UserError(

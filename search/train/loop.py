@@ -35,7 +35,7 @@ from search.train.recipe import (
 from search.train.result import EpochMetrics, Status, TrainResult
 from search.train.state import RunId, TrainState
 from search.train.step import TrainStep, step_class
-from search.train.warm_start import load_init_weights
+from search.train.warm_start import check_num_classes, load_init_weights
 from search.train.whiten import WHITEN_IMAGES, whiten_stem
 
 
@@ -184,10 +184,7 @@ def _check(trial: TrialConfig, data: ImageDataset, split: TensorSplit) -> None:
     """
     if split.labels.numel() == 0:
         raise ValueError("the training split is empty")
-    if trial.model.num_classes != data.num_classes:
-        raise UserError(
-            f"model.num_classes is {trial.model.num_classes} but the dataset has {data.num_classes} classes"
-        )
+    check_num_classes(trial.model, data.classes)
     if trial.train.whiten_stem != "none" and not isinstance(trial.model, ResNetConfig):
         raise UserError(f"train.whiten_stem: only for model name resnet, not {trial.model.name}; allowed: none")
 
@@ -265,7 +262,7 @@ def _model(
     torch.manual_seed(cfg.seed)
     model = build_model(trial.model, data.image_size).to(device)
     if trial.model.init_from is not None:
-        line = load_init_weights(model, trial.model)
+        line = load_init_weights(model, trial.model, data.classes, data.image_size)
         if log is not None:
             log(line)
     if cfg.whiten_stem != "none":

@@ -4,13 +4,16 @@ to use it from Python and from the command line."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from search.config import TrialConfig
-from search.config.describe import architecture_line, recipe_line
+from search.config.describe import architecture_line, freeze_line, recipe_line
+
+if TYPE_CHECKING:
+    from search.train.model_info import ModelInfo
 
 
-def model_card(folder: Path, info: dict[str, Any], trial: TrialConfig) -> str:
+def model_card(folder: Path, info: ModelInfo, trial: TrialConfig) -> str:
     """The card's Markdown for the folder whose ``model.json`` is ``info``.
 
     Args:
@@ -18,25 +21,24 @@ def model_card(folder: Path, info: dict[str, Any], trial: TrialConfig) -> str:
         info: Its ``model.json`` content.
         trial: The config it trained with.
     """
-    where = (
-        f"study {info['study']}, trial {info['trial']}, seed {info['seed']}"
-        if info.get("study")
-        else f"seed {info['seed']}"
-    )
-    data = info.get("data") or {}
-    size, channels = info["input"]["size"], info["input"]["channels"]
+    where = f"study {info.study}, trial {info.trial}, seed {info.seed}" if info.study else f"seed {info.seed}"
+    size, channels = info.input.size, info.input.channels
+    norm = info.normalization
     lines = [
         f"# resnet-search model ({where})",
         "",
-        f"- Architecture: {architecture_line(trial, info['params'], info['flops'])}",
-        f"- Recipe: {recipe_line(trial)}; trained on {info['trained_on']} ({info['epochs']} epochs run)",
+        f"- Architecture: {architecture_line(trial, info.params, info.flops)}",
+        f"- Recipe: {recipe_line(trial)}; trained on {info.trained_on} ({info.epochs} epochs run)",
         f"- Accuracy: {_accuracy(info)}",
-        f"- Classes ({len(info['classes'])}, in output order): {', '.join(info['classes'])}",
-        f"- Input: {channels} x {size} x {size} {info['input']['pixels']}, {info['normalization']['formula']}, "
-        f"mean {_numbers(info['normalization']['mean'])}, std {_numbers(info['normalization']['std'])}",
+        f"- Classes ({len(info.classes)}, in output order): {', '.join(info.classes)}",
+        f"- Input: {channels} x {size} x {size} {info.input.pixels}, {norm.formula}, "
+        f"mean {_numbers(norm.mean)}, std {_numbers(norm.std)}",
     ]
-    if data:
-        lines.append(f"- Data: {data['location']} (sha256 {data['sha256'][:12]}...)")
+    frozen = freeze_line(trial.model)
+    if frozen:
+        lines.append(f"- Fine-tuning: {frozen}")
+    if info.data is not None:
+        lines.append(f"- Data: {info.data.location} (sha256 {info.data.sha256[:12]}...)")
     lines += [
         "",
         "## Use it",
@@ -62,15 +64,15 @@ def model_card(folder: Path, info: dict[str, Any], trial: TrialConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _accuracy(info: dict[str, Any]) -> str:
+def _accuracy(info: ModelInfo) -> str:
     parts = []
-    if info.get("val_acc") is not None:
-        held_out = "" if info["trained_on"] == "train" else " (not held out: trained on it)"
-        parts.append(f"val {info['val_acc']:.2%}{held_out}")
-    if info.get("test_acc") is not None:
-        parts.append(f"test {info['test_acc']:.2%}")
+    if info.val_acc is not None:
+        held_out = "" if info.trained_on == "train" else " (not held out: trained on it)"
+        parts.append(f"val {info.val_acc:.2%}{held_out}")
+    if info.test_acc is not None:
+        parts.append(f"test {info.test_acc:.2%}")
     return ", ".join(parts) or "not evaluated"
 
 
-def _numbers(values: list[float]) -> str:
+def _numbers(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"

@@ -17,12 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -31,6 +30,7 @@ from torch import nn
 from search._version import __version__
 from search.budget import fast_count
 from search.config import (
+    InvalidValue,
     ModelConfig,
     SpecError,
     TorchvisionResNetConfig,
@@ -40,22 +40,53 @@ from search.config import (
     load_spec,
     to_plain,
 )
+from search.config.errors import one_line
 from search.config.schema import Spec
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord
 from search.models import build_model
+from search.models.geometry import check_fits
 from search.train.epoch import BatchFormat
 from search.train.model_card import model_card
+from search.train.model_info import (
+    FORMULA,
+    INFO_FILE,
+    MODEL_SCHEMA_VERSION,
+    RESIZE,
+    WEIGHTS_FILE,
+    DataInfo,
+    Evaluated,
+    InputInfo,
+    ModelInfo,
+    Normalization,
+    WeightsInfo,
+    checked_document,
+    read_model_info,
+)
 from search.train.outputs import write_outputs, write_text
 from search.train.recipe import cpu_channels_last_is_safe, resolve_amp_dtype, resolve_channels_last
 from search.train.result import TrainResult
 
-MODEL_SCHEMA_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "INFO_FILE",
+    "MODEL_SCHEMA_VERSION",
+    "WEIGHTS_FILE",
+    "ModelFolder",
+    "ModelSource",
+    "build_trained",
+    "check_fit",
+    "check_outputs",
+    "eval_format",
+    "open_model_folder",
+    "read_weights",
+    "save_weights",
+    "write_model_folder",
+    "write_run",
+]
 CONFIG_FILE = "config.yaml"
-INFO_FILE = "model.json"
 CARD_FILE = "README.md"
-RESIZE = "shorter side to the input size, then a centre crop (Pillow bicubic, antialiased)"
 
 
 @dataclass(frozen=True)
@@ -65,16 +96,17 @@ class ModelSource:
 
     study: str | None = None
     trial: int | None = None
-    trained_on: str = "train"
+    trained_on: Literal["train", "train+val"] = "train"
     data: DataRecord | None = None
 
 
 @dataclass(frozen=True)
 class ModelFolder:
-    """A model folder as read back: its path, ``model.json`` and the fixed spec of ``config.yaml``."""
+    """A model folder as read back and checked: its path, ``model.json`` and the fixed spec of
+    ``config.yaml`` (see :func:`open_model_folder`)."""
 
     path: Path
-    info: dict[str, Any]
+    info: ModelInfo
     spec: Spec
 
     @property
@@ -83,27 +115,27 @@ class ModelFolder:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.info["classes"])
+        return self.info.classes
 
     @property
     def input_size(self) -> int:
-        return int(self.info["input"]["size"])
+        return self.info.input.size
 
     @property
     def in_channels(self) -> int:
-        return int(self.info["input"]["channels"])
+        return self.info.input.channels
 
     @property
     def mean(self) -> tuple[float, ...]:
-        return tuple(self.info["normalization"]["mean"])
+        return self.info.normalization.mean
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(self.info["normalization"]["std"])
+        return self.info.normalization.std
 
     @property
     def data(self) -> DataRecord | None:
-        return DataRecord.from_dict(self.info.get("data"))
+        return self.info.data.record() if self.info.data is not None else None
 
 
 def write_model_folder(
@@ -141,7 +173,7 @@ def write_model_folder(
     document = fixed_document(spec, trial, provenance)
     write_text(folder / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
     info = _info(result, trial, data, source, torch.device(device), counts, _sha256(weights))
-    write_text(folder / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    write_text(folder / INFO_FILE, checked_document(info))
     write_text(folder / CARD_FILE, model_card(folder, info, trial))
     return folder
 
@@ -188,30 +220,30 @@ def _info(
     device: torch.device,
     counts: Any,
     weights_sha256: str,
-) -> dict[str, Any]:
+) -> ModelInfo:
     """``model.json``'s content (see the module docstring)."""
     amp = resolve_amp_dtype(trial.train, device)
-    return {
-        "schema_version": MODEL_SCHEMA_VERSION,
-        "classes": list(data.classes),
-        "input": {"channels": _in_channels(trial), "size": data.image_size, "pixels": "RGB", "resize": RESIZE},
-        "normalization": {"mean": list(data.mean), "std": list(data.std), "formula": "(pixel / 255 - mean) / std"},
-        "params": counts.params,
-        "trainable_params": counts.trainable_params,
-        "flops": counts.flops,
-        "val_acc": _finite(result.final_val_acc),
-        "test_acc": _finite(result.test_acc),
-        "trained_on": source.trained_on,
-        "epochs": result.epochs_run,
-        "evaluated": {"device": device.type, "precision": "bf16" if amp is not None else "fp32"},
-        "data": source.data.as_dict() if source.data is not None else None,
-        "study": source.study,
-        "trial": source.trial,
-        "seed": trial.train.seed,
-        "weights": {"file": WEIGHTS_FILE, "sha256": weights_sha256},
-        "versions": _versions(),
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    return ModelInfo(
+        schema_version=MODEL_SCHEMA_VERSION,
+        classes=tuple(data.classes),
+        input=InputInfo(channels=_in_channels(trial), size=data.image_size, pixels="RGB", resize=RESIZE),
+        normalization=Normalization(mean=tuple(data.mean), std=tuple(data.std), formula=FORMULA),
+        params=counts.params,
+        trainable_params=counts.trainable_params,
+        flops=counts.flops,
+        val_acc=_finite(result.final_val_acc),
+        test_acc=_finite(result.test_acc),
+        trained_on=source.trained_on,
+        epochs=result.epochs_run,
+        evaluated=Evaluated(device=device.type, precision="bf16" if amp is not None else "fp32"),
+        data=DataInfo.of(source.data) if source.data is not None else None,
+        study=source.study,
+        trial=source.trial,
+        seed=trial.train.seed,
+        weights=WeightsInfo(file=WEIGHTS_FILE, sha256=weights_sha256),
+        versions=_versions(),
+        created=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
 
 
 def _in_channels(trial: TrialConfig) -> int:
@@ -244,11 +276,15 @@ def _versions() -> dict[str, str | None]:
 
 
 def open_model_folder(path: str | Path) -> ModelFolder:
-    """Read a model folder's ``model.json`` and ``config.yaml`` (the weights are read on load).
+    """Read and check a model folder: ``model.json`` (:func:`~search.train.model_info.read_model_info`),
+    ``config.yaml`` (a fixed spec), that they agree (one class name per output of the model,
+    its input channels, an input size the model takes), and that ``model.safetensors`` is
+    the file ``model.json`` recorded (its SHA-256). The tensors are read on load
+    (:func:`build_trained`), where their names, shapes and dtypes are checked.
 
     Raises:
-        UserError: ``path`` is not a model folder (a file missing, ``model.json`` unreadable
-            or of a newer schema, ``config.yaml`` not a fixed spec).
+        UserError: ``path`` is not a model folder, or one of its files is wrong (one line
+            naming the file, the key and what is allowed).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -256,27 +292,66 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     missing = [name for name in (INFO_FILE, CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if missing:
         raise UserError(f"{folder}: not a model folder (no {', '.join(missing)}); {_EXPECTED}")
-    try:
-        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{folder / INFO_FILE}: not readable JSON ({error})") from None
-    version = info.get("schema_version") if isinstance(info, dict) else None
-    if not isinstance(version, int) or version < 1:
-        raise UserError(f"{folder / INFO_FILE}: no schema_version: not a resnet-search model.json")
-    if version > MODEL_SCHEMA_VERSION:
-        raise UserError(
-            f"{folder / INFO_FILE}: schema version {version}, newer than this resnet-search's "
-            f"{MODEL_SCHEMA_VERSION}: upgrade resnet-search to read it"
-        )
+    info = read_model_info(folder / INFO_FILE)
     try:
         spec = load_spec(folder / CONFIG_FILE)
-        spec.fixed()
+        trial = spec.fixed()
     except SpecError as error:
         raise UserError(f"{folder}: not a model folder ({error})") from None
+    _check_agrees(folder / INFO_FILE, info, trial)
+    _check_checksum(folder / WEIGHTS_FILE, info.weights.sha256)
     return ModelFolder(folder, info, spec)
 
 
+def _check_agrees(source: Path, info: ModelInfo, trial: TrialConfig) -> None:
+    """``model.json`` describes the model of ``config.yaml``: as many classes as outputs, its
+    input channels, and an input size its layers take."""
+    outputs = trial.model.num_classes
+    if len(info.classes) != outputs:
+        raise UserError(
+            f"{source}: classes: {len(info.classes)} names, but the model of {CONFIG_FILE} has {outputs} "
+            "outputs (model.num_classes): one name per output, in order"
+        )
+    if info.input.channels != _in_channels(trial):
+        raise UserError(
+            f"{source}: input.channels: {info.input.channels}, but the model of {CONFIG_FILE} takes "
+            f"{_in_channels(trial)} (model.in_channels)"
+        )
+    try:
+        check_fits(trial, info.input.size)
+    except InvalidValue as error:
+        raise UserError(
+            f"{source}: input.size: {info.input.size} does not fit the model of {CONFIG_FILE} "
+            f"({error.key}: {error.message})"
+        ) from None
+
+
+def _check_checksum(path: Path, recorded: str) -> None:
+    """Refuse weights that are not the bytes ``model.json`` recorded: a changed byte or header."""
+    try:
+        actual = _sha256(path)
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if actual != recorded:
+        _check_readable(path)  # a truncated file says so rather than only that its checksum differs
+        raise UserError(
+            f"{path}: SHA-256 {actual[:12]}... differs from the {recorded[:12]}... that {INFO_FILE} records "
+            "(weights.sha256): the file changed after it was written; copy the folder again"
+        )
+
+
 _EXPECTED = f"a model folder holds {WEIGHTS_FILE}, {CONFIG_FILE} and {INFO_FILE} (train, retrain and run write them)"
+
+
+def _check_readable(path: Path) -> None:
+    """Raises UserError when ``path`` is not a whole safetensors file (its header is read, not its tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise UserError(one_line(f"{path}: truncated or not a safetensors file ({error})")) from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -291,27 +366,41 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
-        raise UserError(f"{path}: truncated or not a safetensors file ({error})") from None
+        raise UserError(one_line(f"{path}: truncated or not a safetensors file ({error})")) from None
 
 
 def check_fit(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Refuse weights whose names or shapes differ from the model's, naming the first that does.
+    """Refuse weights whose names, shapes or dtypes differ from the model's, or that hold a NaN
+    or an infinity, naming the first tensor that does. A dtype is checked as well as the
+    shape: a header that claims another dtype of the same size loads, and computes nonsense.
 
     Raises:
-        UserError: A tensor is missing, unexpected or of another shape.
+        UserError: A tensor is missing, unexpected, of another shape or dtype, or not finite.
     """
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
-            raise UserError(f"{path}: does not fit the model of config.yaml: no tensor {name}")
-        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UserError(f"{path}: does not fit the model of {CONFIG_FILE}: no tensor {name}")
+        theirs = state[name]
+        if tuple(theirs.shape) != tuple(tensor.shape):
             raise UserError(
-                f"{path}: does not fit the model of config.yaml: {name} is {tuple(state[name].shape)} "
+                f"{path}: does not fit the model of {CONFIG_FILE}: {name} is {tuple(theirs.shape)} "
                 f"in the file, {tuple(tensor.shape)} in the model"
             )
+        if theirs.dtype != tensor.dtype:
+            raise UserError(
+                f"{path}: does not fit the model of {CONFIG_FILE}: {name} is {_dtype(theirs)} in the file, "
+                f"{_dtype(tensor)} in the model"
+            )
+        if theirs.is_floating_point() and not bool(torch.isfinite(theirs).all()):
+            raise UserError(f"{path}: {name} holds NaN or infinite values: these weights cannot predict")
     unexpected = [name for name in state if name not in expected]
     if unexpected:
-        raise UserError(f"{path}: does not fit the model of config.yaml: unexpected tensor {unexpected[0]}")
+        raise UserError(f"{path}: does not fit the model of {CONFIG_FILE}: unexpected tensor {unexpected[0]}")
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def build_trained(folder: ModelFolder, device: str | torch.device = "cpu") -> nn.Module:
@@ -321,7 +410,8 @@ def build_trained(folder: ModelFolder, device: str | torch.device = "cpu") -> nn
     weights replace them.
 
     Raises:
-        UserError: The weights are truncated or do not fit the config.
+        UserError: The weights are truncated, do not fit the config, or make a model whose
+            outputs are not finite (:func:`check_outputs`).
     """
     trial = folder.trial
     model_config: ModelConfig = replace(trial.model, init_from=None)
@@ -332,7 +422,34 @@ def build_trained(folder: ModelFolder, device: str | torch.device = "cpu") -> nn
     state = read_weights(path)
     check_fit(state, model, path)
     model.load_state_dict(state)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    check_outputs(model, folder, torch.device(device))
+    return model
+
+
+def check_outputs(model: nn.Module, folder: ModelFolder, device: torch.device) -> None:
+    """Refuse a model whose logits are not finite on a probe batch: black, white and noise
+    images, normalised as ``model.json`` says. Finite weights can still overflow (a weight
+    edited to 1e38 and its checksum recorded again): this is one line instead of a
+    prediction of probability NaN.
+
+    Raises:
+        UserError: A logit of the probe is NaN or infinite.
+    """
+    side, channels = folder.input_size, folder.in_channels
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (1, channels, side, side), generator=generator, dtype=torch.uint8)
+    pixels = torch.cat([torch.zeros_like(noise), torch.full_like(noise, 255), noise]).float()
+    mean = torch.tensor(folder.mean).view(1, -1, 1, 1)
+    std = torch.tensor(folder.std).view(1, -1, 1, 1)
+    with torch.inference_mode():
+        out = model(((pixels / 255 - mean) / std).to(device))
+    logits = out[0] if isinstance(out, tuple) else out
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"{folder.path / WEIGHTS_FILE}: the model's outputs are not finite on a probe batch (black, white "
+            f"and noise images normalised as {INFO_FILE} says): these weights and this normalisation cannot predict"
+        )
 
 
 def eval_format(trial: TrialConfig, model: nn.Module, folder: ModelFolder, device: torch.device) -> BatchFormat:

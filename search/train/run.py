@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import search.data
-from search.config import InvalidValue, Spec, SpecError, TrialConfig
+from search.config import InvalidValue, Spec, SpecError, TrialConfig, UserError
 from search.config.files import check_output_folder
 from search.data import ImageDataset, TensorSplit
 from search.data.fingerprint import fingerprint, source_location
@@ -21,7 +21,7 @@ from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_run
 from search.train.progress import ProgressPrinter
 from search.train.recipe import default_device
 from search.train.result import TrainResult
-from search.train.warm_start import check_init
+from search.train.warm_start import check_fits_data, check_init
 
 
 def train_spec(
@@ -62,7 +62,9 @@ def train_spec(
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
-        UserError: ``out_dir`` cannot be written (checked first); the data is missing or misfits.
+        UserError: ``out_dir`` cannot be written (checked first); the data cannot be found or does
+            not fit the model (its class count, or the ``init_from`` folder's classes or input size),
+            checked before any training.
     """
     trial = spec.fixed()
     out = check_output_folder(out_dir) if out_dir is not None else Path("runs") / spec.study.name
@@ -72,10 +74,7 @@ def train_spec(
     where = default_device(device)
     # Looked up on the package when called, not bound at import, so a test can patch it there.
     data = search.data.load_dataset(spec.data, data_dir=data_dir, download=download)
-    try:
-        check_fits(trial, data.image_size)  # before any training: what torch would refuse mid-run
-    except InvalidValue as error:
-        raise SpecError(spec.source, error.key, error.message) from None
+    _check_fits(spec, trial, data)
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
     seeds = seeds or [trial.train.seed]
     several = len(seeds) > 1
@@ -104,6 +103,24 @@ def train_spec(
     folders = [out / f"seed{seed}" if several else out for seed in seeds]
     lines += [f"model folder: {folder}" for folder in folders if (folder / WEIGHTS_FILE).exists()]
     return "\n".join(lines)
+
+
+def _check_fits(spec: Spec, trial: TrialConfig, data: ImageDataset) -> None:
+    """Before any training, what would fail it or make it meaningless: shapes torch would refuse
+    mid-run, a head of another width than the data's classes, a fine-tune source of other
+    classes or input size.
+
+    Raises:
+        SpecError, UserError: naming the spec and the key.
+    """
+    try:
+        check_fits(trial, data.image_size)
+    except InvalidValue as error:
+        raise SpecError(spec.source, error.key, error.message) from None
+    try:
+        check_fits_data(trial.model, data.classes, data.image_size)
+    except UserError as error:
+        raise UserError(f"{spec.source}: {error}") from None
 
 
 @dataclass(frozen=True)
