@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
-from search.engine.cost import startup_seconds
 from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
 from search.engine.samplers import LEARNS_FROM_REJECTIONS, USES_CONSTRAINTS
+from search.engine.startup import startup_seconds
 from search.engine.trainable import TrialJob
 from search.engine.types import Log, ignore
 from search.models import build_model

@@ -20,28 +20,29 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig, UserError
-from search.config.units import format_duration
+from search.engine.startup import (
+    StartUp,
+    machine_key,
+    probe_startup,
+    record_startup,
+    recorded_startup,
+    seconds_text,
+    stored_startup,
+)
 from search.models import build_model
-from search.study.schema import FRESH_WORKER, STARTUP_S
 
 PROBE_SAMPLES = 200  # random configs the probe picks its median-size one from (fixed seed)
 PROBE_BATCH = 64  # the probe's batch (a larger one is scaled up: see probe_step_time)
 PROBE_WARMUP_STEPS = 2
 PROBE_MIN_STEPS, PROBE_MAX_STEPS, PROBE_ENOUGH_S = 3, 9, 3.0  # timed steps: at least 3, up to 9 or 3 s
-STARTUP_PROBE_MAX = 8  # fresh processes the start-up probe starts at once, at most
-STARTUP_PROBE_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -94,22 +95,6 @@ def trial_threads(spec: Spec) -> int:
 
 
 @dataclass(frozen=True)
-class StartUp:
-    """Seconds a trial pays before its first training step: ``cold_s`` when it starts a new Ray
-    worker, ``warm_s`` on a reused one; ``source`` says how they were measured."""
-
-    cold_s: float
-    warm_s: float
-    source: str
-
-    def line(self) -> str:
-        return (
-            f"start-up: {_seconds(self.cold_s)} per trial on a new Ray worker, {_seconds(self.warm_s)} "
-            f"on a reused one ({self.source})"
-        )
-
-
-@dataclass(frozen=True)
 class TrialCost:
     """The probe's measures and what follows from them.
 
@@ -139,22 +124,23 @@ class TrialCost:
         if trials <= 0:
             return 0.0
         waves = math.ceil(trials / max(1, slots))
-        return self.startup.cold_s + (waves - 1) * self.startup.warm_s + waves * self.epochs * self.epoch_s
+        warm_s = self.startup.warm_s or 0.0
+        return self.startup.cold_s + (waves - 1) * warm_s + waves * self.epochs * self.epoch_s
 
     def probe_line(self) -> str:
         """``probe: a median-size config (...) takes 519 ms per step on cpu with 1 thread(s): ...``."""
         return (
             f"probe: a median-size config ({self.params:,} params, batch {self.batch_size}) takes "
             f"{self.step_s * 1000:.0f} ms per step on {self.device} with {self.threads} thread(s): "
-            f"{_seconds(self.epoch_s)} per epoch of {self.n_train:,} images, "
-            f"{_seconds(self.epochs * self.epoch_s)} per trial of {self.epochs} epochs"
+            f"{seconds_text(self.epoch_s)} per epoch of {self.n_train:,} images, "
+            f"{seconds_text(self.epochs * self.epoch_s)} per trial of {self.epochs} epochs"
         )
 
     def estimate_line(self, trials: int, slots: int) -> str:
         """``estimate: 8 trials x 4 epochs on 2 slot(s) = 3m45s before pruning, start-up included``."""
         return (
             f"estimate: {trials} trials x {self.epochs} epochs on {slots} slot(s) = "
-            f"{_seconds(self.run_s(trials, slots))} before pruning, start-up included"
+            f"{seconds_text(self.run_s(trials, slots))} before pruning, start-up included"
         )
 
 
@@ -192,7 +178,13 @@ def probe_cost(
     device, threads = probe_device(spec), trial_threads(spec)
     batch = min(config.train.batch_size, PROBE_BATCH)
     step_s, build_s = probe_step_time(config, image_size, device, threads, batch)
-    startup = stored_startup(trials) or probe_startup(spec, config, image_size, data_dir, slots, build_s)
+    startup = stored_startup(trials) or recorded_startup(machine_key(device, slots))
+    if startup is None:
+        startup = probe_startup(spec, config, image_size, data_dir, slots, build_s)
+        if startup.cold_s > 0:  # measured (a probe whose processes failed measured nothing)
+            record_startup(machine_key(device, slots), startup)
+    if startup.warm_s is None:  # no trial reused a worker yet: what a reused one does again, build the model
+        startup = replace(startup, warm_s=build_s)
     return TrialCost(
         params=report.median_params,
         batch_size=config.train.batch_size,
@@ -245,78 +237,3 @@ def probe_step_time(
             if len(times) >= PROBE_MIN_STEPS and sum(times) >= PROBE_ENOUGH_S:
                 break
     return statistics.median(times), build_s
-
-
-def stored_startup(trials: Sequence[FrozenTrial], of: str = "the study") -> StartUp | None:
-    """The start-up ``trials`` measured (the median of those that started a new worker, and of
-    those that reused one); None until one of them has started a new worker.
-
-    Args:
-        trials: Trials with or without a stored start-up.
-        of: Whose trials they are, for :attr:`StartUp.source`.
-    """
-    measured = [t.user_attrs for t in trials if isinstance(t.user_attrs.get(STARTUP_S), (int, float))]
-    cold = [a[STARTUP_S] for a in measured if a.get(FRESH_WORKER)]
-    if not cold:
-        return None
-    warm = [a[STARTUP_S] for a in measured if not a.get(FRESH_WORKER)]
-    return StartUp(
-        statistics.median(cold),
-        statistics.median(warm) if warm else 0.0,
-        f"median of {len(measured)} trial(s) of {of}",
-    )
-
-
-def probe_startup(
-    spec: Spec, config: TrialConfig, image_size: int, data_dir: str | None, slots: int, build_s: float
-) -> StartUp:
-    """A new worker's start-up, measured: ``slots`` fresh Python processes at once (as many as
-    trials start together), each importing what a Tune worker imports, loading the data and
-    building the model; the slowest one's wall time. A reused worker keeps its imports and
-    data (:func:`~search.engine.trainable.worker_data`) and builds the model again.
-
-    A process that cannot run (no interpreter, a data folder not there yet) leaves the
-    figure at what the others measured; none at all: 0 s, said so.
-    """
-    count = max(1, min(slots, STARTUP_PROBE_MAX))
-    payload = pickle.dumps((spec.data, data_dir, config.model, image_size))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path])}
-    command = [sys.executable, "-c", "from search.engine.trainable import startup_probe; startup_probe()"]
-    began = time.perf_counter()
-    processes = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        for _ in range(count)
-    ]
-    for process in processes:  # all started before any waits: they contend as workers do
-        assert process.stdin is not None
-        try:
-            process.stdin.write(payload)
-            process.stdin.close()
-        except OSError:  # it ended already; its exit status says how
-            pass
-    finished: list[float] = []
-    for process in processes:
-        try:
-            if process.wait(timeout=max(1.0, began + STARTUP_PROBE_TIMEOUT_S - time.perf_counter())) == 0:
-                finished.append(time.perf_counter() - began)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if not finished:
-        return StartUp(0.0, build_s, "not measured: the probe's worker process failed")
-    return StartUp(
-        max(finished),
-        build_s,
-        f"probe: {count} new Python process(es) importing, loading the data and building the model at once",
-    )
-
-
-def startup_seconds(sent: float, first_report: float, first_epoch_s: float) -> float:
-    """What a trial paid before its first step: from the driver sending it to Ray (``sent``) to
-    its first epoch report reaching the driver, less the epoch itself (as the trial timed it)."""
-    return max(0.0, first_report - sent - first_epoch_s)
-
-
-def _seconds(seconds: float) -> str:
-    """``4.2s`` under a minute (a probe of small configs), else ``1h05m``."""
-    return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds)

@@ -39,12 +39,10 @@ from search.engine.checks import (
 )
 from search.engine.cost import (
     Concurrency,
-    StartUp,
     TrialCost,
     local_resources,
     probe_cost,
     probe_device,
-    stored_startup,
     trial_concurrency,
     trial_threads,
 )
@@ -54,6 +52,7 @@ from search.engine.preflight import RunPlan, preflight_lines
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session
 from search.engine.samplers import create_study, max_epochs
+from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
 from search.engine.types import Log, Trainable, ignore
@@ -392,7 +391,10 @@ def _summary(
     study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float, interrupted: bool, slots: int
 ) -> SearchSummary:
     trials = study.get_trials(deepcopy=False)
-    ran_here = [t for t in trials if t.number in bridge.startup_measured]
+    startup = stored_startup([t for t in trials if t.number in bridge.startup_measured], of="this run")
+    if startup is not None:  # what runs measure beats a probe: the next new study's estimate starts from it
+        source = f"a run of study {study.study_name}: {startup.source.replace('this run', 'it')}"
+        record_startup(machine_key(probe_device(bridge.spec), slots), replace(startup, source=source))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return SearchSummary(
         study_name=study.study_name,
@@ -405,7 +407,7 @@ def _summary(
         interrupted=interrupted,
         top=tuple(sorted(complete, key=lambda t: sort_sign(study) * t.values[0])[:5]),
         trials_run=bridge.launched,
-        startup=stored_startup(ran_here, of="this run"),
+        startup=startup,
     )
 
 
