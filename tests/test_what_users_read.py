@@ -28,6 +28,7 @@ from search.study.schema import FRESH_WORKER, INTERRUPTED, STARTUP_S, is_finishe
 pytestmark = pytest.mark.slow
 
 MS_PER_STEP = re.compile(r"takes (\d+) ms per step")
+FIGURES = re.compile(r"\d[\d.]*\s?(?:ms|s)\b|\d+m\d\ds")  # measured times: 18 ms, 0.1s, 1m05s
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -152,12 +153,14 @@ def test_the_trials_at_once_are_those_printed_and_the_dry_run_probes_as_the_run(
         alongside = [t for t in trials if t.datetime_start <= trial.datetime_start < t.datetime_complete]
         assert len(alongside) <= at_once
 
-    # One probe, the same settings: the same config, batch, device and threads, and ms per step within 25%.
+    # One probe with the same settings: the same config, batch, device, threads, images and epochs.
+    # Their ms per step then differ by this machine's noise only: benchmarks/probe_agreement.py
+    # measures that (within 25% on a quiet machine: docs/performance.md); a shared CI box is not one.
     probe_of_run = next(line for line in result.stderr.splitlines() if line.startswith("probe: "))
     probe_of_dry = next(line for line in dry.stdout.splitlines() if line.startswith("probe: "))
-    assert re.sub(r"[\d.]+(ms|s)\b", "", probe_of_run) == re.sub(r"[\d.]+(ms|s)\b", "", probe_of_dry)
-    run_ms, dry_ms = int(MS_PER_STEP.search(probe_of_run)[1]), int(MS_PER_STEP.search(probe_of_dry)[1])
-    assert abs(run_ms - dry_ms) <= 0.25 * max(run_ms, dry_ms), (probe_of_run, probe_of_dry)
+    assert MS_PER_STEP.search(probe_of_run) and MS_PER_STEP.search(probe_of_dry)
+    assert FIGURES.sub("#", probe_of_run) == FIGURES.sub("#", probe_of_dry), (probe_of_run, probe_of_dry)
+    assert ", batch 8) takes" in probe_of_run and "on cpu with 1 thread(s)" in probe_of_run  # the trials' own
 
 
 def test_a_rerun_uses_the_data_the_study_recorded_and_refuses_it_changed(
@@ -176,9 +179,9 @@ def test_a_rerun_uses_the_data_the_study_recorded_and_refuses_it_changed(
     next(data.glob("train/red/*.png")).unlink()  # the data changes under the study
     changed = cli(["run", str(spec), "--n-trials", "1"], tmp_path)
     assert changed.returncode == 2
-    lines = changed.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"the data at {data.resolve()} is not what study remembers used" in lines[0], lines
-    assert "pass --data-dir D" in lines[0]
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("resnet-search: error: ")]
+    assert len(errors) == 1 and f"the data at {data.resolve()} is not what study remembers used" in errors[0]
+    assert "pass --data-dir D" in errors[0] and "Traceback" not in changed.stderr
     assert finished(storage, "remembers") == 2
 
 

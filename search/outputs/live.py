@@ -78,9 +78,9 @@ class LiveTable(RunProgress):
         self.live.refresh()
 
     def run_started(self, event: RunStart) -> None:
-        self._then_refresh(lambda: RunProgress.run_started(self, event))
-        for line in event.lines:
+        for line in event.lines:  # the pre-run block first: the table is drawn under it, never before
             self.console.print(line, highlight=False)
+        self._then_refresh(lambda: RunProgress.run_started(self, event))
 
     def trial_started(self, event: TrialStart) -> None:
         self._then_refresh(lambda: RunProgress.trial_started(self, event))
