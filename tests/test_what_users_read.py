@@ -77,7 +77,7 @@ def test_an_interrupted_trial_is_interrupted_in_every_view(tmp_path: Path, tiny_
     storage = sqlite_url(tmp_path, "stop")
     assert cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path).returncode == 0  # one complete
     spec.write_text(spec.read_text().replace("epochs: 1", "epochs: 400"))  # trials long enough to stop one
-    process = run_cli(["run", str(spec), "--n-trials", "2"], cwd=tmp_path)
+    process = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--n-trials", "2"], cwd=tmp_path)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
@@ -185,26 +185,41 @@ def test_a_rerun_uses_the_data_the_study_recorded_and_refuses_it_changed(
     assert finished(storage, "remembers") == 2
 
 
-def test_figures_say_what_they_measure(tmp_path: Path, tiny_imagefolder: Path) -> None:
-    spec = write_spec(tmp_path, "honest", n_trials=2, epochs=1)
-    storage = sqlite_url(tmp_path, "honest")
-    nothing_ran = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--timeout", "1s"], tmp_path)
-    assert nothing_ran.returncode == 0, nothing_ran.stderr
-    assert "no trial ran" in nothing_ran.stdout and "overhead" not in nothing_ran.stdout
+def test_a_run_that_trained_no_trial_claims_no_overhead(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = write_spec(tmp_path, "nothing", n_trials=2, epochs=1)
+    result = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--timeout", "1s"], tmp_path)
+    assert result.returncode == 0, result.stderr  # the budget ended before the first trial could start
+    assert "wall time" in result.stdout and "no trial ran" in result.stdout and "overhead" not in result.stdout
 
-    assert cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path).returncode == 0
-    best = optuna.load_study(study_name="honest", storage=storage).best_trial
-    retrained = cli(["retrain", "--study", "honest", "--top", "1", "--seeds", "0", "--epochs", "1"], tmp_path)
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory, tiny_imagefolder: Path, _session_data_cache: Path) -> Path:
+    """A finished study of 2 trials (``honest``) in a folder of its own."""
+    cwd = tmp_path_factory.mktemp("honest")
+    spec = write_spec(cwd, "honest", n_trials=2, epochs=1)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse cache fixture is not active yet
+        patch.setenv("RESNET_SEARCH_CACHE", str(_session_data_cache))
+        assert cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], cwd).returncode == 0
+    return cwd
+
+
+def test_retrain_of_one_seed_shows_no_spread_and_no_validation(honest: Path) -> None:
+    retrained = cli(["retrain", "--study", "honest", "--top", "1", "--seeds", "0", "--epochs", "1"], honest)
     assert retrained.returncode == 0, retrained.stderr
     assert "(1 seed)" in retrained.stdout and "+-" not in retrained.stdout  # one value has no spread
     epochs = [line for line in retrained.stderr.splitlines() if " epoch " in line]
     assert epochs and not any("val" in line for line in epochs)  # train+val holds nothing out
 
-    screen = run_on_a_terminal(["run", str(spec), "--n-trials", "1"], tmp_path)
+
+def test_the_live_view_shows_the_studys_best_and_no_table_before_the_plan(honest: Path, tiny_imagefolder: Path) -> None:
+    best = optuna.load_study(study_name="honest", storage=sqlite_url(honest, "honest")).best_trial
+    spec = honest / "honest.yaml"
+    screen = run_on_a_terminal(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--n-trials", "1"], honest)
     assert "best -" not in screen  # the study's best, from before this run, from the first frame on
     assert f"best {best.value:.4f} (trial {best.number}," in screen
     plan = screen.index("study honest in ")
     assert "finished ·" not in screen[:plan]  # no table before the pre-run block
+    assert "finished ·" in screen[plan:]  # the table, under it
 
 
 def run_on_a_terminal(args: list[str], cwd: Path) -> str:
