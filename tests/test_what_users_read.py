@@ -120,7 +120,7 @@ def test_the_estimate_counts_each_trials_start_up_and_the_summary_reports_it(
     assert result.returncode == 0, result.stderr
     block = result.stderr
     startup = float(re.search(r"start-up: ([\d.]+)s per trial on a new Ray worker", block).group(1))
-    estimate = float(re.search(r"estimate: 2 trials x 1 epochs on \d slot\(s\) = ([\d.]+)s", block).group(1))
+    estimate = float(re.search(r"estimate: 2 trials x 1 epoch on \d slot\(s\) = ([\d.]+)s", block).group(1))
     assert startup > 0 and estimate >= startup  # the start-up is in the estimate: not just training steps
     assert estimate > took / 20, (estimate, took)  # not off by the factor of 40 it was
 

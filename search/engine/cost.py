@@ -133,13 +133,13 @@ class TrialCost:
             f"probe: a median-size config ({self.params:,} params, batch {self.batch_size}) takes "
             f"{self.step_s * 1000:.0f} ms per step on {self.device} with {self.threads} thread(s): "
             f"{seconds_text(self.epoch_s)} per epoch of {self.n_train:,} images, "
-            f"{seconds_text(self.epochs * self.epoch_s)} per trial of {self.epochs} epochs"
+            f"{seconds_text(self.epochs * self.epoch_s)} per trial of {_count(self.epochs, 'epoch')}"
         )
 
     def estimate_line(self, trials: int, slots: int) -> str:
         """``estimate: 8 trials x 4 epochs on 2 slot(s) = 3m45s before pruning, start-up included``."""
         return (
-            f"estimate: {trials} trials x {self.epochs} epochs on {slots} slot(s) = "
+            f"estimate: {_count(trials, 'trial')} x {_count(self.epochs, 'epoch')} on {slots} slot(s) = "
             f"{seconds_text(self.run_s(trials, slots))} before pruning, start-up included"
         )
 
@@ -237,3 +237,8 @@ def probe_step_time(
             if len(times) >= PROBE_MIN_STEPS and sum(times) >= PROBE_ENOUGH_S:
                 break
     return statistics.median(times), build_s
+
+
+def _count(n: int, word: str) -> str:
+    """``1 epoch``, ``4 epochs``."""
+    return f"{n} {word}{'s' * (n != 1)}"
