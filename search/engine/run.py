@@ -306,9 +306,18 @@ def _run_start(
     """The pre-run block (printed by the observers) and what the progress views need."""
     spec, cost = bridge.spec, ready.cost
     plan = RunPlan(
-        spec, storage_url, bridge.finished_before, bridge.target, max(0, bridge.remaining), cluster, bridge.use_gpu,
-        concurrency, len(ready.data.train.labels), cost, ready.probe_error,
-    )  # fmt: skip
+        spec=spec,
+        storage_url=storage_url,
+        finished_before=bridge.finished_before,
+        target=bridge.target,
+        to_run=max(0, bridge.remaining),
+        cluster=cluster,
+        use_gpu=bridge.use_gpu,
+        concurrency=concurrency,
+        n_train=len(ready.data.train.labels),
+        cost=cost,
+        probe_error=ready.probe_error,
+    )
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return RunStart(
         study_name=spec.study.name,
