@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=_duration, default=None, help="time budget: 90s, 30m, 2h, 1d (beats study.timeout)"
     )
-    run.add_argument("--n-trials", type=_positive_int, default=None, help="finished trials to reach (beats n_trials)")
+    run.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="N more finished trials in this run (default: continue to the study's total, study.n_trials)",
+    )
     run.add_argument("--tensorboard", metavar="DIR", default=None, help="TensorBoard logs, one run per trial")
     run.add_argument("--mlflow", metavar="URI", default=None, help="MLflow tracking URI (file:mlruns, http://...)")
     run.add_argument("--keep", type=_count_arg, default=3, help="keep the best K trials' weights (default 3; 0: none)")

@@ -168,3 +168,49 @@ def test_live_table_shows_each_running_trial_and_the_totals() -> None:
     assert "1/8 finished" in screen and "left ~" in screen
     assert "done 1 · running 1 · pruned 0 · failed 0 · rejected 0" in screen
     assert "best 0.5000 (trial 0, 12,345 params)" in screen
+
+
+def test_time_left_before_any_report_is_the_pre_run_estimate() -> None:
+    """The live view's time left and the pre-run estimate are one model: workers started once
+    per slot, reused after, every trial its epochs (:meth:`TrialCost.run_s`)."""
+    from search.engine.cost import TrialCost
+    from search.engine.startup import StartUp
+
+    cost = TrialCost(
+        params=1,
+        batch_size=10,
+        flops=10**6,
+        mean_flops=10**6,
+        device="cpu",
+        threads=1,
+        step_s=0.5,
+        n_train=100,
+        epochs=4,
+        startup=StartUp(cold_s=30.0, warm_s=2.0, source="test"),
+    )
+    clock = Clock()
+    view = RunProgress(clock=clock)
+    view.run_started(
+        start(clock, n_trials=6, slots=2, epochs=4, epoch_s=cost.epoch_s, cold_s=30.0, warm_s=2.0, probe_flops=10**6)
+    )
+    assert view.time_left() == pytest.approx(cost.run_s(6, 2))  # 30 + 2 * 2 + 3 * 4 * 5
+    view.trial_started(TrialStart(0, {}, 1, 10**6, 4))
+    clock.now += 10.0  # one slot's new worker 10 s into its start-up; the other slot not started
+    assert view.time_left() == pytest.approx(cost.run_s(6, 2) - 10.0 / 2)
+
+
+def test_the_best_so_far_is_the_studys_and_nothing_is_drawn_before_the_plan() -> None:
+    clock = Clock()
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None)
+    view = LiveTable(console=console, clock=clock)
+    console.print(view.render())
+    assert console.file.getvalue().strip() == ""  # type: ignore[attr-defined]
+    earlier = stored(3, TrialState.COMPLETE, 0.61, 4)
+    interrupted = stored(4, TrialState.FAIL, None, 1, interrupted="stopped by the run's time budget")
+    view.run_started(start(clock, n_trials=8, finished=(earlier,)))
+    assert view.best_text() == "best 0.6100 (trial 3, 12,345 params)"
+    view.trial_ended(TrialEnd(4, "interrupted", interrupted, at=clock.now))
+    console.print(view.render())
+    screen = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "interrupted 1" in screen and "failed 0" in screen
+    assert "trial 4 interrupted: stopped by the run's time budget" in screen

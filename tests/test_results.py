@@ -279,7 +279,7 @@ def test_retrain_leaderboard_matches_the_per_seed_metrics(
     page = write_report(study, "sqlite:///x.db", tmp_path / "report.html").html.read_text()
     assert "Leaderboard (retrained)" in page
     winner = page.split("<section>")[1]  # the first section: the leaderboard's rank 1, with its spread
-    assert f"#{stored['rows'][0]['trial']}," in winner and "over 2 seed(s)" in winner
+    assert f"#{stored['rows'][0]['trial']}," in winner and "over 2 seeds" in winner
 
 
 # --------------------------------------------------------------------------- the report

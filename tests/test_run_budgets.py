@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,11 @@ def test_timeout_ends_a_long_study_cleanly_and_n_trials_continues_it(tmp_path: P
     assert any(line.startswith("devices: ") for line in lines)  # the pre-run block
     assert any(line.startswith("time budget: 0m20s") for line in lines)
 
-    more = len(finished) + 2
-    rerun = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--n-trials", str(more)], cwd=tmp_path)
+    more = len(finished) + 2  # --n-trials 2: two more finished trials in this run
+    rerun = run_cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--n-trials", "2"], cwd=tmp_path)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
+    assert f"{len(finished)}/{more} trials finished before this run" in output
     trials = load(storage, "budget").trials
     assert sum(is_finished(t) for t in trials) == more
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -99,26 +101,24 @@ def test_a_bad_timeout_in_the_spec_names_the_key(tmp_path: Path, capsys: pytest.
 @pytest.mark.slow  # the probe trains a few steps of a 5M-parameter config on the CPU
 def test_the_pre_run_block_says_plainly_that_a_cpu_search_would_take_days() -> None:
     from search.config import load_spec
-    from search.engine.preflight import preflight
+    from search.engine.cost import probe_cost, trial_concurrency
+    from search.engine.preflight import RunPlan, preflight_lines
 
     spec = load_spec(Path(__file__).parent.parent / "spaces" / "cifar_5m.yaml")
-    common = {
-        "cluster": {"CPU": 2.0},
-        "use_gpu": False,
-        "image_size": 32,
-        "n_train": 45_000,
-        "to_run": spec.study.n_trials,
-        "storage_url": "sqlite:///studies/x.db",
-        "finished_before": 0,
-    }
-    measured = preflight(spec, timeout_s=None, **common)
-    lines, text = measured.lines, "\n".join(measured.lines)
-    assert measured.epoch_s and measured.probe_flops and measured.mean_flops  # the probe's measures
+    cluster = {"CPU": 2.0}
+    concurrency = trial_concurrency(spec, cluster, use_gpu=False)
+    cost = probe_cost(spec, 32, 45_000, slots=concurrency.slots)
+    assert cost.epoch_s and cost.flops and cost.mean_flops  # the probe's measures
+    plan = RunPlan(spec, "sqlite:///studies/x.db", 0, 60, 60, cluster, False, concurrency, 45_000, cost)
+    lines = preflight_lines(plan)
+    text = "\n".join(lines)
     at_once = min(spec.resources.max_concurrent, int(2 // spec.resources.cpu))
     assert "devices: CPU only" in text and f"{at_once} trial(s) at a time" in text
+    assert f"resources.max_concurrent {spec.resources.max_concurrent} capped to {at_once}" in text
     assert f"trials: {spec.study.n_trials} to run" in text and "time budget: none" in text
     warning = next(line for line in lines if line.startswith("warning: "))
     assert "no GPU" in warning and "--timeout" in warning and "spaces/smoke.yaml" in warning
-    bounded = preflight(spec, timeout_s=7200.0, **common).lines
+    budgeted = replace(spec, study=replace(spec.study, timeout=7200.0))
+    bounded = preflight_lines(replace(plan, spec=budgeted))
     assert not any(line.startswith("warning: ") for line in bounded)  # a time budget bounds it already
     assert any(line.startswith("time budget: 2h00m") for line in bounded)

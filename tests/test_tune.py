@@ -4,6 +4,7 @@ the Tune adapters' signatures against Ray's own ``Searcher`` and ``TrialSchedule
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from types import SimpleNamespace
 
 import optuna
@@ -198,3 +199,40 @@ def test_every_pruner_config_makes_its_pruner(config_class: type) -> None:
     pruner = make_pruner(config_class(), max_epochs=9)
     expected = {"none": "NopPruner"}.get(config_class().name, config_class.__name__)
     assert type(pruner).__name__ == expected
+
+
+def test_a_trials_display_state_is_one_function_of_its_state_and_reason() -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from search.study.schema import status_counts, trial_status
+
+    def trial(state: TrialState, **attrs: object) -> optuna.trial.FrozenTrial:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        return create_trial(
+            state=state, value=value, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs
+        )
+
+    trials = [
+        trial(TrialState.COMPLETE),
+        trial(TrialState.PRUNED),
+        trial(TrialState.PRUNED, **{REJECTED: "over the budget"}),
+        trial(TrialState.FAIL, **{ERROR: "out of memory"}),
+        trial(TrialState.FAIL, **{INTERRUPTED: "the run was stopped"}),
+    ]
+    assert [trial_status(t) for t in trials] == ["complete", "pruned", "rejected", "failed", "interrupted"]
+    assert [is_finished(t) for t in trials] == [True, True, False, True, False]
+    assert status_counts(trials)["failed"] == 1 and status_counts(trials)["interrupted"] == 1
+
+
+def test_a_worker_loads_the_data_once_for_the_trials_it_runs(monkeypatch: pytest.MonkeyPatch, tiny_imagefolder) -> None:
+    from search.engine import trainable
+
+    spec = parse_spec(SPACE)
+    job = SimpleNamespace(data=spec.data, data_dir=str(tiny_imagefolder), output=None)
+    monkeypatch.setattr(trainable, "_WORKER", {"trials": 0, "data_key": None, "data": None})
+    first = trainable.worker_data(job)  # type: ignore[arg-type]
+    assert trainable.worker_data(job) is first  # the next trial on this worker: no second load
+    other = SimpleNamespace(data=replace(spec.data, val_fraction=0.5), data_dir=str(tiny_imagefolder), output=None)
+    assert trainable.worker_data(other) is not first  # other data: loaded, and kept instead
+    assert len(trainable.worker_data(other).val) > len(first.val)

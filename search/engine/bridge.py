@@ -25,6 +25,7 @@ from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetCo
 from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
 from search.engine.samplers import learns_from_rejections, uses_constraints
+from search.engine.startup import startup_seconds
 from search.engine.trainable import TrialJob
 from search.engine.types import Log, ignore
 from search.models import build_model
@@ -34,15 +35,18 @@ from search.study.schema import (
     EPOCHS_RUN,
     ERROR,
     FLOPS,
+    FRESH_WORKER,
     IMAGES_PER_S,
     INTERRUPTED,
     PARAMS,
     RAY_TRIAL_ID,
     REJECTED,
     RETRY_OF,
+    STARTUP_S,
     TRAIN_TIME_S,
     TRAINABLE_PARAMS,
     is_finished,
+    trial_status,
 )
 
 
@@ -55,7 +59,7 @@ class Tally:
     pruned: int = 0
     failed: int = 0
     rejected: int = 0
-    stopped: int = 0  # by the time budget
+    interrupted: int = 0  # by the time budget
 
 
 class StudyBridge:
@@ -74,6 +78,8 @@ class StudyBridge:
         observers: Told of every trial's start, epoch reports and end (the live view, trackers).
         deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
             their next epoch report (the run's time budget); None: no deadline.
+        target: The finished trials the study has when this run is done (``run --n-trials N``:
+            those finished before plus N); default ``study.n_trials``, the study's total.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class StudyBridge:
         reference_check: bool = True,
         observers: Sequence[RunObserver] = (),
         deadline: float | None = None,
+        target: int | None = None,
     ) -> None:
         self.study = study
         self.reference_check = reference_check
@@ -105,6 +112,7 @@ class StudyBridge:
         self.pruned: set[int] = set()
         self.tally = Tally()
         self.finished_before = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+        self.target = spec.study.n_trials if target is None else target
         self.launched = 0
         self.rejections_in_a_row = 0
         self.retry_sampler = optuna.samplers.RandomSampler(seed=spec.study.seed)
@@ -115,10 +123,12 @@ class StudyBridge:
         self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
         self.epochs: dict[int, int] = {}
         self.stopped_by_deadline: set[int] = set()
+        self.startup_measured: set[int] = set()
 
     @property
     def remaining(self) -> int:
-        return self.spec.study.n_trials - self.finished_before - self.launched
+        """Trials still to send to Ray for this run to reach its target."""
+        return self.target - self.finished_before - self.launched
 
     # ---- sampling and the budget
 
@@ -202,7 +212,7 @@ class StudyBridge:
         self.study.tell(trial, state=TrialState.PRUNED)
         frozen = self._frozen(trial.number)
         write_trial_note(self.study, frozen, self.spec)
-        self.notify("trial_ended", TrialEnd(trial.number, "rejected", frozen, at=time.monotonic()))
+        self.notify("trial_ended", TrialEnd(trial.number, trial_status(frozen), frozen, at=time.monotonic()))
         self.tally.rejected += 1
         self.rejections_in_a_row += 1
         if self.rejections_in_a_row >= self.spec.study.max_rejections:
@@ -222,15 +232,25 @@ class StudyBridge:
         deadline passed before its last epoch."""
         if "epoch" not in result or number not in self.open:
             return False
-        epoch = int(result["epoch"])
+        epoch, now = int(result["epoch"]), time.monotonic()
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.notify("epoch_reported", EpochReport(number, epoch, metrics, time.monotonic()))
+        if number not in self.startup_measured and "elapsed_s" in metrics:
+            self._record_startup(number, now, metrics["elapsed_s"], bool(result.get(FRESH_WORKER)))
+        self.notify("epoch_reported", EpochReport(number, epoch, metrics, now))
         if self._prune(number, result):
             return True
         if self.past_deadline() and epoch < self.epochs.get(number, epoch + 1):
             self.stopped_by_deadline.add(number)
             return True
         return False
+
+    def _record_startup(self, number: int, now: float, first_epoch_s: float, fresh_worker: bool) -> None:
+        """Store what the trial paid before its first training step (a Ray worker, imports, the
+        data, the model): the time from sending it to Ray to its first report, less that epoch."""
+        self.startup_measured.add(number)
+        trial = self.open[number]
+        trial.set_user_attr(STARTUP_S, round(startup_seconds(self.started[number], now, first_epoch_s), 3))
+        trial.set_user_attr(FRESH_WORKER, fresh_worker)
 
     def _prune(self, number: int, result: dict) -> bool:
         """Report the objective to the study; True when its pruner says stop."""
@@ -290,8 +310,7 @@ class StudyBridge:
         # Its note in optuna-dashboard, live, from its own record: the cost does not grow with the study.
         frozen = self._frozen(number)
         write_trial_note(self.study, frozen, self.spec)
-        status = "failed" if failure is not None else "pruned" if number in self.pruned else "complete"
-        self.notify("trial_ended", TrialEnd(number, status, frozen, result, time.monotonic()))
+        self.notify("trial_ended", TrialEnd(number, trial_status(frozen), frozen, result, time.monotonic()))
 
     def _stop(self, number: int, trial: optuna.Trial, result: dict) -> None:
         """A trial the deadline stopped: FAIL with an ``interrupted`` reason, so it counts as
@@ -301,10 +320,10 @@ class StudyBridge:
         trial.set_user_attr(INTERRUPTED, f"stopped by the run's time budget after {epochs} epoch(s)")
         self.counts.pop(number, None)
         self.study.tell(trial, state=TrialState.FAIL)
-        self.tally.stopped += 1
+        self.tally.interrupted += 1
         frozen = self._frozen(number)
         write_trial_note(self.study, frozen, self.spec)
-        self.notify("trial_ended", TrialEnd(number, "stopped", frozen, result, time.monotonic()))
+        self.notify("trial_ended", TrialEnd(number, trial_status(frozen), frozen, result, time.monotonic()))
 
     def notify(self, method: str, event: object) -> None:
         """Call ``method`` of every observer; one that raises is dropped with one line, so a
@@ -340,7 +359,7 @@ class StudyBridge:
             frozen = self._frozen(number)
             self.study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: number})
             self.open.pop(number)
-            self.notify("trial_ended", TrialEnd(number, "stopped", frozen, at=time.monotonic()))
+            self.notify("trial_ended", TrialEnd(number, trial_status(frozen), frozen, at=time.monotonic()))
         return len(closed)
 
 

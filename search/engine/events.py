@@ -20,10 +20,12 @@ from optuna.trial import FrozenTrial
 class RunStart:
     """What a run is about to do, said before its first trial.
 
-    ``lines`` is the pre-run block as printed; ``epoch_s`` is the probe's estimate of one
-    epoch of a median-size config of ``probe_flops`` FLOPs (None: not measured);
-    ``mean_flops`` the mean FLOPs of the space's configs that fit the budget, what a trial
-    still to start costs; ``timeout_s`` the time budget.
+    ``lines`` is the pre-run block as printed; ``n_trials`` the finished trials the study has
+    when the run is done; ``epoch_s`` is the probe's estimate of one epoch of a median-size
+    config of ``probe_flops`` FLOPs (None: not measured); ``mean_flops`` the mean FLOPs of the
+    space's configs that fit the budget, what a trial still to start costs; ``cold_s`` and
+    ``warm_s`` what a trial pays before its first step on a new Ray worker and on a reused one
+    (:class:`~search.engine.cost.StartUp`); ``timeout_s`` the time budget.
     ``finished`` lists the study's trials that ended before this run (trackers add those
     they lack, so a resumed run is complete there too).
     """
@@ -40,6 +42,8 @@ class RunStart:
     epoch_s: float | None = None
     probe_flops: int | None = None
     mean_flops: float | None = None
+    cold_s: float | None = None
+    warm_s: float | None = None
     lines: tuple[str, ...] = ()
     finished: tuple[FrozenTrial, ...] = ()
 
@@ -73,10 +77,11 @@ class EpochReport:
 
 @dataclass(frozen=True)
 class TrialEnd:
-    """A trial ended. ``status``: ``complete``, ``pruned``, ``failed``, ``rejected`` (over the
-    budget, never trained) or ``stopped`` (by the time budget, Ctrl-C or an error of the run:
-    FAIL with an ``interrupted`` reason, trained again by the next run). ``trial`` is its
-    stored record after the outcome was told; ``result`` its last report."""
+    """A trial ended. ``status``: its stored record's display state
+    (:func:`~search.study.schema.trial_status`): ``complete``, ``pruned``, ``failed``,
+    ``rejected`` (over the budget, never trained) or ``interrupted`` (by the time budget,
+    Ctrl-C or an error of the run; trained again by the next run). ``trial`` is its stored
+    record after the outcome was told; ``result`` its last report."""
 
     number: int
     status: str

@@ -24,8 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import Spec
-from search.data import ImageDataset
-from search.data.fingerprint import DataRecord, fingerprint, source_location
+from search.data.fingerprint import DataRecord
 from search.engine.trainable import TrialOutput
 from search.engine.types import Log, ignore
 from search.study.records import kept_models, record_data, set_kept_models
@@ -99,10 +98,10 @@ class ModelKeeper:
         return dropped
 
 
-def record_run_data(study: optuna.Study, data: ImageDataset, spec: Spec, data_dir: str | None, log: Log) -> DataRecord:
-    """Record the run's data on the study (``retrain``, ``report`` and ``evaluate`` find it there);
-    data that differs from what an earlier run of the study recorded is said in one line."""
-    record = fingerprint(data, source_location(spec.data, data_dir))
+def record_run_data(study: optuna.Study, record: DataRecord, log: Log) -> DataRecord:
+    """Record the run's data on the study (``retrain``, ``report``, ``evaluate`` and the next
+    ``run`` find it there); data that differs from what an earlier run of the study recorded
+    is said in one line."""
     replaced = record_data(study, record)
     if replaced is not None:
         log(

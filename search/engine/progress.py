@@ -13,9 +13,12 @@ over the run's slots, and never less than the longest running trial still needs.
   measured (every epoch after a trial's first, over their trials' FLOPs), else the pre-run
   probe's. A running trial's epochs take its own FLOPs' worth; a trial not started yet, the
   mean FLOPs of the space's configs that fit the budget (sampled before the run).
-- A trial's first report comes after its start-up (a Ray worker, the data) and one epoch.
-  The first trial of each slot starts a Ray worker; later ones reuse it, so the start-up of
-  trials to come is measured on those later ones (0 until one has reported).
+- A trial's first report comes after its start-up (a Ray worker, imports, the data, the
+  model) and one epoch (as the trial timed it). The first trial of each slot starts a Ray
+  worker; later ones reuse it. Each kind's start-up is measured in this run once a trial of
+  that kind has reported; until then it is the pre-run estimate's
+  (:class:`~search.engine.cost.StartUp`, the model ``run`` and ``run --dry-run`` print).
+- The best so far is the study's: trials finished before this run count.
 """
 
 from __future__ import annotations
@@ -25,12 +28,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from optuna.trial import FrozenTrial
+
 from search.config.units import format_duration
 from search.engine.events import EpochReport, RunObserver, RunStart, TrialEnd, TrialStart
 from search.engine.types import Log
-from search.study.schema import EPOCHS_RUN, ERROR, INTERRUPTED, PARAMS, REJECTED
+from search.study.schema import (
+    COMPLETE,
+    EPOCHS_RUN,
+    ERROR,
+    FAILED,
+    FINISHED_STATUSES,
+    INTERRUPTED,
+    PARAMS,
+    PRUNED,
+    REJECTED,
+    trial_status,
+)
 
-FINISHED_STATUSES = ("complete", "pruned", "failed")  # what counts towards n_trials
+ENDED_STATUSES = (*FINISHED_STATUSES, REJECTED, INTERRUPTED)  # how a trial of a run can end
 
 
 @dataclass
@@ -56,12 +72,12 @@ class RunProgress(RunObserver):
     clock: Callable[[], float] = time.monotonic
     start: RunStart | None = None
     running: dict[int, RunningTrial] = field(default_factory=dict)
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys((*FINISHED_STATUSES, "rejected", "stopped"), 0)
-    )
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDED_STATUSES, 0))
     best: tuple[float, int, int] | None = None  # value, params, trial number
     epoch_seconds: list[tuple[float, int]] = field(default_factory=list)  # after a trial's first: (s, FLOPs)
-    warm_starts: list[tuple[float, int]] = field(default_factory=list)  # start to first report, reused workers
+    # From a trial's start to its first report: (seconds, its FLOPs, the first epoch as it timed it)
+    cold_starts: list[tuple[float, int, float | None]] = field(default_factory=list)  # new Ray workers
+    warm_starts: list[tuple[float, int, float | None]] = field(default_factory=list)  # reused workers
     epochs_run: list[int] = field(default_factory=list)
     started_here: int = 0
     maximize: bool = True
@@ -69,6 +85,8 @@ class RunProgress(RunObserver):
     def run_started(self, event: RunStart) -> None:
         self.start = event
         self.maximize = event.maximize
+        for trial in event.finished:  # the study's best so far, from before this run
+            self._consider(trial)
 
     def trial_started(self, event: TrialStart) -> None:
         self.started_here += 1
@@ -83,8 +101,9 @@ class RunProgress(RunObserver):
             return
         if trial.last_report is not None:
             self.epoch_seconds.append((event.at - trial.last_report, trial.flops))
-        elif not trial.cold:
-            self.warm_starts.append((event.at - trial.started, trial.flops))
+        else:
+            starts = self.cold_starts if trial.cold else self.warm_starts
+            starts.append((event.at - trial.started, trial.flops, event.metrics.get("elapsed_s")))
         trial.epoch, trial.last_report = event.epoch, event.at
         trial.val_acc = event.metrics.get("val_acc", trial.val_acc)
         trial.images_per_s = event.metrics.get("images_per_s", trial.images_per_s)
@@ -94,10 +113,15 @@ class RunProgress(RunObserver):
         self.counts[event.status] = self.counts.get(event.status, 0) + 1
         if event.status in FINISHED_STATUSES:
             self.epochs_run.append(event.trial.user_attrs.get(EPOCHS_RUN) or (trial.epoch if trial else 0))
-        if event.status == "complete" and event.trial.values:
-            value = event.trial.values[0]
-            if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
-                self.best = (value, event.trial.user_attrs.get(PARAMS, 0), event.number)
+        self._consider(event.trial)
+
+    def _consider(self, trial: FrozenTrial) -> None:
+        """Make ``trial`` the best so far if it is complete and better."""
+        if trial_status(trial) != COMPLETE or not trial.values:
+            return
+        value = trial.values[0]
+        if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
+            self.best = (value, trial.user_attrs.get(PARAMS, 0), trial.number)
 
     # ---- what it shows
 
@@ -129,10 +153,16 @@ class RunProgress(RunObserver):
             return statistics.fmean(s for s, _ in self.epoch_seconds)
         return self.start.epoch_s if self.start else None
 
-    def start_up(self) -> float:
-        """Seconds from a trial's start to its first epoch, on a reused Ray worker (0 until measured)."""
-        ups = [max(0.0, s - (self.epoch_time(f) or 0.0)) for s, f in self.warm_starts]
-        return statistics.fmean(ups) if ups else 0.0
+    def start_up(self, cold: bool = False) -> float:
+        """Seconds a trial pays before its first step, on a new Ray worker (``cold``) or a reused
+        one: measured in this run (its start to its first report, less that epoch), else the
+        pre-run estimate, else 0."""
+        starts = self.cold_starts if cold else self.warm_starts
+        ups = [max(0.0, s - (first if first is not None else self.epoch_time(f) or 0.0)) for s, f, first in starts]
+        if ups:
+            return statistics.fmean(ups)
+        estimate = (self.start.cold_s if cold else self.start.warm_s) if self.start else None
+        return estimate or 0.0
 
     def time_left(self) -> float | None:
         """Seconds until the run ends (see the module's docstring); None before anything is known."""
@@ -141,17 +171,18 @@ class RunProgress(RunObserver):
             return None
         now = self.clock()
         expected = statistics.fmean(self.epochs_run) if self.epochs_run else self.start.epochs
-        start_up = self.start_up()
         running = []
         for t in self.running.values():
             own = self.epoch_time(t.flops) or epoch_s
             if t.last_report is None:
-                running.append(max(0.0, start_up + expected * own - (now - t.started)))
+                running.append(max(0.0, self.start_up(t.cold) + expected * own - (now - t.started)))
             else:
                 to_go = max(expected - t.epoch, min(1, t.epochs - t.epoch))
                 running.append(max(0.0, to_go * own - (now - t.last_report)))
         to_start = max(0, self.start.n_trials - self.finished - len(self.running))
-        work = sum(running) + to_start * (start_up + expected * epoch_s)
+        cold = min(to_start, max(0, self.start.slots - self.started_here))  # slots that start no worker yet
+        start_ups = cold * self.start_up(cold=True) + (to_start - cold) * self.start_up()
+        work = sum(running) + start_ups + to_start * expected * epoch_s
         left = max(max(running, default=0.0), work / self.start.slots)
         if self.start.timeout_s is not None:  # after the deadline only the running epochs end
             deadline_left = self.start.timeout_s - (now - self.start.started)
@@ -166,15 +197,20 @@ class RunProgress(RunObserver):
 
     def totals_line(self) -> str:
         """``[3/8] done 2 | running 2 | pruned 1 | failed 0 | rejected 4 | best ... | elapsed | left``."""
-        c = self.counts
         total = self.start.n_trials if self.start else "?"
         left = self.time_left()
-        stopped = f" | stopped {c['stopped']}" if c["stopped"] else ""
         return (
-            f"[{self.finished}/{total}] done {c['complete']} | running {len(self.running)} | pruned {c['pruned']} | "
-            f"failed {c['failed']} | rejected {c['rejected']}{stopped} | {self.best_text()} | "
+            f"[{self.finished}/{total}] {' | '.join(self.count_parts())} | {self.best_text()} | "
             f"elapsed {format_duration(self.elapsed())} | left {'-' if left is None else '~' + format_duration(left)}"
         )
+
+    def count_parts(self) -> list[str]:
+        """``done 2``, ``running 2``, ``pruned 1``, ``failed 0``, ``rejected 4`` and, when some
+        were, ``interrupted 1``: the states' words as every view names them."""
+        c = self.counts
+        parts = [f"done {c[COMPLETE]}", f"running {len(self.running)}", f"pruned {c[PRUNED]}", f"failed {c[FAILED]}"]
+        parts.append(f"rejected {c[REJECTED]}")
+        return parts + ([f"interrupted {c[INTERRUPTED]}"] if c[INTERRUPTED] else [])
 
     def running_text(self) -> str:
         """``#4 epoch 2/4 val_acc 0.412, #5 epoch 0/4``."""
@@ -189,15 +225,15 @@ def trial_line(event: TrialEnd, metric: str) -> str:
     """One line for a trial that ended: ``trial 3 complete: val_acc 0.4123 (4 epochs, 74,000 params)``."""
     attrs = event.trial.user_attrs
     size = f"{attrs[PARAMS]:,} params" if PARAMS in attrs else ""
-    if event.status == "failed":
+    if event.status == FAILED:
         return f"trial {event.number} failed: {attrs.get(ERROR, 'unknown error')}"
-    if event.status == "stopped":
-        return f"trial {event.number} stopped: {attrs.get(INTERRUPTED, '')}"
-    if event.status == "rejected":
+    if event.status == INTERRUPTED:
+        return f"trial {event.number} interrupted: {attrs.get(INTERRUPTED, '')}"
+    if event.status == REJECTED:
         return f"trial {event.number} rejected: {attrs.get(REJECTED, '')}"
     epochs = attrs.get(EPOCHS_RUN)
     shape = ", ".join(p for p in (f"{epochs} epoch{'s' * (epochs != 1)}" if epochs else "", size) if p)
-    if event.status == "complete" and event.trial.values:
+    if event.status == COMPLETE and event.trial.values:
         return f"trial {event.number} complete: {metric} {event.trial.values[0]:.4f} ({shape})"
     values = event.trial.intermediate_values
     last = f" at {values[max(values)]:.4f}" if values else ""
@@ -234,7 +270,7 @@ class PlainProgress(RunProgress):
 
     def trial_ended(self, event: TrialEnd) -> None:
         super().trial_ended(event)
-        if event.status == "rejected":
+        if event.status == REJECTED:
             return  # counted in the totals: one line each would bury the trials that trained
         metric = self.start.metric if self.start else "value"
         self.log(f"{trial_line(event, metric)} | {self.totals_line()}")

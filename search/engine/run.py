@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 from search.config import InvalidValue, Spec, UserError
 from search.config.secrets import mask_secrets, without_secrets
 from search.config.units import format_duration
-from search.data import ImageDataset, load_dataset
+from search.data import ImageDataset
+from search.data.fingerprint import DataRecord, load_recorded
 from search.engine.bridge import StudyBridge
 from search.engine.checks import (
     absolute_data_paths,
@@ -36,21 +37,31 @@ from search.engine.checks import (
     check_writable,
     require_space,
 )
+from search.engine.cost import (
+    Concurrency,
+    TrialCost,
+    local_resources,
+    probe_cost,
+    probe_device,
+    trial_concurrency,
+    trial_threads,
+)
 from search.engine.events import RunEnd, RunObserver, RunStart
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
-from search.engine.preflight import preflight, slots
+from search.engine.preflight import RunPlan, preflight_lines
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
 from search.engine.samplers import create_study, max_epochs
+from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
-from search.engine.types import Log, Trainable
+from search.engine.types import Log, Trainable, ignore
 from search.study.lease import DriverLease
-from search.study.records import kept_models
+from search.study.records import kept_models, recorded_data, study_data
 from search.study.retrying import RetryingStorage
 from search.study.schema import REJECTED, is_finished
 from search.study.storage import default_storage, open_storage, storage_gone_check, study_dir
-from search.study.trials import recover_interrupted, requeue_stopped, sort_sign
+from search.study.trials import find_study, recover_interrupted, requeue_stopped, sort_sign
 
 STOPPED = "the run was stopped before the trial finished"  # why a trial the run stopped is FAIL
 
@@ -69,12 +80,16 @@ class SearchSummary:
     top: tuple[optuna.trial.FrozenTrial, ...]
     interrupted: bool = False
     ended_by: str | None = None  # why the run ended before its trials (the time budget)
+    trials_run: int = 0  # trials this run sent to Ray
+    startup: StartUp | None = None  # what this run's trials paid before their first step
+    nothing_to_run: str | None = None  # the one line of a run that had nothing to do
 
     @property
-    def overhead(self) -> float:
-        """Share of the trial slots' wall time not spent training (Ray, start-up, sampling, recording)."""
+    def overhead(self) -> float | None:
+        """Share of the trial slots' wall time not spent training (Ray, start-up, sampling,
+        recording); None for a run that trained no trial."""
         capacity = self.wall_time_s * self.slots
-        return 1 - self.trial_time_s / capacity if capacity else 0.0
+        return 1 - self.trial_time_s / capacity if capacity and self.trials_run else None
 
 
 def run_search(
@@ -91,16 +106,17 @@ def run_search(
     observers: Sequence[RunObserver] | None = None,
     keep: int = DEFAULT_KEEP,
 ) -> SearchSummary:
-    """Run (or continue) the spec's study to ``n_trials`` finished trials, or until its time budget.
+    """Run (or continue) the spec's study: to ``study.n_trials`` finished trials in all, or
+    ``n_trials`` more in this run; the time budget may end it first.
 
-    Everything that can be wrong with the input is checked before the study is written
-    to: the space, pretrained weights, the storage, the study's folder, the data, the
-    budget, and the cluster's resources.
+    Everything that can be wrong with the input is checked before the study is written to:
+    the space, weights, the storage, the study's folder, the data, the budget, the cluster's
+    resources. A study that has its trials already gets one line (no data loaded, no Ray).
 
     Args:
         spec: A parsed spec with a search space.
         storage: An Optuna storage URL; default ``sqlite:///studies/<name>.db``.
-        data_dir: Data location (beats ``data.root``).
+        data_dir: Data location (beats the data the study recorded, and ``data.root``).
         address: A Ray cluster to join (``ray start --head``); default: a local Ray of our own.
         download: Whether a known dataset found nowhere may be downloaded.
         log: Where progress lines go.
@@ -108,18 +124,18 @@ def run_search(
         timeout: A time budget from now (seconds, or ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``;
             beats ``study.timeout``): no trial starts after it and running trials stop at
             their next epoch report (FAIL, ``interrupted``; the next run trains them again).
-        n_trials: Finished trials the study should have (beats ``study.n_trials``).
-        observers: Told of every trial's start, epoch reports and end; default: plain
-            progress lines to ``log``. The trackers of the spec's ``tracking`` are added.
-        keep: The study's best ``keep`` complete trials keep their weights, as model folders
-            in ``studies/<study>/models`` (:mod:`~search.engine.keep`); 0: trials send none.
+        n_trials: Finished trials to add in this run (Optuna's ``optimize(n_trials=...)``);
+            default: up to the study's total, ``study.n_trials``.
+        observers: Told of every trial's events (default: progress lines to ``log``), with the spec's trackers.
+        keep: The best ``keep`` complete trials keep their weights (:mod:`~search.engine.keep`); 0: none.
 
     Returns:
         A summary of the run.
 
     Raises:
-        UserError: bad storage, data, resources, timeout or tracker (not installed, not answering),
-            a space none of whose configs fits the budget, or another driver running the study.
+        UserError: bad storage, data, resources, a bad timeout, a space none of whose configs
+            fits the budget, a tracker not installed or not answering, data the study recorded
+            that moved or changed, or another driver running the same study.
     """
     started = time.monotonic()
     spec = with_budgets(spec, timeout, n_trials)
@@ -131,35 +147,47 @@ def run_search(
     opened = RetryingStorage(  # a wrong URL or password fails here
         open_storage(storage_url), on_retry=log, still_there=storage_gone_check(storage_url)
     )
-    out_dir = study_dir(spec.study.name).resolve()
-    check_writable(out_dir)
-    spec, data_dir = absolute_data_paths(spec, data_dir)
-    data = load_dataset(spec.data, data_dir=data_dir, download=download)  # once, before any trial: builds the cache
-    image_size = check_against_data(spec, data_dir, data)
-    with logs_to(out_dir / "ray.log"), ray_session(address) as cluster:
+    earlier, before, target = _goal(opened, spec, n_trials)
+    if target <= before:
+        return _nothing_to_run(spec, storage_url, before)
+    ready = _prepare(spec, earlier, data_dir, download)
+    spec = ready.spec
+    with logs_to(ready.out_dir / "ray.log"), ray_session(address) as cluster:
         use_gpu = check_resources(spec, cluster, log)
+        concurrency = trial_concurrency(spec, cluster, use_gpu)
         study = create_study(spec, opened)
         with DriverLease(study):
             _recover(study, log)
-            keeper = ModelKeeper(study, spec, out_dir, keep, record_run_data(study, data, spec, data_dir, log), log)
-            bridge = _bridge(study, spec, image_size, data_dir, use_gpu, log, told, started)
-            bridge.notify("run_started", _run_start(bridge, cluster, data, storage_url, started))
+            keeper = ModelKeeper(study, spec, ready.out_dir, keep, record_run_data(study, ready.record, log), log)
+            bridge = _bridge(study, ready, use_gpu, log, told, started, target)
+            bridge.notify("run_started", _run_start(bridge, ready, storage_url, cluster, concurrency, started))
             start = time.monotonic()
             try:
-                _fit(bridge, out_dir, trainable, keeper)  # returns early, not raising, on Ctrl-C
+                _fit(bridge, ready.out_dir, trainable, keeper, concurrency.slots)  # returns early on Ctrl-C
             finally:
                 stopped = bridge.close_open_trials(STOPPED)
                 keeper.settle()
                 ended_by = _end_run(bridge)
             wall = time.monotonic() - start
-    interrupted = bool(stopped) or (bridge.remaining > 0 and bridge.stop_reason is None and not bridge.out_of_time)
+    return _outcome(bridge, study, storage_url, (wall, bool(stopped), concurrency.slots, ended_by))
+
+
+def _outcome(bridge: StudyBridge, study: optuna.Study, storage_url: str, ended: tuple) -> SearchSummary:
+    """The run's summary, from its wall time, whether trials were stopped, its slots and what ended it.
+
+    Raises:
+        UserError: the budget ended the run (every sample rejected).
+    """
+    wall, stopped, slots, ended_by = ended
+    interrupted = stopped or (bridge.remaining > 0 and bridge.stop_reason is None and not bridge.out_of_time)
     if bridge.stop_reason:
-        raise UserError(f"{spec.source}: budget: {bridge.stop_reason}")
-    return replace(_summary(study, storage_url, bridge, wall, interrupted), ended_by=ended_by)
+        raise UserError(f"{bridge.spec.source}: budget: {bridge.stop_reason}")
+    return replace(_summary(study, storage_url, bridge, wall, interrupted, slots), ended_by=ended_by)
 
 
 def with_budgets(spec: Spec, timeout: float | str | None, n_trials: int | None) -> Spec:
-    """``spec`` with this run's time budget and trial count, where given.
+    """``spec`` with this run's time budget, where given (``n_trials`` is checked here and
+    counted by the run: it adds trials, the study's total stays ``study.n_trials``).
 
     Raises:
         UserError: ``timeout`` is not a duration, or ``n_trials`` is below 1.
@@ -167,39 +195,83 @@ def with_budgets(spec: Spec, timeout: float | str | None, n_trials: int | None) 
     if n_trials is not None and n_trials < 1:
         raise UserError(f"n_trials must be at least 1, got {n_trials}")
     try:
-        study = replace(
-            spec.study,
-            timeout=spec.study.timeout if timeout is None else timeout,
-            n_trials=spec.study.n_trials if n_trials is None else n_trials,
-        )
+        study = replace(spec.study, timeout=spec.study.timeout if timeout is None else timeout)
     except InvalidValue as error:
         raise UserError(f"{error.key}: {error.message}") from None
     return replace(spec, study=study)
 
 
-def _bridge(
-    study: optuna.Study,
-    spec: Spec,
-    image_size: int,
-    data_dir: str | None,
-    use_gpu: bool,
-    log: Log,
-    observers: list[RunObserver],
-    started: float,
-) -> StudyBridge:
-    """The run's bridge to its study, with its observers and the deadline of its time budget."""
-    timeout_s = spec.study.timeout_s
-    return StudyBridge(
-        study,
-        spec,
-        image_size=image_size,
-        data_dir=data_dir,
-        use_gpu=use_gpu,
-        threads=max(1, int(spec.resources.cpu)),
-        log=log,
-        observers=observers,
-        deadline=None if timeout_s is None else started + timeout_s,
+def _goal(storage: RetryingStorage, spec: Spec, n_trials: int | None) -> tuple[optuna.Study | None, int, int]:
+    """The study as earlier runs left it (None: a new one), its finished trials, and the finished
+    trials it has when this run is done: ``n_trials`` more, or ``study.n_trials`` in all."""
+    earlier = find_study(storage, spec.study.name)
+    before = sum(is_finished(t) for t in earlier.get_trials(deepcopy=False)) if earlier is not None else 0
+    return earlier, before, spec.study.n_trials if n_trials is None else before + n_trials
+
+
+def _nothing_to_run(spec: Spec, storage_url: str, finished: int) -> SearchSummary:
+    """The summary of a run whose study already has its ``study.n_trials`` finished trials."""
+    line = (
+        f"study {spec.study.name} has {finished} finished trials and study.n_trials is {spec.study.n_trials}: "
+        "nothing to run (--n-trials N runs N more)"
     )
+    return SearchSummary(spec.study.name, mask_secrets(storage_url), finished, 0, 0.0, 0.0, 0, (), nothing_to_run=line)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A run's input, checked and measured before Ray starts: the spec with absolute data paths,
+    the study's folder, the data (and where the trials load it), the input size, and the probe."""
+
+    spec: Spec
+    out_dir: Path
+    data: ImageDataset
+    record: DataRecord
+    data_dir: str | None
+    image_size: int
+    cost: TrialCost | None
+    probe_error: str | None
+
+
+def _prepare(spec: Spec, earlier: optuna.Study | None, data_dir: str | None, download: bool) -> _Ready:
+    """Check the study's folder, load the data (the study's recorded data unless ``data_dir``
+    names other), check the budget against it, and probe the cost, as ``run --dry-run`` does.
+    The probe runs before Ray starts: the processes Ray starts would slow it."""
+    out_dir = study_dir(spec.study.name).resolve()
+    check_writable(out_dir)
+    spec, data_dir = absolute_data_paths(spec, data_dir)
+    data, record, data_dir = run_data(spec, earlier, data_dir, download)  # once, before any trial: builds the cache
+    image_size = check_against_data(spec, data_dir, data)  # the dry run asks the same trial_image_size
+    local = trial_concurrency(spec, local_resources(), use_gpu=probe_device(spec) == "cuda")
+    trials = earlier.get_trials(deepcopy=False) if earlier is not None else ()
+    cost, error = None, None
+    try:
+        cost = probe_cost(spec, image_size, len(data.train.labels), slots=local.slots, data_dir=data_dir, trials=trials)
+    except RuntimeError as failure:  # e.g. out of memory on the driver's device: the run itself may still fit
+        error = f"on {probe_device(spec)} with {trial_threads(spec)} thread(s): {failure}"
+    return _Ready(spec, out_dir, data, record, data_dir, image_size, cost, error)
+
+
+def run_data(
+    spec: Spec, earlier: optuna.Study | None, data_dir: str | None, download: bool
+) -> tuple[ImageDataset, DataRecord, str | None]:
+    """The run's data: ``data_dir`` if given; else, for a study that recorded its data, that
+    data (refused if it moved or changed, as ``retrain`` does); else where the spec says.
+
+    Returns:
+        The dataset, its record, and the location the trials load it from.
+
+    Raises:
+        UserError: the data cannot be found, or the recorded data moved or changed.
+    """
+    if earlier is not None:
+        # The line on data that differs from the record comes once, from record_run_data.
+        data, record = study_data(earlier, spec, data_dir, download=download, log=ignore)
+        if data_dir is None and recorded_data(earlier) is not None:
+            data_dir = record.location  # the trials load the data checked here
+        return data, record, data_dir
+    data, record = load_recorded(spec.data, None, data_dir, owner=f"study {spec.study.name}", download=download)
+    return data, record, data_dir
 
 
 def _recover(study: optuna.Study, log: Log) -> None:
@@ -213,35 +285,68 @@ def _recover(study: optuna.Study, log: Log) -> None:
         log(f"{stopped} trial(s) stopped by an earlier run's time budget are enqueued again")
 
 
-def _run_start(bridge: StudyBridge, cluster: dict, data: ImageDataset, storage_url: str, started: float) -> RunStart:
-    """The pre-run block (printed by the observers) and what the progress views need."""
-    spec = bridge.spec
-    measured = preflight(
+def _bridge(
+    study: optuna.Study,
+    ready: _Ready,
+    use_gpu: bool,
+    log: Log,
+    observers: list[RunObserver],
+    started: float,
+    target: int,
+) -> StudyBridge:
+    """The run's bridge to its study, with its observers, its target of finished trials and
+    the deadline of its time budget."""
+    spec = ready.spec
+    timeout_s = spec.study.timeout_s
+    return StudyBridge(
+        study,
         spec,
-        cluster=cluster,
-        use_gpu=bridge.use_gpu,
-        image_size=bridge.image_size,
-        n_train=len(data.train.labels),
-        to_run=max(0, bridge.remaining),
-        timeout_s=spec.study.timeout_s,
+        image_size=ready.image_size,
+        data_dir=ready.data_dir,
+        use_gpu=use_gpu,
+        threads=trial_threads(spec),
+        log=log,
+        observers=observers,
+        deadline=None if timeout_s is None else started + timeout_s,
+        target=target,
+    )
+
+
+def _run_start(
+    bridge: StudyBridge, ready: _Ready, storage_url: str, cluster: dict, concurrency: Concurrency, started: float
+) -> RunStart:
+    """The pre-run block (printed by the observers) and what the progress views need."""
+    spec, cost = bridge.spec, ready.cost
+    plan = RunPlan(
+        spec=spec,
         storage_url=storage_url,
         finished_before=bridge.finished_before,
+        target=bridge.target,
+        to_run=max(0, bridge.remaining),
+        cluster=cluster,
+        use_gpu=bridge.use_gpu,
+        concurrency=concurrency,
+        n_train=len(ready.data.train.labels),
+        cost=cost,
+        probe_error=ready.probe_error,
     )
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return RunStart(
         study_name=spec.study.name,
-        n_trials=spec.study.n_trials,
+        n_trials=bridge.target,
         finished_before=bridge.finished_before,
-        slots=slots(spec, cluster, bridge.use_gpu),
+        slots=concurrency.slots,
         epochs=max_epochs(spec),
         started=started,
         objectives=tuple(o.metric for o in spec.study.objectives),
         maximize=spec.study.objectives[0].direction == "maximize",
         timeout_s=spec.study.timeout_s,
-        epoch_s=measured.epoch_s,
-        probe_flops=measured.probe_flops,
-        mean_flops=measured.mean_flops,
-        lines=tuple(measured.lines),
+        epoch_s=cost.epoch_s if cost else None,
+        probe_flops=cost.flops if cost else None,
+        mean_flops=cost.mean_flops if cost else None,
+        cold_s=cost.startup.cold_s if cost else None,
+        warm_s=cost.startup.warm_s if cost else None,
+        lines=tuple(preflight_lines(plan)),
         finished=tuple(bridge.study.get_trials(deepcopy=False, states=ended)),
     )
 
@@ -260,20 +365,21 @@ def _ended_by(bridge: StudyBridge, timeout_s: float | None) -> str | None:
         return None
     return (
         f"the time budget of {format_duration(timeout_s)} ended the run: no trial started after it, "
-        f"{bridge.tally.stopped} running trial(s) were stopped (FAIL, interrupted; the next run trains them again)"
+        f"{bridge.tally.interrupted} running trial(s) were stopped (FAIL, interrupted; the next run trains them again)"
     )
 
 
-def _fit(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper) -> None:
+def _fit(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper, slots: int) -> None:
     """Tune's run. Where a SIGTERM stopped Ray with the driver, the running trials are recorded
     and the driver exits at once (:func:`~search.engine.ray_runtime.stop_if_ray_is_lost`)."""
     with stop_if_ray_is_lost(lambda: bridge.close_open_trials(STOPPED), bridge.log):
-        _tuner(bridge, out_dir, trainable, keeper).fit()
+        _tuner(bridge, out_dir, trainable, keeper, slots).fit()
 
 
-def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper) -> Any:
+def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: ModelKeeper, slots: int) -> Any:
     """A Tune run whose trials the bridge samples, prunes and records, and whose best trials'
-    weights the keeper keeps."""
+    weights the keeper keeps; ``slots`` trials at once (:func:`~search.engine.cost.trial_concurrency`:
+    Tune asks for no more trials than Ray can start, so every trial it has is training)."""
     from ray import tune
 
     from search.engine.adapters import KeepModels, OptunaPruningScheduler, OptunaSearcher  # imports Ray
@@ -287,7 +393,7 @@ def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: Mod
             search_alg=OptunaSearcher(bridge, keeper.output),
             scheduler=OptunaPruningScheduler(bridge),
             num_samples=-1,  # until the searcher says FINISHED
-            max_concurrent_trials=resources.max_concurrent,
+            max_concurrent_trials=slots,
             # A worker (with torch imported) serves trial after trial: start-up is paid
             # once per worker, not once per trial. A stopped trial's worker is reset.
             reuse_actors=True,
@@ -310,9 +416,13 @@ def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: Mod
 
 
 def _summary(
-    study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float, interrupted: bool
+    study: optuna.Study, storage_url: str, bridge: StudyBridge, wall: float, interrupted: bool, slots: int
 ) -> SearchSummary:
     trials = study.get_trials(deepcopy=False)
+    startup = stored_startup([t for t in trials if t.number in bridge.startup_measured], of="this run")
+    if startup is not None:  # what runs measure beats a probe: the next new study's estimate starts from it
+        source = f"a run of study {study.study_name}: {startup.source.replace('this run', 'it')}"
+        record_startup(machine_key(probe_device(bridge.spec), slots), replace(startup, source=source))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return SearchSummary(
         study_name=study.study_name,
@@ -321,9 +431,11 @@ def _summary(
         rejected=sum(REJECTED in t.user_attrs for t in trials),
         wall_time_s=wall,
         trial_time_s=bridge.train_seconds,
-        slots=bridge.spec.resources.max_concurrent,
+        slots=slots,
         interrupted=interrupted,
         top=tuple(sorted(complete, key=lambda t: sort_sign(study) * t.values[0])[:5]),
+        trials_run=bridge.launched,
+        startup=startup,
     )
 
 

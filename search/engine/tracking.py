@@ -27,7 +27,18 @@ from search.config import Spec, UserError
 from search.config.errors import one_line
 from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
-from search.study.schema import EPOCHS_RUN, ERROR, FLOPS, INTERRUPTED, PARAMS, REJECTED, trial_status
+from search.study.schema import (
+    COMPLETE,
+    EPOCHS_RUN,
+    ERROR,
+    FAILED,
+    FLOPS,
+    INTERRUPTED,
+    PARAMS,
+    PRUNED,
+    REJECTED,
+    trial_status,
+)
 
 # What a trial reports per epoch, and the TensorBoard tag each goes under.
 EPOCH_TAGS = {
@@ -41,7 +52,8 @@ EPOCH_TAGS = {
 TAG_STUDY = "resnet_search.study"  # MLflow tags that find a trial's run again on resume
 TAG_TRIAL = "resnet_search.trial"
 UNPREFIXED = ("epochs", "model_params", "model_flops")  # MLflow metrics that are no result: no ``final_``
-MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+# An MLflow run's status for each display state (its tag ``state`` is the display state itself).
+MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", INTERRUPTED: "KILLED"}
 CHECK_TIMEOUT_S = 5  # the check of an MLflow store before the run: one request, no retries
 
 
@@ -65,11 +77,6 @@ def tracking_observers(spec: Spec) -> list[RunObserver]:
 
 def _missing(extra: str, flag: str) -> UserError:
     return UserError(f"{flag} needs the {extra} extra, which is not installed: pip install -e '.[{extra}]'")
-
-
-def _trial_status(trial: FrozenTrial) -> str:
-    """A stored trial's status as a :class:`TrialEnd` names it (``stopped``: interrupted)."""
-    return "stopped" if INTERRUPTED in trial.user_attrs else trial_status(trial)
 
 
 def _finite(values: dict[str, Any]) -> dict[str, float]:
@@ -123,7 +130,7 @@ class TensorBoardWriter(RunObserver):
         """Trials of the study that ended before and have no run here yet get one from their record."""
         self.objectives = event.objectives
         for trial in event.finished:
-            if trial_status(trial) != "rejected" and not (self.folder / f"trial_{trial.number:04d}").exists():
+            if trial_status(trial) != REJECTED and not (self.folder / f"trial_{trial.number:04d}").exists():
                 writer = self._writer(trial.number)
                 for step, value in sorted(trial.intermediate_values.items()):
                     writer.add_scalar(EPOCH_TAGS.get(event.metric, event.metric), value, step)
@@ -141,7 +148,7 @@ class TensorBoardWriter(RunObserver):
         writer.flush()  # TensorBoard shows the epoch now, not at the next 2-minute flush
 
     def trial_ended(self, event: TrialEnd) -> None:
-        if event.status != "rejected":
+        if event.status != REJECTED:
             self._end(event.trial, event.result)
 
     def _end(self, trial: FrozenTrial, result: dict[str, Any]) -> None:
@@ -155,7 +162,7 @@ class TensorBoardWriter(RunObserver):
         }
         values = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
         metrics = {f"final/{k}": v for k, v in final_metrics(trial, result, self.objectives).items()}
-        experiment, start, end = hparams({**values, "state": _trial_status(trial)}, metrics)
+        experiment, start, end = hparams({**values, "state": trial_status(trial)}, metrics)
         for summary in (experiment, start, end):
             writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
@@ -172,8 +179,9 @@ class TensorBoardWriter(RunObserver):
 class MLflowWriter(RunObserver):
     """One MLflow run per trial, in the experiment named for the study: its parameters, the
     epoch metrics of :data:`EPOCH_TAGS` with step = epoch, its final metrics, its state (tag
-    ``state``; MLflow status FINISHED, FAILED or KILLED) and its size. Runs carry the study and
-    the trial number as tags, so a resumed run finds them and adds none twice.
+    ``state``, the trial's display state; MLflow status FINISHED, FAILED, or KILLED for
+    ``interrupted``) and its size. Runs carry the study and the trial number as tags, so a
+    resumed run finds them and adds none twice.
 
     Args:
         uri: An MLflow tracking URI: ``file:mlruns`` (a local store), ``sqlite:///mlflow.db``,
@@ -272,7 +280,7 @@ class MLflowWriter(RunObserver):
     def _backfill(self, trial: FrozenTrial, metric: str) -> None:
         from mlflow.entities import Metric
 
-        if trial_status(trial) == "rejected":
+        if trial_status(trial) == REJECTED:
             return
         start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         run_id = self._create(trial.number, trial.params, int(start * 1000))
@@ -302,7 +310,7 @@ class MLflowWriter(RunObserver):
     def _end(self, run_id: str, trial: FrozenTrial, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
-        status = _trial_status(trial)
+        status = trial_status(trial)
         now = int(time.time() * 1000)
         step = trial.user_attrs.get(EPOCHS_RUN) or 0
         final = [
@@ -323,7 +331,7 @@ class MLflowWriter(RunObserver):
         model folders the study keeps (``run --keep``) go to their trials' runs as artifacts
         (``model/``), once."""
         for run_id in self.runs.values():
-            self.client.set_tag(run_id, "state", "stopped")
+            self.client.set_tag(run_id, "state", INTERRUPTED)
             self.client.set_terminated(run_id, "KILLED")
         self.runs.clear()
         for number, folder in event.models.items():

@@ -1,7 +1,11 @@
 """The Tune trainable: what a Ray worker runs for one trial. It loads the uint8 data cache,
 trains, and reports every epoch to Tune; a failure becomes a final report with its reason,
 never an exception, so the search goes on. A trial that finished hands its model folder back
-with its final report, as a Tune checkpoint (``run --keep``; :mod:`search.engine.keep`)."""
+with its final report, as a Tune checkpoint (``run --keep``; :mod:`search.engine.keep`).
+
+Tune reuses a worker for trial after trial (``reuse_actors``): the data is loaded once per
+worker process and kept for the trials it runs next, and each trial says in its reports
+whether it started the worker (what it paid before its first step differs)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,13 @@ from typing import Any
 from search.budget import Counts
 from search.config import DataConfig, Spec, TrialConfig
 from search.data.fingerprint import DataRecord
-from search.study.schema import ERROR
+from search.study.schema import ERROR, FRESH_WORKER
 
 KEEP_ERROR = "keep_error"  # in a final report: why the trial's weights could not be handed back
+
+# This worker process's own state, kept from trial to trial: how many trials it began, and
+# the data it loaded last (by the data's record, spec section and location).
+_WORKER: dict[str, Any] = {"trials": 0, "data_key": None, "data": None}
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,12 @@ def run_trial(config: dict) -> None:
     import torch
     from ray import tune
 
-    from search.data import load_dataset
     from search.train import train
     from search.train.warm_start import resolve_init
 
     job: TrialJob = config["job"]
+    fresh_worker = _WORKER["trials"] == 0
+    _WORKER["trials"] += 1
     torch.set_num_threads(job.threads)
     device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
     counts = {"params": job.counts.params, "flops": job.counts.flops}
@@ -63,10 +72,10 @@ def run_trial(config: dict) -> None:
         trial = replace(trial, model=resolve_init(trial.model, job.output.cwd))
 
     def on_epoch(metrics: Any) -> None:
-        tune.report({**epoch_report(metrics), **counts})
+        tune.report({**epoch_report(metrics), **counts, FRESH_WORKER: fresh_worker})
 
     try:
-        data = load_dataset(job.data, data_dir=job.data_dir, download=False)
+        data = worker_data(job)
         result = train(trial, data, device=device, callback=on_epoch)
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
@@ -87,6 +96,41 @@ def run_trial(config: dict) -> None:
         report_with_model(final, result, trial, data, job, device)
     else:
         tune.report(final)
+
+
+def worker_data(job: TrialJob) -> Any:
+    """The trial's dataset, loaded once per worker process: a trial on a reused worker gets the
+    tensors its predecessor loaded when the data is the same (its record's hash, the spec's
+    data section, the location), and the worker keeps one dataset at a time."""
+    from search.data import load_dataset
+
+    sha256 = job.output.data.sha256 if job.output is not None and job.output.data is not None else None
+    key = (sha256, job.data, job.data_dir)
+    if _WORKER["data_key"] != key:
+        _WORKER["data_key"], _WORKER["data"] = None, None  # the old tensors go before the new load
+        _WORKER["data"] = load_dataset(job.data, data_dir=job.data_dir, download=False)
+        _WORKER["data_key"] = key
+    return _WORKER["data"]
+
+
+def startup_probe() -> None:
+    """What a new worker does before a trial's first step, for the start-up probe
+    (:func:`search.engine.cost.probe_startup`), run as ``python -c``: import what a Tune worker
+    imports, load the data (as given on stdin, pickled with the model config and the image
+    size) and build the model. Data that cannot be loaded is skipped: the imports still count."""
+    import contextlib
+    import pickle
+    import sys
+
+    import ray.tune  # noqa: F401  (a Tune worker's own imports)
+
+    from search.data import load_dataset
+    from search.models import build_model
+
+    data, data_dir, model, image_size = pickle.loads(sys.stdin.buffer.read())
+    with contextlib.suppress(Exception):  # a dry run before the data is there: the rest is measured all the same
+        load_dataset(data, data_dir=data_dir, download=False)
+    build_model(model, image_size)
 
 
 def report_with_model(final: dict, result: Any, trial: TrialConfig, data: Any, job: TrialJob, device: str) -> None:

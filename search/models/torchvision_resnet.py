@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
 from torch import Tensor
 
 from search.config import TorchvisionResNetConfig, UserError
@@ -34,6 +33,8 @@ def build_torchvision_resnet(config: TorchvisionResNetConfig) -> nn.Module:
     Raises:
         UserError: The weights cannot be found, read, or do not fit the architecture.
     """
+    import torchvision  # here, not at the top: 2 s of every worker's start-up, for our own ResNet too
+
     model = getattr(torchvision.models, config.name)(weights=None, num_classes=config.num_classes)
     if config.weights is not None:
         load_weights(model, config)
@@ -68,6 +69,8 @@ def weights_file(config: TorchvisionResNetConfig) -> Path:
     path = Path(config.weights).expanduser()
     if path.is_file():
         return path
+    import torchvision
+
     enum = torchvision.models.get_model_weights(config.name)
     member = enum.__members__.get(config.weights)
     if member is None:

@@ -16,6 +16,7 @@ COLORS = {
     "complete": "#1f77b4",
     "pruned": "#ff7f0e",
     "failed": "#d62728",
+    "interrupted": "#9467bd",  # stopped by the run (budget, Ctrl-C), trained again: not a failure's red
     "rejected": "#7f7f7f",
     "running": "#2ca02c",
     "waiting": "#bcbd22",

@@ -25,8 +25,9 @@ from rich.text import Text
 from search.config.units import format_duration
 from search.engine.events import EpochReport, RunStart, TrialEnd, TrialStart
 from search.engine.progress import RunProgress, trial_line
+from search.study.schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED
 
-STATUS_STYLES = {"complete": "green", "pruned": "yellow", "failed": "red", "stopped": "magenta"}
+STATUS_STYLES = {COMPLETE: "green", PRUNED: "yellow", FAILED: "red", INTERRUPTED: "magenta"}
 
 
 class LiveTable(RunProgress):
@@ -77,9 +78,9 @@ class LiveTable(RunProgress):
         self.live.refresh()
 
     def run_started(self, event: RunStart) -> None:
-        self._then_refresh(lambda: RunProgress.run_started(self, event))
-        for line in event.lines:
+        for line in event.lines:  # the pre-run block first: the table is drawn under it, never before
             self.console.print(line, highlight=False)
+        self._then_refresh(lambda: RunProgress.run_started(self, event))
 
     def trial_started(self, event: TrialStart) -> None:
         self._then_refresh(lambda: RunProgress.trial_started(self, event))
@@ -89,7 +90,7 @@ class LiveTable(RunProgress):
 
     def trial_ended(self, event: TrialEnd) -> None:
         self._then_refresh(lambda: RunProgress.trial_ended(self, event))
-        if event.status != "rejected":
+        if event.status != REJECTED:
             line = trial_line(event, self.start.metric if self.start else "value")
             self.console.print(Text(line, style=STATUS_STYLES.get(event.status, "")))
 
@@ -100,9 +101,11 @@ class LiveTable(RunProgress):
             return self.render()
 
     def render(self) -> Group:
-        """The table of running trials under a title line and over the totals."""
-        name = self.start.study_name if self.start else ""
-        total = self.start.n_trials if self.start else 0
+        """The table of running trials under a title line and over the totals; nothing before
+        the run has said what it will do (its pre-run block)."""
+        if self.start is None:
+            return Group()
+        name, total = self.start.study_name, self.start.n_trials
         left = self.time_left()
         title = Text.assemble(
             (f"{name} ", "bold"),
@@ -122,10 +125,5 @@ class LiveTable(RunProgress):
                 "-" if t.images_per_s is None else f"{t.images_per_s:,.0f}",
                 format_duration(now - t.started),
             )
-        c = self.counts
-        stopped = f" · stopped {c['stopped']}" if c["stopped"] else ""
-        totals = Text(
-            f"done {c['complete']} · running {len(self.running)} · pruned {c['pruned']} · failed {c['failed']} · "
-            f"rejected {c['rejected']}{stopped} · {self.best_text()}"
-        )
+        totals = Text(" · ".join([*self.count_parts(), self.best_text()]))
         return Group(title, table, totals)

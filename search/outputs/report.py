@@ -35,6 +35,7 @@ from search.study.schema import (
     EPOCHS_RUN,
     ERROR,
     FLOPS,
+    INTERRUPTED,
     LEADERBOARD,
     PARAMS,
     REJECTED,
@@ -87,7 +88,7 @@ def trials_table(study: optuna.Study) -> str:
     for t in trials:
         values = list(t.values) if t.values else [None] * len(study.directions)
         attrs = t.user_attrs
-        why = attrs.get(REJECTED) or attrs.get(ERROR) or ""
+        why = attrs.get(REJECTED) or attrs.get(ERROR) or attrs.get(INTERRUPTED) or ""
         rows.append(
             [
                 t.number,

@@ -42,9 +42,14 @@ class LeaderboardRow:
     seeds: list[int]
     test_acc: list[float | None]  # per seed; None where the run diverged
     test_acc_mean: float | None
-    test_acc_std: float | None
+    test_acc_std: float | None  # None with fewer than two seeds that trained: one value has no spread
     train_time_s_mean: float
     out_dir: str
+
+    @property
+    def trained_seeds(self) -> int:
+        """Seeds whose run trained to a test accuracy (a diverged one has none)."""
+        return sum(acc is not None and math.isfinite(acc) for acc in self.test_acc)
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Leaderboard:
             f"{'rank':>4}  {'trial':>5}  {self.metric:>9}  {'test_acc':>16}  {'params':>11}  {'FLOPs':>15}  time/seed"
         ]
         for r in self.rows:
-            acc = "-" if r.test_acc_mean is None else f"{r.test_acc_mean:.2%} +- {r.test_acc_std:.2%}"
+            acc = accuracy_text(r.test_acc_mean, r.test_acc_std, r.trained_seeds, sign="+-")
             flops = "-" if r.flops is None else f"{r.flops:,}"
             lines.append(
                 f"{r.rank:>4}  {r.trial:>5}  {r.search_value:>9.4f}  {acc:>16}  {r.params:>11,}  "
@@ -85,6 +90,14 @@ class Leaderboard:
             if acc is not None
         ]
         return "\n".join([*lines, "", f"leaderboard: {self.csv_path}", *folders])
+
+
+def accuracy_text(mean: float | None, std: float | None, seeds: int, sign: str = "±") -> str:
+    """``46.21% ± 0.52%`` over ``seeds`` seeds that trained, ``46.21% (1 seed)`` for one (one
+    value has no spread), ``-`` for none."""
+    if mean is None or seeds < 1:
+        return "-"
+    return f"{mean:.2%} (1 seed)" if seeds < 2 or std is None else f"{mean:.2%} {sign} {std:.2%}"
 
 
 CSV_COLUMNS = (
@@ -222,7 +235,7 @@ def _row(
         seeds=list(seeds),
         test_acc=accs,
         test_acc_mean=statistics.fmean(finite) if finite else None,
-        test_acc_std=(statistics.stdev(finite) if len(finite) > 1 else 0.0) if finite else None,
+        test_acc_std=statistics.stdev(finite) if len(finite) > 1 else None,  # one seed has no spread
         train_time_s_mean=statistics.fmean(t for _, t, _ in runs),
         out_dir=str(out),
     )

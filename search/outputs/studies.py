@@ -83,10 +83,10 @@ def studies_table(rows: Sequence[StudyRow]) -> str:
     def when(value: dt.datetime | None) -> str:
         return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
-    header = ["storage", "study", "complete", "pruned", "failed", "rejected", "running", "best", "started", "last"]
+    shown = [status for status in STATUSES if status != "waiting"]  # enqueued trials are not a state to watch
+    header = ["storage", "study", *shown, "best", "started", "last"]
     lines = [
-        [r.storage, r.name, *(str(r.counts[s]) for s in STATUSES[:5]), r.best, when(r.started), when(r.last)]
-        for r in rows
+        [r.storage, r.name, *(str(r.counts[s]) for s in shown), r.best, when(r.started), when(r.last)] for r in rows
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines])

@@ -7,6 +7,7 @@ spread over seeds, where its files are, and the two commands that use it.
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import Spec, UserError
 from search.config.secrets import mask_secrets
+from search.outputs.retrain import accuracy_text
 from search.study.notes import architecture_line, format_flops, recipe_line
 from search.study.records import kept_models
 from search.study.schema import FLOPS, LEADERBOARD, PARAMS, metric_names
@@ -101,8 +103,9 @@ def _test_text(row: dict[str, Any] | None, study_name: str, storage_url: str) ->
             "not measured yet: the search never touches the test set; "
             f"resnet-search retrain{storage} --study {study_name} --top 3 --seeds 0,1,2 measures it"
         )
-    seeds = row.get("seeds", [])
-    return f"{row['test_acc_mean']:.2%} ± {row['test_acc_std']:.2%} over {len(seeds)} seed(s) (retrained on train+val)"
+    seeds = sum(isinstance(acc, (int, float)) and math.isfinite(acc) for acc in row.get("test_acc", []))
+    over = f" over {seeds} seeds" if seeds > 1 else ""
+    return f"{accuracy_text(row['test_acc_mean'], row.get('test_acc_std'), seeds)}{over} (retrained on train+val)"
 
 
 def use_commands(study_name: str, storage_url: str, number: int) -> list[str]:

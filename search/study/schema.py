@@ -23,6 +23,8 @@ TRAIN_TIME_S = "train_time_s"  # the trial's own training time, as it reported i
 EPOCHS_RUN = "epochs_run"
 IMAGES_PER_S = "images_per_s"
 RETRY_OF = "retry_of"  # on an enqueued trial: the number of the interrupted trial it repeats
+STARTUP_S = "startup_s"  # seconds from the driver sending the trial to Ray to its first training step
+FRESH_WORKER = "fresh_worker"  # True: the trial started a new Ray worker (it paid the worker's start-up)
 
 # --- on the study (user attributes)
 SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to
@@ -35,31 +37,39 @@ MODELS = "models"  # trial number (a string) -> model folder holding its weights
 # --- optuna-dashboard's custom plot of every trial's learning curve
 LEARNING_CURVES_ID = "learning_curves"
 
-STATUSES = ("complete", "pruned", "failed", "rejected", "running", "waiting")
+# A trial's display state, the one vocabulary of every view (live table, ``studies``, the report,
+# ``trials.csv``, dashboard notes, trackers): Optuna's states, with our stored reasons refining two.
+COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+STATUSES = (COMPLETE, PRUNED, FAILED, INTERRUPTED, REJECTED, "running", "waiting")
+FINISHED_STATUSES = (COMPLETE, PRUNED, FAILED)  # what counts towards ``n_trials``
+
+
+def trial_status(trial: FrozenTrial) -> str:
+    """A stored trial's display state, from its Optuna state and the reason stored with it.
+
+    ``rejected``: PRUNED with a :data:`REJECTED` reason (over the budget, never trained).
+    ``interrupted``: FAIL with an :data:`INTERRUPTED` reason (the time budget, Ctrl-C or a
+    killed driver stopped it; the next run trains it again): not a failure of the trial.
+    Otherwise Optuna's state in lower case: ``complete``, ``pruned``, ``failed``,
+    ``running``, ``waiting``.
+    """
+    attrs = trial.user_attrs
+    if trial.state == TrialState.PRUNED and REJECTED in attrs:
+        return REJECTED
+    if trial.state == TrialState.FAIL and INTERRUPTED in attrs:
+        return INTERRUPTED
+    return {
+        TrialState.COMPLETE: COMPLETE,
+        TrialState.PRUNED: PRUNED,
+        TrialState.FAIL: FAILED,
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "waiting",
+    }[trial.state]
 
 
 def is_finished(trial: FrozenTrial) -> bool:
     """A trial that counts towards ``n_trials``: trained to the end, pruned, or failed in training."""
-    if trial.state == TrialState.COMPLETE:
-        return True
-    if trial.state == TrialState.PRUNED:
-        return REJECTED not in trial.user_attrs
-    if trial.state == TrialState.FAIL:
-        return INTERRUPTED not in trial.user_attrs
-    return False
-
-
-def trial_status(trial: FrozenTrial) -> str:
-    """``complete``, ``pruned``, ``failed``, ``rejected`` (over budget, never trained), ``running``, ``waiting``."""
-    if trial.state == TrialState.PRUNED and REJECTED in trial.user_attrs:
-        return "rejected"
-    return {
-        TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "pruned",
-        TrialState.FAIL: "failed",
-        TrialState.RUNNING: "running",
-        TrialState.WAITING: "waiting",
-    }[trial.state]
+    return trial_status(trial) in FINISHED_STATUSES
 
 
 def status_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:

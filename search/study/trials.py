@@ -33,6 +33,13 @@ def load_study(storage_url: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
+def find_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
+    """The study ``study_name`` if the storage holds it (a rerun), else None (a new study)."""
+    if study_name not in optuna.study.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
 def study_spec(study: optuna.Study) -> Spec:
     """The spec the study was searched with, parsed from the text stored on it.
 

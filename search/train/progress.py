@@ -16,21 +16,26 @@ class ProgressPrinter:
         total_epochs: The run's epoch count, for ``epoch/total`` and the ETA.
         log: Where each line goes (``print`` by default).
         prefix: Put before every line (a trial number, say).
+        held_out: Whether the validation split is held out; False (a final fit on train+val,
+            which trains on it) leaves the validation figures out: they would measure nothing.
     """
 
-    def __init__(self, total_epochs: int, log: Callable[[str], None] = print, prefix: str = "") -> None:
+    def __init__(
+        self, total_epochs: int, log: Callable[[str], None] = print, prefix: str = "", held_out: bool = True
+    ) -> None:
         self.total_epochs = total_epochs
         self.log = log
         self.prefix = prefix
+        self.held_out = held_out
 
     def format(self, m: EpochMetrics) -> str:
         """The line for ``m``."""
         eta = m.elapsed_s / m.epoch * (self.total_epochs - m.epoch)
         width = len(str(self.total_epochs))
+        val = f"  val_loss {m.val_loss:.4f}  val_acc {m.val_acc:6.2%}" if self.held_out else ""
         return (
             f"{self.prefix}epoch {m.epoch:>{width}}/{self.total_epochs}"
-            f"  loss {m.train_loss:.4f}  acc {m.train_acc:6.2%}"
-            f"  val_loss {m.val_loss:.4f}  val_acc {m.val_acc:6.2%}"
+            f"  loss {m.train_loss:.4f}  acc {m.train_acc:6.2%}{val}"
             f"  lr {m.lr:.3g}  {m.images_per_s:,.0f} img/s  ETA {_duration(eta)}"
         )
 

@@ -168,7 +168,9 @@ def train_seed(run: SeedRun, log: Callable[[str], None] = print) -> TrainResult:
         run.data,
         device=run.device,
         epochs=run.epochs,
-        callback=ProgressPrinter(run.epochs or config.train.epochs, log=log, prefix=run.prefix),
+        callback=ProgressPrinter(
+            run.epochs or config.train.epochs, log=log, prefix=run.prefix, held_out=run.train_split is None
+        ),
         evaluate_test=True,
         train_split=run.train_split,
         checkpoint_path=run.folder / "checkpoint.pt" if run.checkpoint else None,
