@@ -35,6 +35,7 @@ from search.engine.checks import (
     check_writable,
     require_space,
     trial_image_size,
+    with_device,
 )
 from search.engine.events import RunEnd, RunObserver, RunStart
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
@@ -88,12 +89,12 @@ def run_search(
     n_trials: int | None = None,
     observers: Sequence[RunObserver] | None = None,
     keep: int = DEFAULT_KEEP,
+    device: str | None = None,
 ) -> SearchSummary:
     """Run (or continue) the spec's study to ``n_trials`` finished trials, or until its time budget.
 
-    Everything that can be wrong with the input is checked before the study is written
-    to: the space, pretrained weights, the storage, the study's folder, the data, the
-    budget, and the cluster's resources.
+    Everything that can be wrong with the input is checked before the study is written to: the space, pretrained
+    weights, the storage, the study's folder, the data, the budget, and the cluster's resources.
 
     Args:
         spec: A parsed spec with a search space.
@@ -103,14 +104,14 @@ def run_search(
         download: Whether a known dataset found nowhere may be downloaded.
         log: Where progress lines go.
         trainable: The Tune trainable (default :func:`run_trial`; tests wrap it to inject faults).
-        timeout: A time budget from now (seconds, or ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``;
-            beats ``study.timeout``): no trial starts after it and running trials stop at
-            their next epoch report (FAIL, ``interrupted``; the next run trains them again).
+        timeout: A time budget from now (seconds, or ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``; beats ``study.timeout``):
+            no trial starts after it and running trials stop at their next epoch report (FAIL, ``interrupted``).
         n_trials: Finished trials the study should have (beats ``study.n_trials``).
         observers: Told of every trial's start, epoch reports and end; default: plain
             progress lines to ``log``. The trackers of the spec's ``tracking`` are added.
         keep: The study's best ``keep`` complete trials keep their weights, as model folders
             in ``studies/<study>/models`` (:mod:`~search.engine.keep`); 0: trials send none.
+        device: ``cpu`` or ``cuda`` (required) for every trial, whatever ``resources.gpu`` says (:func:`with_device`).
 
     Returns:
         A summary of the run.
@@ -121,7 +122,7 @@ def run_search(
             running the same study.
     """
     started = time.monotonic()
-    spec = with_budgets(spec, timeout, n_trials)
+    spec = with_device(with_budgets(spec, timeout, n_trials), device)
     require_space(spec)
     check_weights(spec)
     told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
@@ -136,7 +137,7 @@ def run_search(
     image_size = trial_image_size(spec.data, data_dir, data)  # the dry run asks the same function
     check_space_fits(spec, image_size)
     with logs_to(out_dir / "ray.log"), ray_session(address) as cluster:
-        use_gpu = check_resources(spec, cluster, log)
+        use_gpu = check_resources(spec, cluster, log, require_gpu=device == "cuda")
         study = create_study(spec, opened)
         with DriverLease(study):
             _recover(study, log)

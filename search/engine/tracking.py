@@ -13,6 +13,7 @@ import math
 import os
 import time
 import urllib.parse
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Spec, UserError
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
+from search.engine.ray_runtime import through_root
 from search.study.schema import EPOCHS_RUN, ERROR, FLOPS, INTERRUPTED, PARAMS, REJECTED, trial_status
 
 # What a trial reports per epoch, and the TensorBoard tag each goes under.
@@ -165,8 +167,8 @@ class MLflowWriter(RunObserver):
     the trial number as tags, so a resumed run finds them and adds none twice.
 
     Args:
-        uri: An MLflow tracking URI: ``file:mlruns`` (a local store), ``sqlite:///mlflow.db``,
-            ``http://host:5000``.
+        uri: An MLflow tracking URI: ``sqlite:///mlflow.db`` (recommended), ``http://host:5000``,
+            or ``file:mlruns`` (MLflow 3 reads it back only with ``MLFLOW_ALLOW_FILE_STORE=true``).
         study_name: The study (and experiment) name.
 
     Raises:
@@ -187,8 +189,11 @@ class MLflowWriter(RunObserver):
         self.runs: dict[int, str] = {}  # trial number -> run id, this run's open ones
         self.known: dict[int, str] = {}  # trial number -> run id, every run of the study's experiment
         self.objectives: tuple[str, ...] = ("val_acc",)
+        self.logs = ExitStack()
 
     def run_started(self, event: RunStart) -> None:
+        # MLflow's log lines (creating a database's tables...) go to the run's log, not the terminal.
+        self.logs.enter_context(through_root("mlflow", "alembic"))
         self.objectives = event.objectives
         experiment = self.client.get_experiment_by_name(self.study_name)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study_name)
@@ -292,3 +297,4 @@ class MLflowWriter(RunObserver):
             kept = self.known.get(number)
             if kept and Path(folder).is_dir() and not self.client.list_artifacts(kept, "model"):
                 self.client.log_artifacts(kept, folder, artifact_path="model")
+        self.logs.close()

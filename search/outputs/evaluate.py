@@ -65,7 +65,7 @@ def evaluate_model(
     split: str = "test",
     device: str | None = None,
     download: bool = False,
-    out: str | Path | None = None,
+    out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ModelEvaluation, Path]:
     """Evaluate a model folder on a split of its recorded data, or of ``data_dir``.
@@ -80,7 +80,7 @@ def evaluate_model(
         split: ``test``, ``val`` or ``train``.
         device: Where to run; default CUDA when available.
         download: Whether a known dataset found nowhere may be downloaded.
-        out: The JSON file to write; default ``<path>/evaluation_<split>.json``.
+        out_dir: The folder of the JSON file, ``evaluation_<split>.json``; default the model folder.
         log: Receives the line on data that differs from the record.
 
     Returns:
@@ -128,7 +128,8 @@ def evaluate_model(
         per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(model.classes)},
         confusion=matrix,
     )
-    target = Path(out) if out is not None else folder.path / f"evaluation_{split}.json"
+    target = (Path(out_dir) if out_dir is not None else folder.path) / f"evaluation_{split}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(_finite(result.as_dict()), indent=2) + "\n", encoding="utf-8")
     return result, target
 

@@ -2,6 +2,9 @@
 (``model.onnx``), checked before it is reported done: the export is loaded again and run on a
 batch, and its outputs must match the eager model's.
 
+An ONNX export is one self-contained file, unless its weights pass protobuf's 2 GB limit: then
+they go to ``model.onnx.data`` beside it, and both files are named (they travel together).
+
 The exported network is the folder's module alone: it takes normalised float32 images
 ``N x C x H x W`` (any batch size) and returns logits; ``model.json`` (classes, input size,
 mean and std) travels inside the file (TorchScript's extra files, ONNX metadata). Test-time
@@ -15,6 +18,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,14 +31,19 @@ CHECK_BATCH = 8  # the export traces one batch size and is checked on another (b
 EXPORT_BATCH = 2
 RELATIVE_TOLERANCE = 1e-4  # of the largest logit: float32 kernels differ in their last bits
 ONNX_EXTRA = "pip install 'resnet-search[onnx]'"
+# Weights above this go to an external data file: one ONNX file (a protobuf) holds at most 2 GiB,
+# and the graph and metadata need some of it.
+ONNX_INLINE_BYTES = 2**31 - 2**27
 
 
 @dataclass(frozen=True)
 class ExportCheck:
     """An export and its check: the largest absolute difference from the eager model's logits
-    on a batch of ``batch`` images (None when no runtime could run the file), and what ran it."""
+    on a batch of ``batch`` images (None when no runtime could run the file), and what ran it.
+    ``files`` are every file written, the model file (``path``) first."""
 
     path: Path
+    files: tuple[Path, ...]
     format: str
     max_abs_diff: float | None
     tolerance: float
@@ -42,21 +51,35 @@ class ExportCheck:
     batch: int
 
     def line(self) -> str:
+        named = str(self.path)
+        if len(self.files) > 1:
+            named += f" (weights in {', '.join(str(f) for f in self.files[1:])}: keep them together)"
         if self.max_abs_diff is None:
-            return f"{self.path}: written; {self.checked_with}"
+            return f"{named}: written; {self.checked_with}"
         return (
-            f"{self.path}: max abs diff {self.max_abs_diff:.2e} from the eager model on a batch of "
+            f"{named}: max abs diff {self.max_abs_diff:.2e} from the eager model on a batch of "
             f"{self.batch} (tolerance {self.tolerance:.1e}, {self.checked_with})"
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": [str(f) for f in self.files],
+            "format": self.format,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "checked_with": self.checked_with,
+            "batch": self.batch,
+        }
 
-def export_model(path: str | Path, *, format: str, out: str | Path | None = None) -> ExportCheck:
+
+def export_model(path: str | Path, *, format: str, out_dir: str | Path | None = None) -> ExportCheck:
     """Export a model folder's network and check the export against the eager model.
 
     Args:
         path: The model folder.
         format: ``torchscript`` or ``onnx``.
-        out: The file to write; default ``model.pt`` / ``model.onnx`` in the folder.
+        out_dir: The folder to write ``model.pt`` / ``model.onnx`` (and ``model.onnx.data`` for
+            weights over 2 GB) in; default the model folder.
 
     Returns:
         The check, once it passed.
@@ -69,27 +92,29 @@ def export_model(path: str | Path, *, format: str, out: str | Path | None = None
         raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
     folder = open_model_folder(path)
     module = build_trained(folder, "cpu")
-    target = Path(out) if out is not None else folder.path / FORMATS[format]
+    target = (Path(out_dir) if out_dir is not None else folder.path) / FORMATS[format]
     target.parent.mkdir(parents=True, exist_ok=True)
     inputs = _batch(folder, CHECK_BATCH, seed=1)
     with torch.inference_mode():
         expected = _logits(module(inputs))
     actual: torch.Tensor | None
+    files: tuple[Path, ...] = (target,)
     if format == "torchscript":
         actual, checked_with = _torchscript(module, folder, target, inputs)
     else:
-        actual, checked_with = _onnx(module, folder, target, inputs)
+        actual, checked_with, files = _onnx(module, folder, target, inputs)
     tolerance = RELATIVE_TOLERANCE * max(1.0, float(expected.abs().max()))
     if actual is None:
-        return ExportCheck(target, format, None, tolerance, checked_with, CHECK_BATCH)
+        return ExportCheck(target, files, format, None, tolerance, checked_with, CHECK_BATCH)
     diff = float((actual - expected).abs().max())
     if not diff <= tolerance:  # also catches NaN
-        target.unlink(missing_ok=True)
+        for file in files:
+            file.unlink(missing_ok=True)
         raise UserError(
             f"{target}: the {format} export's outputs differ from the eager model's by {diff:.3g} "
             f"(tolerance {tolerance:.1e}); the file was removed"
         )
-    return ExportCheck(target, format, diff, tolerance, checked_with, CHECK_BATCH)
+    return ExportCheck(target, files, format, diff, tolerance, checked_with, CHECK_BATCH)
 
 
 def _batch(folder: ModelFolder, n: int, seed: int) -> torch.Tensor:
@@ -124,15 +149,18 @@ def _torchscript(
 
 def _onnx(
     module: nn.Module, folder: ModelFolder, target: Path, inputs: torch.Tensor
-) -> tuple[torch.Tensor | None, str]:
+) -> tuple[torch.Tensor | None, str, tuple[Path, ...]]:
     """Export with torch's exporter (dynamic batch), add ``model.json`` as metadata, run it in
-    onnxruntime; without onnxruntime the file is only checked by ``onnx.checker``."""
+    onnxruntime; without onnxruntime the file is only checked by ``onnx.checker``. The weights
+    are inside the file unless they pass :data:`ONNX_INLINE_BYTES` (then in ``<file>.data``)."""
     try:
         import onnx
         import onnxscript  # noqa: F401 - torch's exporter needs it; imported here to fail with our message
     except ImportError as error:
         raise UserError(f"ONNX export needs {error.name}: {ONNX_EXTRA}") from None
     example = _batch(folder, EXPORT_BATCH, seed=0)
+    external = _weight_bytes(module) > ONNX_INLINE_BYTES
+    data_file = target.with_name(target.name + ".data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -140,21 +168,33 @@ def _onnx(
             (example,),
             str(target),
             dynamo=True,
+            external_data=external,
             input_names=["images"],
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             verbose=False,
         )
-    proto = onnx.load(str(target))
+    proto = onnx.load(str(target))  # the weights too, from the data file where there is one
     info = json.loads((folder.path / INFO_FILE).read_text(encoding="utf-8"))
     for key, value in (("model.json", json.dumps(info)), ("classes", json.dumps(info["classes"]))):
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(target))
+    data_file.unlink(missing_ok=True)  # onnx appends to a data file; an earlier export's is stale
+    if external:
+        onnx.save(proto, str(target), save_as_external_data=True, location=data_file.name)
+    else:
+        onnx.save(proto, str(target))
+    files = (target, data_file) if external else (target,)
     onnx.checker.check_model(str(target))
     try:
         import onnxruntime
     except ImportError:
-        return None, f"structure checked with onnx.checker; outputs not compared (no onnxruntime: {ONNX_EXTRA})"
+        return None, f"structure checked with onnx.checker; outputs not compared (no onnxruntime: {ONNX_EXTRA})", files
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"images": inputs.numpy()})
-    return torch.from_numpy(logits).float(), f"onnxruntime {onnxruntime.__version__}"
+    return torch.from_numpy(logits).float(), f"onnxruntime {onnxruntime.__version__}", files
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    """What the module's parameters and buffers take, as the ONNX initializers will."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -45,6 +45,7 @@ from search.study.storage import mask_password, study_dir
 from search.study.trials import ranked_trials, study_spec
 
 TEMPLATE = "plotly_white"
+REPORT_FILE = "report.html"
 PLOTLY_JS = "plotly.min.js"  # beside the page; plotly's include_plotlyjs="directory" loads it by this name
 
 
@@ -142,13 +143,13 @@ def _percent(value: float | None) -> str:
 # --------------------------------------------------------------------------- the page
 
 
-def write_report(study: optuna.Study, storage_url: str, out: str | Path | None = None) -> ReportFiles:
-    """Write the study's HTML report and ``trials.csv`` beside it.
+def write_report(study: optuna.Study, storage_url: str, out_dir: str | Path | None = None) -> ReportFiles:
+    """Write the study's HTML report, ``report.html``, with ``plotly.min.js`` and ``trials.csv`` beside it.
 
     Args:
         study: A study made by ``resnet-search run`` (others work without the budget line).
         storage_url: Its storage, shown masked in the page.
-        out: The HTML file; default ``studies/<study>/report.html``.
+        out_dir: The folder; default ``studies/<study>``.
 
     Returns:
         The files written and the number of figures on the page.
@@ -162,7 +163,7 @@ def write_report(study: optuna.Study, storage_url: str, out: str | Path | None =
     except UserError:
         spec = None
     max_params = spec.budget.max_params if spec is not None else None
-    path = Path(out) if out is not None else study_dir(study.study_name) / "report.html"
+    path = (Path(out_dir) if out_dir is not None else study_dir(study.study_name)) / REPORT_FILE
     counts = status_counts(study.get_trials(deepcopy=False))
 
     board = study.user_attrs.get(LEADERBOARD)
