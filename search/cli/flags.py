@@ -202,7 +202,7 @@ COMMANDS: dict[str, Command] = {
         "retrain the best configs on train+val over seeds, test them",
         (),
         (*STUDY, "--top", "--seeds", "--epochs", *DATA, "--out", "--device", "--json"),
-        {**READ_STORAGE, "--out": "runs/<study>/retrain", "--seeds": "0"},
+        {**READ_STORAGE, "--out": "runs/<study>/retrain", "--seeds": "each config's train.seed"},
         "leaderboard.csv, trial<N>/seed<S>/ (model folders)",
     ),
     "report": Command(
