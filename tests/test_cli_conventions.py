@@ -141,22 +141,6 @@ def test_retrain_takes_top_1_by_default_and_prints_json(
     assert row["seeds"] == [0] and (tmp_path / "retrain" / f"trial{row['trial']}" / "seed0" / "model.json").is_file()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_imagefolder: Path) -> Path:
-    """A model folder made by ``resnet-search train`` on the tiny image folder."""
-    root = tmp_path_factory.mktemp("model")
-    (root / "fixed.yaml").write_text(
-        "study: {name: fixed}\ndata: {dataset: imagefolder, val_fraction: 0.25}\n"
-        "model: {num_classes: 3, stem: {width: 8}, stages: [{blocks: 1, width: 8}, {blocks: 1, width: 16}]}\n"
-        "train: {epochs: 1, batch_size: 8, optimizer: {name: sgd, lr: 0.05}}\n"
-    )
-    trained = cli(
-        ["train", "fixed.yaml", "--data-dir", str(tiny_imagefolder), "--out", "model", "--device", "cpu"], root
-    )
-    assert trained.returncode == 0, trained.stderr
-    return root / "model"
-
-
 def test_model_commands_print_json_and_write_out_folders(
     model_dir: Path, tiny_imagefolder: Path, tmp_path: Path
 ) -> None:
@@ -181,11 +165,11 @@ def test_model_commands_print_json_and_write_out_folders(
     assert prediction["file"] == str(image) and len(prediction["top"]) == 2
 
 
-def test_run_takes_device_and_cuda_means_a_gpu(tmp_path: Path) -> None:
+def test_run_takes_device_and_cuda_means_a_gpu(tmp_path: Path, tiny_imagefolder: Path) -> None:
     spec = tmp_path / "gpu.yaml"
     spec.write_text(spec_text("gpu") + "resources: {gpu: 1}\n")
-    asked = cli(["run", str(spec), "--dry-run"], tmp_path)
-    forced = cli(["run", str(spec), "--dry-run", "--device", "cpu"], tmp_path)
+    asked = cli(["run", str(spec), "--dry-run", "--data-dir", str(tiny_imagefolder)], tmp_path)
+    forced = cli(["run", str(spec), "--dry-run", "--data-dir", str(tiny_imagefolder), "--device", "cpu"], tmp_path)
     assert forced.returncode == 0, forced.stderr
     if not torch.cuda.is_available():  # the spec's GPU, on a machine without one: said; --device cpu: asked for
         assert "asks for 1 GPU per trial" in asked.stdout + asked.stderr

@@ -183,7 +183,8 @@ class MLflowWriter(RunObserver):
         if urllib.parse.urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store only on request; the user asked for one by name.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
+        self.make_client = lambda: MlflowClient(tracking_uri=uri)
+        self.client: Any = None  # made when the run starts, which opens (and may create) the store
         self.study_name = study_name
         self.experiment_id = ""
         self.runs: dict[int, str] = {}  # trial number -> run id, this run's open ones
@@ -194,6 +195,7 @@ class MLflowWriter(RunObserver):
     def run_started(self, event: RunStart) -> None:
         # MLflow's log lines (creating a database's tables...) go to the run's log, not the terminal.
         self.logs.enter_context(through_root("mlflow", "alembic"))
+        self.client = self.make_client()
         self.objectives = event.objectives
         experiment = self.client.get_experiment_by_name(self.study_name)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study_name)
