@@ -160,13 +160,10 @@ def spaces(args: argparse.Namespace) -> int:
     if args.name is None and args.out is not None:
         raise UserError("--out: name the preset to copy, e.g. resnet-search spaces cifar_5m --out DIR")
     if args.name is None:
-        folder = preset_folder()
-        rows = [(name, preset_description(folder / f"{name}.yaml")) for name in preset_names()]
-        if args.json:
-            print_json({"presets": [{"name": n, "description": d, "file": str(folder / f"{n}.yaml")} for n, d in rows]})
-        else:
-            width = max(len(name) for name, _ in rows)
-            print("\n".join(f"{name:<{width}}  {text}" for name, text in rows))
+        files = {name: preset_folder() / f"{name}.yaml" for name in preset_names()}
+        presets = [{"name": n, "description": preset_description(f), "file": str(f)} for n, f in files.items()]
+        width = max(map(len, files))
+        show(args, {"presets": presets}, "\n".join(f"{p['name']:<{width}}  {p['description']}" for p in presets))
         return 0
     if args.out is not None and Path(args.out).suffix in (".yaml", ".yml") and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: --out is a folder; the copy is named {Path(args.name).stem}.yaml in it")

@@ -155,6 +155,7 @@ class Command:
 
 STUDY = ("--storage", "--study")
 DATA = ("--data-dir", "--no-download")
+TRACKING = ("--tensorboard", "--mlflow")
 SPEC = ("spec", "a spec file, or a preset's name (resnet-search spaces lists them)", None)
 MODEL_DIR = ("model_dir", "a model folder (train, retrain and run --keep write them)", None)
 READ_STORAGE = {"--storage": "studies/<study>.db, or the only studies/*.db here"}
@@ -171,8 +172,7 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "search a space: Ray Tune trials, Optuna sampling and pruning",
         (SPEC,),
-        (*DATA, "--storage", "--address", "--dry-run", "--timeout", "--n-trials", "--device")
-        + ("--tensorboard", "--mlflow", "--keep"),
+        (*DATA, "--storage", "--address", "--dry-run", "--timeout", "--n-trials", "--device", *TRACKING, "--keep"),
         {"--storage": "sqlite:///studies/<study>.db"},
     ),
     "spaces": Command(
