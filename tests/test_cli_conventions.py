@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_results import made_up_fit, run_study, spec_text
 
-from search.cli import build_parser
+from search.cli import build_parser, in_flags
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Commands whose output is for people while they work; their results are files that other
@@ -87,6 +87,24 @@ def test_the_readme_lists_exactly_the_flags_of_every_command() -> None:
     assert sorted(documented) == sorted(parsers), "a row per command"
     for name, parser in parsers.items():
         assert documented[name] == set(options(parser)), f"README's {name} row vs `resnet-search {name} --help`"
+
+
+USE = re.compile(r"resnet-search ([a-z][a-z-]*)([^`#|;\n]*)")  # a command line, to its end or a comment
+
+
+def test_every_command_line_in_the_docs_uses_flags_its_command_takes() -> None:
+    commands = {name: set(options(parser)) | {"--help"} for name, parser in subparsers().items()}
+    docs = [README, *sorted((README.parent / "docs").glob("*.md")), *sorted((README.parent / "spaces").glob("*.yaml"))]
+    used = 0
+    for doc in docs:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for match in USE.finditer(line):
+                if match[1] not in commands:  # prose: "resnet-search never downloads them"
+                    continue
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", match[2]):
+                    assert flag in commands[match[1]], f"{doc.name}:{number}: {match[1]} takes no {flag}"
+                    used += 1
+    assert used > 20  # the test reads the docs at all
 
 
 # --------------------------------------------------------------------------- through the CLI
@@ -188,3 +206,17 @@ def test_the_python_api_names_its_parameter_and_the_cli_its_flag(tmp_path: Path)
     trained = cli(["train", "quickstart", "--data-dir", str(tmp_path / "missing")], tmp_path)
     assert trained.returncode == 2
     assert f"--data-dir {tmp_path / 'missing'} does not exist" in trained.stderr and "data_dir" not in trained.stderr
+
+
+@pytest.mark.parametrize(
+    ("library", "cli_line"),
+    [
+        ("data_dir=/x does not exist", "--data-dir /x does not exist"),
+        ("point at local data with data_dir=PATH, data.root", "point at local data with --data-dir PATH, data.root"),
+        ("device='cuda' asks for a GPU", "--device cuda asks for a GPU"),
+        ("seeds= needs at least one seed", "--seeds needs at least one seed"),
+        ("memory_format=channels_last", "memory_format=channels_last"),  # no flag's parameter
+    ],
+)
+def test_the_cli_says_the_flag_where_the_library_says_its_parameter(library: str, cli_line: str) -> None:
+    assert in_flags(library) == cli_line

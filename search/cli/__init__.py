@@ -61,7 +61,11 @@ def in_flags(message: str) -> str:
     as the flag (``--data-dir D``, ``--device cuda``)."""
 
     def flag(match: re.Match[str]) -> str:
-        return f"--{match.group(1).replace('_', '-')} {match.group(2) or match.group(3) or ''}"
+        name, value = "--" + match[1].replace("_", "-"), match[2] if match[2] is not None else match[3]
+        if value is not None:
+            return f"{name} {value}"
+        following = match.string[match.end() : match.end() + 1]
+        return f"{name} " if following.strip(" ,;)") else name  # data_dir=/x, not "seeds= needs"
 
     return _PARAMETER.sub(flag, message)
 
