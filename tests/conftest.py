@@ -3,6 +3,9 @@ and the real services some tests need (PostgreSQL, a `ray start` cluster; see se
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +47,24 @@ def tiny_imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_class_images(root / "train" / name, colour, TINY_TRAIN, rng)
         write_class_images(root / "test" / name, colour, TINY_TEST, rng)
     return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_imagefolder: Path, _session_data_cache: Path) -> Path:
+    """A model folder made by ``resnet-search train`` (1 epoch) on the tiny image folder; read-only."""
+    root = tmp_path_factory.mktemp("model")
+    (root / "fixed.yaml").write_text(
+        "study: {name: fixed}\ndata: {dataset: imagefolder, val_fraction: 0.25}\n"
+        "model: {num_classes: 3, stem: {width: 8}, stages: [{blocks: 1, width: 8}, {blocks: 1, width: 16}]}\n"
+        "train: {epochs: 1, batch_size: 8, optimizer: {name: sgd, lr: 0.05}}\n"
+    )
+    args = ["train", "fixed.yaml", "--data-dir", str(tiny_imagefolder), "--out", "model", "--device", "cpu"]
+    env = {**os.environ, "RESNET_SEARCH_CACHE": str(_session_data_cache)}
+    trained = subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], cwd=root, capture_output=True, text=True, env=env
+    )
+    assert trained.returncode == 0, trained.stderr
+    return root / "model"
 
 
 @pytest.fixture(scope="session")

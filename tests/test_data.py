@@ -293,7 +293,8 @@ def test_nothing_found_without_download_is_one_line(fresh_cache: Path, no_downlo
         load_dataset(DataConfig(dataset="cifar10"), download=False)
     message = str(err.value)
     assert "\n" not in message and str(fresh_cache) in message
-    assert "--data-dir" in message and "data.root" in message and "RESNET_SEARCH_DATA" in message
+    assert "data_dir=PATH" in message and "data.root" in message and "RESNET_SEARCH_DATA" in message
+    assert "--data-dir" not in message  # the Python parameter, not the CLI flag
     with pytest.raises(UserError, match="no default location"):
         load_dataset(FOLDER, download=True)
 

@@ -276,7 +276,7 @@ def test_retrain_leaderboard_matches_the_per_seed_metrics(
     assert [float(r["test_acc_mean"]) for r in rows] == sorted((float(r["test_acc_mean"]) for r in rows), reverse=True)
     stored = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[LEADERBOARD]
     assert [r["trial"] for r in stored["rows"]] == [int(r["trial"]) for r in rows]
-    page = write_report(study, "sqlite:///x.db", tmp_path / "report.html").html.read_text()
+    page = write_report(study, "sqlite:///x.db", tmp_path).html.read_text()
     assert "Leaderboard (retrained)" in page
     winner = page.split("<section>")[1]  # the first section: the leaderboard's rank 1, with its spread
     assert f"#{stored['rows'][0]['trial']}," in winner and "over 2 seeds" in winner
@@ -295,7 +295,7 @@ def find_chromium() -> str | None:
 
 def test_report_leads_with_the_winner_and_stays_small_in_headless_chromium(fifty_study, tmp_path: Path) -> None:
     storage, study = fifty_study
-    files = write_report(study, storage, tmp_path / "report.html")
+    files = write_report(study, storage, tmp_path)
     page = files.html.read_text()
     # plotly.js is loaded once, from the file beside the page: nothing from elsewhere.
     assert re.findall(r'<script[^>]+src="([^"]+)"', page) == ["plotly.min.js"]
@@ -360,14 +360,14 @@ def test_the_winner_names_its_kept_model_folder_and_the_commands_that_use_it(tmp
     folder = tmp_path / "models" / f"trial_{best.number}"
     folder.mkdir(parents=True)
     set_kept_models(study, {best.number: folder})
-    page = write_report(study, storage, tmp_path / "report.html").html.read_text()
+    page = write_report(study, storage, tmp_path).html.read_text()
     winner = page.split("<section>")[1]
     assert f"resnet-search predict {folder} IMAGE..." in winner and f"resnet-search evaluate {folder}" in winner
 
 
 def test_report_of_few_trials_says_why_it_shows_no_importances(quick_study, tmp_path: Path) -> None:
     storage, study = quick_study
-    page = write_report(study, storage, tmp_path / "report.html").html.read_text()
+    page = write_report(study, storage, tmp_path).html.read_text()
     complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
     assert complete < 20
     assert f"importances from {complete} complete trial(s) would be noise" in page
@@ -377,7 +377,7 @@ def test_report_of_a_study_without_results_is_a_user_error(tmp_path: Path) -> No
     storage = f"sqlite:///{tmp_path / 'empty.db'}"
     study = create_study(parse_spec(spec_text("empty")), storage)
     with pytest.raises(Exception, match="no complete trial"):
-        write_report(study, storage, tmp_path / "r.html")
+        write_report(study, storage, tmp_path)
 
 
 # --------------------------------------------------------------------------- the dashboard

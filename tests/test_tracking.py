@@ -126,3 +126,18 @@ def test_a_tracker_whose_extra_is_missing_is_a_one_line_error(
         UserError, match=rf"needs the {extra} extra, which is not installed: pip install -e '.\[{extra}\]'"
     ):
         tracking_observers(spec)
+
+
+@pytest.mark.slow
+def test_mlflow_in_sqlite_logs_its_set_up_to_ray_log_not_the_terminal(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = write_spec(tmp_path, "quiet", n_trials=1, epochs=1)
+    args = ["run", str(spec), "--data-dir", str(tiny_imagefolder), "--mlflow", "sqlite:///mlflow.db", "--keep", "0"]
+    process = run_cli(args, cwd=tmp_path)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "MLflow database tables" not in output and "mlflow" not in output.lower(), output
+    assert "Creating initial MLflow database tables" in (tmp_path / "studies" / "quiet" / "ray.log").read_text()
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "quiet")
+    assert [int(n) for n in runs[f"tags.{TAG_TRIAL}"]] == [
+        t.number for t in trained(sqlite_url(tmp_path, "quiet"), "quiet")
+    ]

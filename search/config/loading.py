@@ -16,6 +16,7 @@ from search.config.distributions import Loc
 from search.config.errors import SpecError
 from search.config.model_configs import ModelConfig
 from search.config.parsing import ParseError, check_keys, parse
+from search.config.presets import find_preset, preset_names
 from search.config.safe_yaml import MAX_SPEC_BYTES, decode_spec_bytes, load_yaml
 from search.config.schema import (
     BudgetConfig,
@@ -45,10 +46,11 @@ TOP_LEVEL_KEYS = ("schema_version", *SECTIONS, *SEARCHABLE_SECTIONS, "provenance
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file.
+    """Read and validate a spec file, or a preset named instead (see :mod:`search.config.presets`).
 
     Args:
-        path: A YAML spec file.
+        path: A YAML spec file; where no such file exists, a preset's name (``cifar_5m``,
+            ``cifar_5m.yaml``, ``spaces/cifar_5m.yaml``).
 
     Returns:
         The typed spec.
@@ -61,7 +63,10 @@ def load_spec(path: str | Path) -> Spec:
         with open(path, "rb") as file:
             data = file.read(MAX_SPEC_BYTES + 1)  # never more than the limit, whatever the file's size
     except FileNotFoundError:
-        raise SpecError(source, "", "no such file") from None
+        preset = find_preset(path)
+        if preset is None:
+            raise SpecError(source, "", f"no such file, nor a preset's name ({', '.join(preset_names())})") from None
+        return load_spec(preset)
     except OSError as error:
         raise SpecError(source, "", f"cannot be read: {error.strerror or error}") from None
     return parse_spec(decode_spec_bytes(data, source), source)

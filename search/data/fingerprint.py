@@ -127,7 +127,7 @@ def load_recorded(
 
     Raises:
         UserError: The recorded data is gone, unreadable or differs (the message names the
-            recorded location, what differs, and ``--data-dir`` as the way out).
+            recorded location, what differs, and ``data_dir=`` as the way out).
     """
     if data_dir is not None or record is None:
         data = load_dataset(config, data_dir=data_dir, download=download)
@@ -137,7 +137,7 @@ def load_recorded(
             log(f"note: {actual.location} is not the data {owner} used ({'; '.join(differs)}); going on as asked")
         return data, actual
     where = record.location
-    way_out = "pass --data-dir D to use data elsewhere"
+    way_out = "pass data_dir=D to use data elsewhere"
     if not Path(where).exists():
         raise UserError(f"{owner} used the data at {where}, which no longer exists; {way_out}")
     try:
@@ -149,6 +149,6 @@ def load_recorded(
     if differs:
         raise UserError(
             f"the data at {where} is not what {owner} used ({'; '.join(differs)}); "
-            "pass --data-dir D to use it, or other data, knowingly"
+            "pass data_dir=D to use it, or other data, knowingly"
         )
     return data, actual

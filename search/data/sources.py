@@ -19,7 +19,8 @@ from search.data.layout import (
 )
 from search.data.readers import find_source
 
-POINT_AT_DATA = "point at local data with --data-dir, data.root or the RESNET_SEARCH_DATA variable"
+# The library names its parameter (``data_dir=``); the CLI shows it as its flag (``--data-dir``).
+POINT_AT_DATA = "point at local data with data_dir=PATH, data.root or the RESNET_SEARCH_DATA variable"
 
 
 def locate(config: DataConfig, data_dir: str | Path | None = None, download: bool = True) -> Layout:
@@ -30,7 +31,7 @@ def locate(config: DataConfig, data_dir: str | Path | None = None, download: boo
 
     Args:
         config: The data section of the spec.
-        data_dir: The ``--data-dir`` flag, if given.
+        data_dir: The ``data_dir=`` argument (``--data-dir``), if given.
         download: Whether CIFAR-10/100 may be downloaded into the cache when found nowhere.
 
     Returns:
@@ -72,19 +73,19 @@ def _in_named_location(config: DataConfig, data_dir: str | Path | None) -> Layou
         UserError: The first named location is missing or holds no dataset.
     """
     named = [
-        (data_dir, "--data-dir"),
-        (config.root, "data.root"),
-        (os.environ.get("RESNET_SEARCH_DATA"), "RESNET_SEARCH_DATA"),
+        (data_dir, "data_dir="),
+        (config.root, "data.root "),
+        (os.environ.get("RESNET_SEARCH_DATA"), "RESNET_SEARCH_DATA "),
     ]
     for value, how in named:
         if value is None or str(value) == "":
             continue
         path = Path(value).expanduser()
         if not path.exists():
-            raise UserError(f"{how} {path} does not exist; {EXPECTED_LAYOUT}")
+            raise UserError(f"{how}{path} does not exist; {EXPECTED_LAYOUT}")
         layout = find_source(path)
         if layout is None:
-            raise UserError(f"{how} {path} holds no dataset ({describe(path)}); {EXPECTED_LAYOUT}")
+            raise UserError(f"{how}{path} holds no dataset ({describe(path)}); {EXPECTED_LAYOUT}")
         return layout
     return None
 

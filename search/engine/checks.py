@@ -144,11 +144,32 @@ def absolute_data_paths(spec: Spec, data_dir: str | None) -> tuple[Spec, str | N
     return spec, str(Path(data_dir).resolve()) if data_dir else None
 
 
-def check_resources(spec: Spec, cluster: dict, log: Log) -> bool:
+DEVICES = ("cpu", "cuda")
+
+
+def with_device(spec: Spec, device: str | None) -> Spec:
+    """``spec`` with its trials on the device asked for: ``cpu``, no GPU (whatever
+    ``resources.gpu`` says); ``cuda``, ``resources.gpu`` per trial, one where it says none;
+    ``None``, as it is.
+
+    Raises:
+        UserError: another device.
+    """
+    if device not in (None, *DEVICES):
+        raise UserError(f"device={device!r}: allowed: {', '.join(DEVICES)}")
+    if device is None or (device == "cuda" and spec.resources.gpu > 0):
+        return spec
+    return replace(spec, resources=replace(spec.resources, gpu=0.0 if device == "cpu" else 1.0))
+
+
+def check_resources(spec: Spec, cluster: dict, log: Log, require_gpu: bool = False) -> bool:
     """Whether trials get GPUs. A GPU (or part of one) per trial and no GPU at all: run on the
-    CPU and say so, so that a GPU spec also runs on a laptop; more GPUs than exist: an error."""
+    CPU and say so, so that a GPU spec also runs on a laptop (an error where GPUs are required:
+    ``device='cuda'``); more GPUs than exist: an error."""
     wanted = spec.resources.gpu
     have = cluster.get("GPU", 0)
+    if require_gpu and have == 0:
+        raise UserError("device='cuda' asks for a GPU per trial, and the Ray cluster has no GPU")
     if 0 < wanted <= 1 and have == 0:
         log(f"resources.gpu is {wanted:g} per trial but the Ray cluster has no GPU: trials run on the CPU")
         return False

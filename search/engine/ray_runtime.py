@@ -56,7 +56,7 @@ def ray_session(address: str | None) -> Iterator[dict]:
         if on_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _noting_sigterm(on_sigterm))
     try:
-        with _through_root("ray"):
+        with through_root("ray"):
             yield ray.cluster_resources()
     finally:
         if started:
@@ -156,7 +156,7 @@ def worker_env() -> dict:
 @contextmanager
 def logs_to(path: Path) -> Iterator[None]:
     """Send library log records to ``path`` while a run lasts: the terminal shows our progress
-    lines only (see also :func:`_through_root`). The file handler sits on the root logger and
+    lines only (see also :func:`through_root`). The file handler sits on the root logger and
     stands in as ``logging.lastResort``, which gets the records of loggers that Ray leaves
     without handlers or propagation while it starts."""
     handler = logging.FileHandler(path)
@@ -182,11 +182,13 @@ def _mask_secrets(record: logging.LogRecord) -> bool:
 
 
 @contextmanager
-def _through_root(prefix: str) -> Iterator[None]:
-    """Set aside the handlers of the loggers under ``prefix`` so that their records reach the
+def through_root(*prefixes: str) -> Iterator[None]:
+    """Set aside the handlers of the loggers under ``prefixes`` so that their records reach the
     root logger's (our file). Ray gives its loggers stream handlers when it starts, and Tune
-    would print, say, its advice to resume with ``Tuner.restore``, which is not how ours resumes."""
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(prefix)]
+    would print, say, its advice to resume with ``Tuner.restore``, which is not how ours resumes;
+    MLflow's own handler would print its database set-up."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith(prefixes)]
+    loggers = [logging.getLogger(n) for n in names]
     saved = {logger: (logger.handlers, logger.propagate) for logger in loggers}
     for logger in loggers:
         logger.handlers, logger.propagate = [], True

@@ -36,6 +36,7 @@ from search.engine.checks import (
     check_weights,
     check_writable,
     require_space,
+    with_device,
 )
 from search.engine.cost import (
     Concurrency,
@@ -105,6 +106,7 @@ def run_search(
     n_trials: int | None = None,
     observers: Sequence[RunObserver] | None = None,
     keep: int = DEFAULT_KEEP,
+    device: str | None = None,
 ) -> SearchSummary:
     """Run (or continue) the spec's study: to ``study.n_trials`` finished trials in all, or
     ``n_trials`` more in this run; the time budget may end it first.
@@ -128,6 +130,7 @@ def run_search(
             default: up to the study's total, ``study.n_trials``.
         observers: Told of every trial's events (default: progress lines to ``log``), with the spec's trackers.
         keep: The best ``keep`` complete trials keep their weights (:mod:`~search.engine.keep`); 0: none.
+        device: ``cpu`` or ``cuda`` (required) for every trial, whatever ``resources.gpu`` says (:func:`with_device`).
 
     Returns:
         A summary of the run.
@@ -138,7 +141,7 @@ def run_search(
             that moved or changed, or another driver running the same study.
     """
     started = time.monotonic()
-    spec = with_budgets(spec, timeout, n_trials)
+    spec = with_device(with_budgets(spec, timeout, n_trials), device)
     require_space(spec)
     check_weights(spec)
     told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
@@ -153,7 +156,7 @@ def run_search(
     ready = _prepare(spec, earlier, data_dir, download)
     spec = ready.spec
     with logs_to(ready.out_dir / "ray.log"), ray_session(address) as cluster:
-        use_gpu = check_resources(spec, cluster, log)
+        use_gpu = check_resources(spec, cluster, log, require_gpu=device == "cuda")
         concurrency = trial_concurrency(spec, cluster, use_gpu)
         study = create_study(spec, opened)
         with DriverLease(study):

@@ -17,7 +17,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from search.config import Spec, UserError
 from search.config.errors import one_line
 from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
+from search.engine.ray_runtime import through_root
 from search.study.schema import (
     COMPLETE,
     EPOCHS_RUN,
@@ -184,8 +185,8 @@ class MLflowWriter(RunObserver):
     resumed run finds them and adds none twice.
 
     Args:
-        uri: An MLflow tracking URI: ``file:mlruns`` (a local store), ``sqlite:///mlflow.db``,
-            ``http://host:5000``.
+        uri: An MLflow tracking URI: ``sqlite:///mlflow.db`` (recommended), ``http://host:5000``,
+            or ``file:mlruns`` (MLflow 3 reads it back only with ``MLFLOW_ALLOW_FILE_STORE=true``).
         study_name: The study (and experiment) name.
 
     Raises:
@@ -204,15 +205,17 @@ class MLflowWriter(RunObserver):
         # stdout is the command's result, and the URI may hold a password.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.where = mask_secrets(uri)  # the only form of the URI that is ever shown
-        try:
-            self.client = MlflowClient(tracking_uri=uri)
-        except Exception as error:  # MlflowException: a scheme MLflow has no store for
-            raise self._unusable(error) from None
+        self.remote = urllib.parse.urlparse(uri).scheme in ("http", "https")
+        self.make_client = lambda: MlflowClient(tracking_uri=uri)
+        # A local store is opened (and its tables made) when the run starts, so that MLflow's
+        # set-up lines go to the run's log; a server is asked once before (check_reachable).
+        self.client: Any = None
         self.study_name = study_name
         self.experiment_id = ""
         self.runs: dict[int, str] = {}  # trial number -> run id, this run's open ones
         self.known: dict[int, str] = {}  # trial number -> run id, every run of the study's experiment
         self.objectives: tuple[str, ...] = ("val_acc",)
+        self.logs = ExitStack()
 
     def check_reachable(self) -> None:
         """One request to the store, with no retries and a short timeout: a server that is
@@ -222,11 +225,20 @@ class MLflowWriter(RunObserver):
         Raises:
             UserError: the store did not answer; the message names its masked URI.
         """
+        if not self.remote:
+            return
+        self.client = self._client()
         with _quick_requests():
             try:
                 self.client.get_experiment_by_name(self.study_name)
             except Exception as error:  # MlflowException, RestException, OSError: all mean "unusable"
                 raise self._unusable(error) from None
+
+    def _client(self) -> Any:
+        try:
+            return self.make_client()
+        except Exception as error:  # MlflowException: a scheme MLflow has no store for
+            raise self._unusable(error) from None
 
     def _unusable(self, error: Exception) -> UserError:
         return UserError(
@@ -235,6 +247,10 @@ class MLflowWriter(RunObserver):
         )
 
     def run_started(self, event: RunStart) -> None:
+        # MLflow's log lines (creating a database's tables...) go to the run's log, not the terminal.
+        self.logs.enter_context(through_root("mlflow", "alembic"))
+        if self.client is None:
+            self.client = self._client()
         self.objectives = event.objectives
         experiment = self.client.get_experiment_by_name(self.study_name)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study_name)
@@ -338,6 +354,7 @@ class MLflowWriter(RunObserver):
             kept = self.known.get(number)
             if kept and Path(folder).is_dir() and not self.client.list_artifacts(kept, "model"):
                 self.client.log_artifacts(kept, folder, artifact_path="model")
+        self.logs.close()
 
 
 @contextmanager

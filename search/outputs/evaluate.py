@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import UserError
-from search.config.files import check_output_file, write_text
+from search.config.files import check_output_file, check_output_folder, write_text
 from search.data import TensorSplit
 from search.data.fingerprint import load_recorded
 from search.outputs.model import load_model
@@ -66,7 +66,7 @@ def evaluate_model(
     split: str = "test",
     device: str | None = None,
     download: bool = False,
-    out: str | Path | None = None,
+    out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ModelEvaluation, Path]:
     """Evaluate a model folder on a split of its recorded data, or of ``data_dir``.
@@ -81,23 +81,23 @@ def evaluate_model(
         split: ``test``, ``val`` or ``train``.
         device: Where to run; default CUDA when available.
         download: Whether a known dataset found nowhere may be downloaded.
-        out: The JSON file to write; default ``<path>/evaluation_<split>.json``.
+        out_dir: The folder of the JSON file, ``evaluation_<split>.json``; default the model folder.
         log: Receives the line on data that differs from the record.
 
     Returns:
         The evaluation, and the JSON file written.
 
     Raises:
-        UserError: ``out`` cannot be written (checked first); not a model folder; recorded
+        UserError: ``out_dir`` cannot be written (checked first); not a model folder; recorded
             data that moved or changed (without ``data_dir``); data of other classes; an
             empty split; an unknown split.
     """
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: allowed: {', '.join(SPLITS)}")
-    given = check_output_file(out) if out is not None else None
+    given = check_output_folder(out_dir) if out_dir is not None else None
     model = load_model(path, device)
     folder = model.folder
-    target = given or check_output_file(folder.path / f"evaluation_{split}.json", flag="")
+    target = check_output_file((given or folder.path) / f"evaluation_{split}.json", flag="")
     owner = f"model {folder.path}"
     data, record = load_recorded(folder.spec.data, folder.data, data_dir, owner=owner, download=download, log=log)
     if data.classes != model.classes:

@@ -6,9 +6,9 @@ The exported network is the folder's module alone: it takes normalised float32 i
 ``N x C x H x W`` (any batch size) and returns logits; ``model.json`` (classes, input size,
 mean and std) travels inside the file (TorchScript's extra files, ONNX metadata). The file is
 made and checked in memory, then written atomically: a failed check or a full disk leaves
-nothing behind. Test-time
-augmentation of the recipe is not part of it. ONNX needs the ``[onnx]`` extra (onnxscript
-for torch's exporter, onnxruntime for the check).
+nothing behind. An ONNX export is one self-contained file (one file holds under 2 GiB; a
+larger model is refused). Test-time augmentation of the recipe is not part of it. ONNX needs
+the ``[onnx]`` extra (onnxscript for torch's exporter, onnxruntime for the check).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from search.config import UserError
-from search.config.files import check_output_file, write_bytes
+from search.config.files import check_output_file, check_output_folder, write_bytes
 from search.train.model_folder import INFO_FILE, ModelFolder, build_trained, open_model_folder
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
@@ -37,7 +38,8 @@ ONNX_MAX_BYTES = 2**31  # protobuf's limit on one message: larger models need ex
 @dataclass(frozen=True)
 class ExportCheck:
     """An export and its check: the largest absolute difference from the eager model's logits
-    on a batch of ``batch`` images (None when no runtime could run the file), and what ran it."""
+    on a batch of ``batch`` images (None when no runtime could run the file), and what ran it.
+    ``files`` are every file written (one: the model file, ``path``)."""
 
     path: Path
     format: str
@@ -54,8 +56,22 @@ class ExportCheck:
             f"{self.batch} (tolerance {self.tolerance:.1e}, {self.checked_with})"
         )
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path,)
 
-def export_model(path: str | Path, *, format: str, out: str | Path | None = None) -> ExportCheck:
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": [str(f) for f in self.files],
+            "format": self.format,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "checked_with": self.checked_with,
+            "batch": self.batch,
+        }
+
+
+def export_model(path: str | Path, *, format: str, out_dir: str | Path | None = None) -> ExportCheck:
     """Export a model folder's network and check the export against the eager model.
 
     The export is made and checked in memory and written once it passed, in one file (no
@@ -64,21 +80,21 @@ def export_model(path: str | Path, *, format: str, out: str | Path | None = None
     Args:
         path: The model folder.
         format: ``torchscript`` or ``onnx``.
-        out: The file to write; default ``model.pt`` / ``model.onnx`` in the folder.
+        out_dir: The folder to write ``model.pt`` / ``model.onnx`` in; default the model folder.
 
     Returns:
         The check, once it passed.
 
     Raises:
-        UserError: ``out`` cannot be written (checked first), not a model folder, an unknown
+        UserError: ``out_dir`` cannot be written (checked first), not a model folder, an unknown
             format, ONNX without its extra, an export whose outputs differ from the eager
             model's, or a failed write (a full disk): nothing is written then.
     """
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
-    given = check_output_file(out) if out is not None else None
+    given = check_output_folder(out_dir) if out_dir is not None else None
     folder = open_model_folder(path)
-    target = given or check_output_file(folder.path / FORMATS[format], flag="")
+    target = check_output_file((given or folder.path) / FORMATS[format], flag="")
     module = build_trained(folder, "cpu")
     inputs = _batch(folder, CHECK_BATCH, seed=1)
     with torch.inference_mode():

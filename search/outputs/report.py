@@ -18,7 +18,7 @@ import optuna
 import plotly.graph_objects as go
 
 from search.config import UserError
-from search.config.files import check_output_file, write_text
+from search.config.files import check_output_file, check_output_folder, write_text
 from search.config.secrets import mask_secrets
 from search.outputs.figures import (
     history_figure,
@@ -48,6 +48,7 @@ from search.study.storage import study_dir
 from search.study.trials import ranked_trials, study_spec
 
 TEMPLATE = "plotly_white"
+REPORT_FILE = "report.html"
 PLOTLY_JS = "plotly.min.js"  # beside the page; plotly's include_plotlyjs="directory" loads it by this name
 
 
@@ -145,26 +146,23 @@ def _percent(value: float | None) -> str:
 # --------------------------------------------------------------------------- the page
 
 
-def write_report(study: optuna.Study, storage_url: str, out: str | Path | None = None) -> ReportFiles:
-    """Write the study's HTML report and ``trials.csv`` beside it.
+def write_report(study: optuna.Study, storage_url: str, out_dir: str | Path | None = None) -> ReportFiles:
+    """Write the study's HTML report, ``report.html``, with ``plotly.min.js`` and ``trials.csv`` beside it.
 
     Args:
         study: A study made by ``resnet-search run`` (others work without the budget line).
         storage_url: Its storage, shown masked in the page.
-        out: The HTML file; default ``studies/<study>/report.html``.
+        out_dir: The folder; default ``studies/<study>``.
 
     Returns:
         The files written and the number of figures on the page.
 
     Raises:
-        UserError: ``out`` cannot be written (checked first); the study has no complete
+        UserError: ``out_dir`` cannot be written (checked first); the study has no complete
             trial; a write failed (nothing half-written is left).
     """
-    path = (
-        check_output_file(out)
-        if out is not None
-        else check_output_file(study_dir(study.study_name) / "report.html", flag="")
-    )
+    folder = check_output_folder(out_dir) if out_dir is not None else study_dir(study.study_name)
+    path = check_output_file(folder / REPORT_FILE, flag="")
     ranked_trials(study, 1)  # raises the one-line error for a study without results
     try:
         spec = study_spec(study)

@@ -118,7 +118,7 @@ def retrain(
     study: optuna.Study,
     *,
     top: int,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] | None = None,
     epochs: int | None = None,
     data_dir: str | Path | None = None,
     download: bool = True,
@@ -136,7 +136,7 @@ def retrain(
     Args:
         study: A study made by ``resnet-search run``.
         top: How many of the best COMPLETE trials.
-        seeds: Training seeds (``train.seed``) per config.
+        seeds: Training seeds (``train.seed``) per config; default each config's own ``train.seed``.
         epochs: Overrides each config's ``train.epochs``.
         data_dir: Dataset location (beats the data the study recorded, and ``data.root``).
         download: Whether a known dataset found nowhere may be downloaded.
@@ -154,8 +154,8 @@ def retrain(
     from search.study.records import study_data
     from search.train.recipe import default_device  # torch: only retraining needs it
 
-    if not seeds:
-        raise UserError("--seeds needs at least one seed")
+    if seeds is not None and not seeds:
+        raise UserError("seeds= needs at least one seed")
     given = check_output_folder(out_dir) if out_dir is not None else None
     trials = ranked_trials(study, top)
     spec = study_spec(study)
@@ -166,11 +166,12 @@ def retrain(
     rows = []
     for trial in trials:
         config = trial_config(spec, trial)
+        trial_seeds = tuple(seeds) if seeds is not None else (config.train.seed,)
         runs = [
             _retrain_seed(spec, trial, replace(config, train=replace(config.train, seed=s)), data, record, out, **how)
-            for s in seeds
+            for s in trial_seeds
         ]
-        rows.append(_row(trial, seeds, runs, out / f"trial{trial.number}"))
+        rows.append(_row(trial, trial_seeds, runs, out / f"trial{trial.number}"))
     # Diverged configs (no test accuracy) rank last.
     rows.sort(key=lambda r: (r.test_acc_mean is None, -(r.test_acc_mean or 0.0), r.trial))
     rows = [replace(row, rank=i + 1) for i, row in enumerate(rows)]
