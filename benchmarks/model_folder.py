@@ -30,7 +30,7 @@ from search.data.fingerprint import fingerprint, source_location
 from search.outputs.export_model import export_model
 from search.outputs.model import load_model
 from search.train import train
-from search.train.model_folder import ModelSource, write_model_folder
+from search.train.model_folder import FolderContents, ModelSource, write_model_folder
 
 SPEC = REPO / "spaces" / "paper_se_443.yaml"
 SUBSET = 500  # training images (50 a class) for the one epoch
@@ -48,9 +48,7 @@ def make_folder(folder: Path, data_dir: str, device: str) -> tuple[Path, object]
     result = train(trial, data, device=device)
     print(f"trained 1 epoch on {SUBSET} images in {time.perf_counter() - started:.1f} s on {device}")
     record = fingerprint(data, source_location(spec.data, data_dir))
-    write_model_folder(
-        folder, result, spec=spec, trial=trial, data=data, source=ModelSource(data=record), device=device
-    )
+    write_model_folder(folder, result, FolderContents(spec, trial, data, ModelSource(data=record), device))
     return folder, data
 
 

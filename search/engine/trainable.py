@@ -144,14 +144,14 @@ def report_with_model(final: dict, result: Any, trial: TrialConfig, data: Any, j
 
     from ray import tune
 
-    from search.train.model_folder import ModelSource, write_model_folder
+    from search.train.model_folder import FolderContents, ModelSource, write_model_folder
 
     assert job.output is not None
     spec = job.output.spec
     source = ModelSource(study=spec.study.name, trial=job.number, trained_on="train", data=job.output.data)
     with tempfile.TemporaryDirectory(prefix=f"trial_{job.number}_model_") as folder:
         try:
-            write_model_folder(folder, result, spec=spec, trial=trial, data=data, source=source, device=device)
+            write_model_folder(folder, result, FolderContents(spec, trial, data, source, device))
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
             return
         except Exception as error:  # the trial's result must reach the study all the same

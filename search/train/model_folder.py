@@ -83,6 +83,7 @@ __all__ = [
     "read_weights",
     "save_weights",
     "write_model_folder",
+    "FolderContents",
     "write_run",
 ]
 CONFIG_FILE = "config.yaml"
@@ -138,33 +139,40 @@ class ModelFolder:
         return self.info.data.record() if self.info.data is not None else None
 
 
-def write_model_folder(
-    folder: str | Path,
-    result: TrainResult,
-    *,
-    spec: Spec,
-    trial: TrialConfig,
-    data: ImageDataset,
-    source: ModelSource,
-    device: str | torch.device,
-) -> Path:
-    """Write a trained model's folder (see the module docstring); files are replaced atomically.
+@dataclass(frozen=True)
+class FolderContents:
+    """What a model folder records besides the weights.
 
-    Args:
-        folder: The folder (made if missing).
-        result: The finished run; its ``model`` holds the weights.
+    Attributes:
         spec: The spec the config came from (its data, study, budget and resources sections
             go into ``config.yaml``).
         trial: The config the model trained with (this seed's).
         data: The data it trained on: classes, image size, mean and std.
         source: Study, trial, training split and the data's record.
         device: Where it trained; evaluation there used the precision ``model.json`` records.
+    """
+
+    spec: Spec
+    trial: TrialConfig
+    data: ImageDataset
+    source: ModelSource
+    device: str | torch.device
+
+
+def write_model_folder(folder: str | Path, result: TrainResult, contents: FolderContents) -> Path:
+    """Write a trained model's folder (see the module docstring); files are replaced atomically.
+
+    Args:
+        folder: The folder (made if missing).
+        result: The finished run; its ``model`` holds the weights.
+        contents: The config, data, source and device it records.
 
     Returns:
         The folder.
     """
     assert result.model is not None, "a finished run holds its model"
     folder = Path(folder)
+    spec, trial, data, source = contents.spec, contents.trial, contents.data, contents.source
     counts = fast_count(trial.model, data.image_size)
     write_outputs(result, folder, config_dict=to_plain(trial), params=counts.params)
     weights = folder / WEIGHTS_FILE
@@ -172,34 +180,26 @@ def write_model_folder(
     provenance = {"study": source.study, "trial": source.trial, "seed": trial.train.seed}
     document = fixed_document(spec, trial, provenance)
     write_text(folder / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
-    info = _info(result, trial, data, source, torch.device(device), counts, _sha256(weights))
+    info = _info(result, trial, data, source, torch.device(contents.device), counts, _sha256(weights))
     write_text(folder / INFO_FILE, checked_document(info))
     write_text(folder / CARD_FILE, model_card(folder, info, trial))
     return folder
 
 
-def write_run(
-    folder: str | Path,
-    result: TrainResult,
-    *,
-    spec: Spec,
-    trial: TrialConfig,
-    data: ImageDataset,
-    source: ModelSource,
-    device: str | torch.device,
-) -> None:
+def write_run(folder: str | Path, result: TrainResult, contents: FolderContents) -> None:
     """What one finished training run leaves: its model folder, or, when it diverged (its
     weights make no model), its metrics, history, curves and ``config.yaml`` only.
 
     Args: as :func:`write_model_folder`.
     """
     if result.status != "nan":
-        write_model_folder(folder, result, spec=spec, trial=trial, data=data, source=source, device=device)
+        write_model_folder(folder, result, contents)
         return
     folder = Path(folder)
-    params = fast_count(trial.model, data.image_size).params
+    trial = contents.trial
+    params = fast_count(trial.model, contents.data.image_size).params
     write_outputs(result, folder, config_dict=to_plain(trial), params=params)
-    write_text(folder / CONFIG_FILE, yaml.safe_dump(fixed_document(spec, trial), sort_keys=False))
+    write_text(folder / CONFIG_FILE, yaml.safe_dump(fixed_document(contents.spec, trial), sort_keys=False))
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -17,7 +17,7 @@ from search.data import ImageDataset, TensorSplit
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
 from search.train.loop import train
-from search.train.model_folder import WEIGHTS_FILE, ModelSource, write_run
+from search.train.model_folder import WEIGHTS_FILE, FolderContents, ModelSource, write_run
 from search.train.progress import ProgressPrinter
 from search.train.recipe import default_device
 from search.train.result import TrainResult
@@ -177,7 +177,7 @@ def train_seed(run: SeedRun, log: Callable[[str], None] = print) -> TrainResult:
         resume=run.resume,
         log=log,
     )
-    write_run(run.folder, result, spec=run.spec, trial=config, data=run.data, source=run.source, device=run.device)
+    write_run(run.folder, result, FolderContents(run.spec, config, run.data, run.source, run.device))
     return result
 
 
