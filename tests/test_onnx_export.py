@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
 import torch
 
+from search.config import UserError
 from search.outputs import export_model as exporting
 from search.outputs.model import load_model
 
@@ -54,20 +54,10 @@ def test_the_onnx_export_is_one_file_that_loads_alone(model_dir: Path, tmp_path:
     assert np.abs(logits_of(alone / "model.onnx", inputs) - eager_logits(model_dir, inputs)).max() < 1e-4
 
 
-def test_weights_past_the_limit_go_beside_and_both_files_are_named(
+def test_a_model_past_one_files_limit_is_one_line_and_writes_nothing(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exporting, "ONNX_INLINE_BYTES", 1024)  # this small model counts as a large one
-    check = exporting.export_model(model_dir, format="onnx", out_dir=tmp_path / "big")
-    files = [tmp_path / "big" / "model.onnx", tmp_path / "big" / "model.onnx.data"]
-    assert list(check.files) == files and check.as_dict()["files"] == [str(f) for f in files]
-    assert str(files[1]) in check.line() and "keep them together" in check.line()
-    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["model.onnx", "model.onnx.data"]
-    pair = tmp_path / "copied"
-    pair.mkdir()
-    for file in files:
-        shutil.copyfile(file, pair / file.name)
-    inputs = torch.randn(3, 3, 32, 32)
-    assert np.abs(logits_of(pair / "model.onnx", inputs) - eager_logits(model_dir, inputs)).max() < 1e-4
-    graph = onnx.load(str(files[0]), load_external_data=False).graph
-    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)  # weights in the .data
+    monkeypatch.setattr(exporting, "ONNX_MAX_BYTES", 1024)  # this small model counts as one over 2 GiB
+    with pytest.raises(UserError, match="one ONNX file holds under 2 GiB"):
+        exporting.export_model(model_dir, format="onnx", out_dir=tmp_path / "big")
+    assert not (tmp_path / "big").exists() or not list((tmp_path / "big").iterdir())

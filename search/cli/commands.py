@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.config import UserError
 from search.config.errors import one_line
+from search.config.files import check_output_folder
 
 if TYPE_CHECKING:
     import optuna
@@ -54,6 +55,8 @@ def out_folder(args: argparse.Namespace) -> Path | None:
     (``report --out report.html``) still works for one release: the file's folder, with a note."""
     if args.out is None:
         return None
+    if not args.out:
+        return check_output_folder(args.out)  # one line: an empty path is no folder
     out = Path(args.out)
     if out.suffix.lower() in OLD_OUT_FILES.get(args.command, ()) and not out.is_dir():
         to_stderr(

@@ -249,7 +249,7 @@ COMMANDS: dict[str, Command] = {
         (MODEL_DIR,),
         ("--format", "--out", "--json"),
         {"--out": "MODEL_DIR"},
-        "model.pt or model.onnx (and model.onnx.data beside it for a model over 2 GB)",
+        "model.pt or model.onnx (one self-contained file)",
     ),
 }
 

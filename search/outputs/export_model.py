@@ -108,6 +108,8 @@ def export_model(path: str | Path, *, format: str, out_dir: str | Path | None = 
             f"(tolerance {tolerance:.1e}); nothing was written"
         )
     write_bytes(target, exported.data)
+    # The file holds its weights: an earlier export's ``.onnx.data`` beside it is stale.
+    target.with_name(target.name + ".data").unlink(missing_ok=True)
     return ExportCheck(target, format, diff, tolerance, exported.checked_with, CHECK_BATCH)
 
 

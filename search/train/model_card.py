@@ -60,8 +60,7 @@ def model_card(folder: Path, info: ModelInfo, trial: TrialConfig) -> str:
         "",
         "Files: `model.safetensors` (weights), `config.yaml` (the fixed spec), `model.json` (classes, "
         "input, normalisation, provenance), `metrics.json`, `history.csv`, `curves.html`. `export-model` adds "
-        "`model.pt` (TorchScript) or `model.onnx` (one file; `model.onnx.data` beside it only for weights over "
-        "2 GB: then keep the two together).",
+        "`model.pt` (TorchScript) or `model.onnx` (one self-contained file).",
     ]
     return "\n".join(lines) + "\n"
 
