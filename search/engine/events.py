@@ -67,7 +67,8 @@ class TrialStart:
 @dataclass(frozen=True)
 class EpochReport:
     """One epoch of a trial, as the trial reported it (``epoch``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``lr``, ``images_per_s``, ``elapsed_s``)."""
+    ``val_loss``, ``val_acc``, ``lr``, ``images_per_s``, ``elapsed_s``, and ``fresh_worker``: 1.0
+    when the trial started its Ray worker, 0.0 when it reused one)."""
 
     number: int
     epoch: int

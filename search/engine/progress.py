@@ -39,6 +39,7 @@ from search.study.schema import (
     ERROR,
     FAILED,
     FINISHED_STATUSES,
+    FRESH_WORKER,
     INTERRUPTED,
     PARAMS,
     PRUNED,
@@ -102,6 +103,7 @@ class RunProgress(RunObserver):
         if trial.last_report is not None:
             self.epoch_seconds.append((event.at - trial.last_report, trial.flops))
         else:
+            trial.cold = bool(event.metrics.get(FRESH_WORKER, trial.cold))  # the trial knows; before, a guess
             starts = self.cold_starts if trial.cold else self.warm_starts
             starts.append((event.at - trial.started, trial.flops, event.metrics.get("elapsed_s")))
         trial.epoch, trial.last_report = event.epoch, event.at
