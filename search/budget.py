@@ -286,6 +286,12 @@ class CountReport:
         return fitting[len(fitting) // 2].config
 
     @property
+    def max_epochs(self) -> int:
+        """The most epochs a sampled config trains: Hyperband's ``max_resource``."""
+        configs = [self.fixed] if self.fixed is not None else self.sizes
+        return max((s.config.train.epochs for s in configs), default=1)
+
+    @property
     def median_params(self) -> int:
         fitting = self.fitting
         return fitting[len(fitting) // 2].counts.params

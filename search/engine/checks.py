@@ -9,8 +9,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from search.budget import count_spec
-from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError, random_samples
+from search.budget import CountReport, count_spec
+from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError
 from search.data import ImageDataset, load_dataset, locate
 from search.engine.types import Log
 from search.models import build_model
@@ -29,15 +29,15 @@ def require_space(spec: Spec) -> None:
         )
 
 
-def check_weights(spec: Spec) -> None:
+def check_weights(spec: Spec, survey: CountReport) -> None:
     """Pretrained weights that cannot be found or do not fit fail the run before any trial,
-    not every trial: each architecture the space samples is built with its weights once.
+    not every trial: each architecture of the survey's samples is built with its weights once.
 
     Raises:
         UserError: the weights a sampled config names are neither a file nor in the hub
             cache, or their names or shapes do not fit the architecture.
     """
-    configs = [c.model for c in random_samples(spec.space, 20, seed=0)]
+    configs = [s.config.model for s in survey.sizes]
     with_weights = {
         (c.name, c.num_classes, c.weights): c
         for c in configs
@@ -55,24 +55,27 @@ def check_weights(spec: Spec) -> None:
             raise UserError(f"{spec.source}: {error}") from None
 
 
-def check_against_data(spec: Spec, data_dir: str | None, data: ImageDataset) -> int:
+def check_against_data(spec: Spec, data_dir: str | None, data: ImageDataset) -> tuple[int, CountReport]:
     """What the loaded data decides before a run: the side every trial trains at (the dry run
-    asks the same :func:`trial_image_size`), a model that fits the data, and a budget some
-    config of the space meets at that side.
+    asks the same :func:`trial_image_size`), the run's one survey of the space at that side
+    (its low end and 2,000 samples, counted), a budget some config meets, pretrained weights
+    that load, and models that fit the data.
 
     Returns:
-        The trials' image side.
+        The trials' image side, and the survey (the cost probe and Hyperband read it too).
 
     Raises:
-        UserError: see :func:`check_data_fits` and :func:`check_space_fits`.
+        UserError: see :func:`check_space_fits`, :func:`check_weights` and :func:`check_data_fits`.
     """
     image_size = trial_image_size(spec.data, data_dir, data)
-    check_data_fits(spec, data)
-    check_space_fits(spec, image_size)
-    return image_size
+    survey = count_spec(spec, image_size=image_size)
+    check_space_fits(spec, survey)
+    check_weights(spec, survey)
+    check_data_fits(spec, data, survey)
+    return image_size, survey
 
 
-def check_data_fits(spec: Spec, data: ImageDataset) -> None:
+def check_data_fits(spec: Spec, data: ImageDataset, survey: CountReport) -> None:
     """A head of another width than the data's classes, or a fine-tune source of other classes
     or another input size, would fail every trial: it fails the run before any, once.
 
@@ -80,7 +83,7 @@ def check_data_fits(spec: Spec, data: ImageDataset) -> None:
         UserError: a sampled config's ``num_classes`` is not the data's class count, or its
             ``init_from`` folder does not fit the data (see :func:`check_fits_data`).
     """
-    configs = {(c.model.num_classes, c.model.init_from): c.model for c in random_samples(spec.space, 20, seed=0)}
+    configs = {(s.config.model.num_classes, s.config.model.init_from): s.config.model for s in survey.sizes}
     for model in configs.values():
         try:
             check_fits_data(model, data.classes, data.image_size)
@@ -88,13 +91,12 @@ def check_data_fits(spec: Spec, data: ImageDataset) -> None:
             raise UserError(f"{spec.source}: {error}") from None
 
 
-def check_space_fits(spec: Spec, image_size: int) -> None:
+def check_space_fits(spec: Spec, report: CountReport) -> None:
     """A budget that no config of the space meets fails before the study is written to.
 
     Raises:
-        UserError: none of the space's low end and 2,000 random samples fits; names the smallest.
+        UserError: none of the survey's configs fits; names the smallest.
     """
-    report = count_spec(spec, image_size=image_size)
     if not report.fitting:
         raise UserError(
             f"{spec.source}: budget: no config of the space fits ({report.smallest_line()}); "

@@ -24,6 +24,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial
 
@@ -38,6 +39,9 @@ from search.engine.startup import (
     stored_startup,
 )
 from search.models import build_model
+
+if TYPE_CHECKING:
+    from search.budget import CountReport
 
 PROBE_SAMPLES = 200  # random configs the probe picks its median-size one from (fixed seed)
 PROBE_BATCH = 64  # the probe's batch (a larger one is scaled up: see probe_step_time)
@@ -152,6 +156,7 @@ def probe_cost(
     slots: int,
     data_dir: str | None = None,
     trials: Sequence[FrozenTrial] = (),
+    survey: CountReport | None = None,
 ) -> TrialCost:
     """The probe ``run`` and ``run --dry-run`` share: the median-size config of
     :data:`PROBE_SAMPLES` seeded samples, its step timed on :func:`probe_device` with
@@ -164,6 +169,8 @@ def probe_cost(
         slots: Trials that start at once (the start-up probe starts as many processes).
         data_dir: Where the data is (the start-up probe loads it as a worker would).
         trials: The study's trials so far: their stored start-ups beat the probe's.
+        survey: The run's survey of the space to take the median-size config from; None:
+            :data:`PROBE_SAMPLES` samples.
 
     Raises:
         UserError: no sampled config fits the budget.
@@ -171,7 +178,7 @@ def probe_cost(
     """
     from search.budget import count_spec, fast_count
 
-    report = count_spec(spec, samples=PROBE_SAMPLES, image_size=image_size)
+    report = survey if survey is not None else count_spec(spec, samples=PROBE_SAMPLES, image_size=image_size)
     if not report.fitting:
         raise UserError(f"{spec.source}: budget: none of {PROBE_SAMPLES} samples fits; {report.smallest_line()}")
     config = report.median_fitting

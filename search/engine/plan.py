@@ -17,7 +17,7 @@ from search.engine.cost import local_resources, probe_cost, trial_concurrency
 from search.engine.samplers import create_study
 
 
-def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) -> str:
+def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000) -> str:
     """What a run would do: the share of the space that fits the budget, the probe's time per
     step, epoch and trial on this machine with each trial's start-up, the trials that train at
     once, the cost of the whole study (before pruning), and how quickly the sampler learns
@@ -26,7 +26,8 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     Args:
         spec: A parsed spec with a search space.
         data_dir: Where an image folder is (to count its images); CIFAR's size is known.
-        samples: Random samples for the budget survey.
+        samples: Random samples for the survey of the space (a run's is 2,000: the same median
+            config is probed).
 
     Returns:
         The report, as lines of text.
@@ -44,7 +45,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     cluster = local_resources()
     concurrency = trial_concurrency(spec, cluster, use_gpu=spec.resources.gpu > 0 and cluster["GPU"] > 0)
     slots = concurrency.slots
-    cost = probe_cost(spec, image_size, _train_size(spec, data_dir), slots=slots, data_dir=data_dir)
+    cost = probe_cost(spec, image_size, _train_size(spec, data_dir), slots=slots, data_dir=data_dir, survey=report)
     lines = [
         report.table(),
         "",
@@ -52,7 +53,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
         cost.startup.line(),
         f"concurrency: {slots} trial(s) at a time" + (f" ({concurrency.capped})" if concurrency.capped else ""),
         cost.estimate_line(spec.study.n_trials, slots),
-        rehearsal_line(spec, rehearse_budget(spec, image_size)),
+        rehearsal_line(spec, rehearse_budget(spec, image_size, report.max_epochs)),
     ]
     if spec.resources.gpu > 0 and cost.device == "cpu":
         lines.append(
@@ -76,7 +77,7 @@ def _train_size(spec: Spec, data_dir: str | None) -> int:
     return int(CIFAR_TRAIN_IMAGES * (1 - spec.data.val_fraction))
 
 
-def rehearse_budget(spec: Spec, image_size: int) -> list[int]:
+def rehearse_budget(spec: Spec, image_size: int, max_epochs: int) -> list[int]:
     """Draw ``n_trials`` configs with the spec's own sampler and the budget check alone (no
     training: every accepted config gets the same value), as a run would.
 
@@ -84,7 +85,7 @@ def rehearse_budget(spec: Spec, image_size: int) -> list[int]:
         For each accepted trial, how many samples were rejected just before it: the sampler
         has learned the budget when these fall to zero.
     """
-    study = create_study(spec, optuna.storages.InMemoryStorage())
+    study = create_study(spec, optuna.storages.InMemoryStorage(), max_epochs)
     bridge = StudyBridge(
         study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1, reference_check=False
     )

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.budget import CountReport
 from search.config import InvalidValue, Spec, UserError
 from search.config.secrets import mask_secrets, without_secrets
 from search.config.units import format_duration
@@ -33,7 +34,6 @@ from search.engine.checks import (
     absolute_data_paths,
     check_against_data,
     check_resources,
-    check_weights,
     check_writable,
     require_space,
     with_device,
@@ -52,7 +52,7 @@ from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
 from search.engine.preflight import RunPlan, preflight_lines
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
-from search.engine.samplers import create_study, max_epochs
+from search.engine.samplers import create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
@@ -143,7 +143,6 @@ def run_search(
     started = time.monotonic()
     spec = with_device(with_budgets(spec, timeout, n_trials), device)
     require_space(spec)
-    check_weights(spec)
     told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
     spec = without_secrets(spec)  # the study and Ray get masked URIs; the trackers hold the real ones
     storage_url = storage or default_storage(spec.study.name)
@@ -158,7 +157,7 @@ def run_search(
     with logs_to(ready.out_dir / "ray.log"), ray_session(address) as cluster:
         use_gpu = check_resources(spec, cluster, log, require_gpu=device == "cuda")
         concurrency = trial_concurrency(spec, cluster, use_gpu)
-        study = create_study(spec, opened)
+        study = create_study(spec, opened, ready.survey.max_epochs)
         with DriverLease(study):
             _recover(study, log)
             keeper = ModelKeeper(study, spec, ready.out_dir, keep, record_run_data(study, ready.record, log), log)
@@ -232,6 +231,7 @@ class _Ready:
     record: DataRecord
     data_dir: str | None
     image_size: int
+    survey: CountReport
     cost: TrialCost | None
     probe_error: str | None
 
@@ -244,15 +244,16 @@ def _prepare(spec: Spec, earlier: optuna.Study | None, data_dir: str | None, dow
     check_writable(out_dir)
     spec, data_dir = absolute_data_paths(spec, data_dir)
     data, record, data_dir = run_data(spec, earlier, data_dir, download)  # once, before any trial: builds the cache
-    image_size = check_against_data(spec, data_dir, data)  # the dry run asks the same trial_image_size
+    image_size, survey = check_against_data(spec, data_dir, data)  # the dry run asks the same trial_image_size
     local = trial_concurrency(spec, local_resources(), use_gpu=probe_device(spec) == "cuda")
     trials = earlier.get_trials(deepcopy=False) if earlier is not None else ()
     cost, error = None, None
     try:
-        cost = probe_cost(spec, image_size, len(data.train.labels), slots=local.slots, data_dir=data_dir, trials=trials)
+        n_train = len(data.train.labels)
+        cost = probe_cost(spec, image_size, n_train, slots=local.slots, data_dir=data_dir, trials=trials, survey=survey)
     except RuntimeError as failure:  # e.g. out of memory on the driver's device: the run itself may still fit
         error = f"on {probe_device(spec)} with {trial_threads(spec)} thread(s): {failure}"
-    return _Ready(spec, out_dir, data, record, data_dir, image_size, cost, error)
+    return _Ready(spec, out_dir, data, record, data_dir, image_size, survey, cost, error)
 
 
 def run_data(
@@ -339,7 +340,7 @@ def _run_start(
         n_trials=bridge.target,
         finished_before=bridge.finished_before,
         slots=concurrency.slots,
-        epochs=max_epochs(spec),
+        epochs=ready.survey.max_epochs,
         started=started,
         objectives=tuple(o.metric for o in spec.study.objectives),
         maximize=spec.study.objectives[0].direction == "maximize",

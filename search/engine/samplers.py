@@ -124,12 +124,16 @@ def make_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePru
     return PRUNERS[type(config)](config, max_epochs)
 
 
-def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+def create_study(
+    spec: Spec, storage: str | optuna.storages.BaseStorage, max_resource: int | None = None
+) -> optuna.Study:
     """Create or load the spec's study; a new study gets the spec's warm-start configs enqueued.
 
     Args:
         spec: The parsed spec.
         storage: An Optuna storage URL, or a storage (in memory, for rehearsals).
+        max_resource: The most epochs a config trains (Hyperband's), from the run's survey;
+            None: from 20 samples of the space.
     """
     storage = open_storage(storage) if isinstance(storage, str) else storage
     objectives = spec.study.objectives
@@ -143,7 +147,7 @@ def create_study(spec: Spec, storage: str | optuna.storages.BaseStorage) -> optu
         load_if_exists=True,
         directions=[o.direction for o in objectives],
         sampler=make_sampler(spec.study.sampler, seed),
-        pruner=make_pruner(spec.study.pruner, max_epochs(spec)),
+        pruner=make_pruner(spec.study.pruner, max_resource or max_epochs(spec)),
     )
     stored = study.user_attrs.get(SPEC_TEXT)
     if stored is None:  # new, or half-created by a driver stopped while setting it up
