@@ -50,7 +50,7 @@ from model_folders import (
     write_header,
 )
 from PIL import Image
-from test_fuzz_specs import fuzz_settings, hostile_values, values
+from test_fuzz_specs import _paths, fuzz_settings, hostile_values, values
 
 from search.config import UserError
 from search.models import build_model
@@ -113,18 +113,6 @@ EDGE_VALUES: list[Any] = [
 # Weights a float32 element may be edited to: finite ones that overflow on the way, and non-finite ones.
 EXTREME_WEIGHTS = [3e38, -3e38, 1e30, 1e20, 1e10, float("nan"), float("inf"), -float("inf")]
 json_values = st.one_of(hostile_values, st.sampled_from(EDGE_VALUES))
-
-
-def _paths(node: Any, here: tuple = ()) -> list[tuple]:
-    """Every position in a JSON document: mapping keys and list indices, outermost first."""
-    out = [here]
-    if isinstance(node, dict):
-        for key, child in node.items():
-            out += _paths(child, (*here, key))
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            out += _paths(child, (*here, index))
-    return out
 
 
 @st.composite

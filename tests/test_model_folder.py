@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from PIL import Image
 from safetensors.torch import load_file
 from searching import run_cli
+from tiny_model import cli
 
 from search.outputs.model import load_model
 
@@ -55,17 +56,6 @@ model:
   stages: [{{blocks: 1, width: 8}}, {{blocks: 1, width: 16}}]
 {extra}train: {{epochs: 2, batch_size: 8, optimizer: {{name: sgd, lr: 0.05}}}}
 """
-
-
-def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

@@ -9,18 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_model import FIXED
 
 from search.config import load_spec
 
-CONFIG = """
-study: {name: tiny}
-data: {dataset: imagefolder, val_fraction: 0.25}
-model:
-  num_classes: 3
-  stem: {width: 8}
-  stages: [{blocks: 1, width: 8}, {blocks: 1, width: 16}]
-train: {epochs: 2, batch_size: 8, optimizer: {name: sgd, lr: 0.05}}
-"""
+CONFIG = FIXED  # the tiny model of tiny_model.py
 
 
 def train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ train: {epochs: 2, batch_size: 8, optimizer: {name: sgd, lr: 0.05}}
 
 
 def cli(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300, **popen: Any
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, **popen: Any
 ) -> subprocess.CompletedProcess:
     """``python -m search.cli ARGS`` in ``cwd``, output captured as text; ``env`` added to ours."""
     return subprocess.run(
