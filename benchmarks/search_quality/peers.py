@@ -213,7 +213,7 @@ class PeerEvaluator:
 
     def _pause(self, slot: Running, key: tuple) -> None:
         """The peer stopped the trial at one of its rungs: PRUNED in the study, kept for a promotion."""
-        self.bridge.pruned.add(slot.job.number)
+        self.bridge.mark_pruned(slot.job.number)
         self.bridge.finish(slot.job.number, final_report(slot.session, self.epochs, pruned=True), error=False)
         self.run.ended(slot.started, "pruned")
         self.paused.keep(key, slot.session)

@@ -51,6 +51,27 @@ from search.study.schema import (
 
 
 @dataclass
+class RunningTrial:
+    """A trial this run sent to Ray and has not told the study about yet.
+
+    Attributes:
+        trial: The study's trial.
+        counts: Its size (a ``params`` or ``flops`` objective reads it when it ends).
+        started: ``time.monotonic()`` when it was sent to Ray (its start-up counts from here).
+        epochs: The epochs its config trains (a deadline stops it only before the last).
+        pruned: Its pruner said stop: it ends PRUNED.
+        stopped_by_deadline: The time budget stopped it: it ends FAIL, ``interrupted``.
+    """
+
+    trial: optuna.Trial
+    counts: Counts
+    started: float
+    epochs: int
+    pruned: bool = False
+    stopped_by_deadline: bool = False
+
+
+@dataclass
 class Tally:
     """How this run's trials ended so far (the progress views keep their own, from the events)."""
 
@@ -106,10 +127,7 @@ class StudyBridge:
         self.threads = threads
         self.log = log
         self.multi_objective = len(spec.study.objectives) > 1
-        self.open: dict[int, optuna.Trial] = {}
-        self.counts: dict[int, Counts] = {}
-        self.started: dict[int, float] = {}
-        self.pruned: set[int] = set()
+        self.running: dict[int, RunningTrial] = {}
         self.tally = Tally()
         self.finished_before = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
         self.target = spec.study.n_trials if target is None else target
@@ -121,9 +139,7 @@ class StudyBridge:
         self.observers = list(observers)
         self.deadline = deadline
         self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
-        self.epochs: dict[int, int] = {}
-        self.stopped_by_deadline: set[int] = set()
-        self.startup_measured: set[int] = set()
+        self.startup_measured: set[int] = set()  # trials of this run whose start-up is stored
 
     @property
     def remaining(self) -> int:
@@ -152,12 +168,9 @@ class StudyBridge:
             self.rejections_in_a_row = 0
             self._record_counts(trial, counts)
             trial.set_user_attr(RAY_TRIAL_ID, ray_trial_id)
-            self.open[trial.number] = trial
-            self.counts[trial.number] = counts
-            self.started[trial.number] = time.monotonic()
+            self.running[trial.number] = RunningTrial(trial, counts, time.monotonic(), config.train.epochs)
             self.launched += 1
             self.tally.running += 1
-            self.epochs[trial.number] = config.train.epochs
             self.notify(
                 "trial_started",
                 TrialStart(trial.number, trial.params, counts.params, counts.flops or 0, config.train.epochs),
@@ -230,7 +243,7 @@ class StudyBridge:
     def report(self, number: int, result: dict) -> bool:
         """Record one epoch's metric; True when the trial must stop: the pruner says so, or the
         deadline passed before its last epoch."""
-        if "epoch" not in result or number not in self.open:
+        if "epoch" not in result or number not in self.running:
             return False
         epoch, now = int(result["epoch"]), time.monotonic()
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -241,8 +254,8 @@ class StudyBridge:
         self.notify("epoch_reported", EpochReport(number, epoch, metrics, now))
         if self._prune(number, result):
             return True
-        if self.past_deadline() and epoch < self.epochs.get(number, epoch + 1):
-            self.stopped_by_deadline.add(number)
+        if self.past_deadline() and epoch < self.running[number].epochs:
+            self.running[number].stopped_by_deadline = True
             return True
         return False
 
@@ -250,8 +263,9 @@ class StudyBridge:
         """Store what the trial paid before its first training step (a Ray worker, imports, the
         data, the model): the time from sending it to Ray to its first report, less that epoch."""
         self.startup_measured.add(number)
-        trial = self.open[number]
-        trial.set_user_attr(STARTUP_S, round(startup_seconds(self.started[number], now, first_epoch_s), 3))
+        running = self.running[number]
+        trial = running.trial
+        trial.set_user_attr(STARTUP_S, round(startup_seconds(running.started, now, first_epoch_s), 3))
         trial.set_user_attr(FRESH_WORKER, fresh_worker)
 
     def _prune(self, number: int, result: dict) -> bool:
@@ -259,12 +273,16 @@ class StudyBridge:
         value = result.get(self.spec.study.objectives[0].metric)
         if self.multi_objective or value is None or not math.isfinite(value):
             return False
-        trial = self.open[number]
+        trial = self.running[number].trial
         trial.report(value, step=int(result["epoch"]))
         if trial.should_prune():
-            self.pruned.add(number)
+            self.mark_pruned(number)
             return True
         return False
+
+    def mark_pruned(self, number: int) -> None:
+        """The trial stops as PRUNED when it ends (its pruner, or a peer's scheduler, said so)."""
+        self.running[number].pruned = True
 
     def past_deadline(self) -> bool:
         """Whether the time budget is spent (remembered in ``out_of_time``)."""
@@ -274,11 +292,10 @@ class StudyBridge:
 
     def finish(self, number: int, result: dict | None, error: bool) -> None:
         """Tell the study how a trial ended (COMPLETE, PRUNED or FAIL)."""
-        trial = self.open.pop(number, None)
-        if trial is None:
+        running = self.running.pop(number, None)
+        if running is None:
             return
-        result = result or {}
-        self.started.pop(number)
+        trial, result = running.trial, result or {}
         self.tally.running -= 1
         # A trial's own training time: its summary's, or (pruned) its last epoch report's.
         train_time = result.get("train_time_s") or result.get("elapsed_s") or 0.0
@@ -289,20 +306,20 @@ class StudyBridge:
             trial.set_user_attr(EPOCHS_RUN, int(epochs_run))
         if IMAGES_PER_S in result:
             trial.set_user_attr(IMAGES_PER_S, result[IMAGES_PER_S])
-        if number in self.stopped_by_deadline:
+        if running.stopped_by_deadline:
             self._stop(number, trial, result)
             return
         failure = result.get(ERROR) or ("the Ray worker died or raised" if error else None)
         values = None
-        if failure is None and number not in self.pruned:
-            values = self._objective_values(number, result)
+        if failure is None and not running.pruned:
+            values = self._objective_values(running.counts, result)
             if values is None:
                 failure = "the trial reported no finite objective value"
         if failure is not None:
             trial.set_user_attr(ERROR, failure)
             self.study.tell(trial, state=TrialState.FAIL)
             self.tally.failed += 1
-        elif number in self.pruned:
+        elif running.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tally.pruned += 1
         else:
@@ -320,7 +337,6 @@ class StudyBridge:
         (:func:`~search.study.trials.requeue_stopped`), so the study stays without WAITING trials."""
         epochs = result.get("epoch", 0)
         trial.set_user_attr(INTERRUPTED, f"stopped by the run's time budget after {epochs} epoch(s)")
-        self.counts.pop(number, None)
         self.study.tell(trial, state=TrialState.FAIL)
         self.tally.interrupted += 1
         frozen = self._frozen(number)
@@ -338,8 +354,7 @@ class StudyBridge:
                 message = mask_secrets(f"{type(error).__name__}: {error}")  # a tracker's error may quote its URI
                 self.log(f"{type(observer).__name__} stopped after an error: {message}")
 
-    def _objective_values(self, number: int, result: dict) -> list[float] | None:
-        counts = self.counts.pop(number)
+    def _objective_values(self, counts: Counts, result: dict) -> list[float] | None:
         values = []
         for objective in self.spec.study.objectives:
             value = {"params": counts.params, "flops": counts.flops}.get(objective.metric, result.get(objective.metric))
@@ -354,13 +369,13 @@ class StudyBridge:
         Returns:
             How many trials were open.
         """
-        closed = list(self.open.items())
+        closed = [(number, running.trial) for number, running in self.running.items()]
         for number, trial in closed:
             trial.set_user_attr(INTERRUPTED, reason)
             self.study.tell(trial, state=TrialState.FAIL)
             frozen = self._frozen(number)
             self.study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: number})
-            self.open.pop(number)
+            self.running.pop(number)
             self.notify("trial_ended", TrialEnd(number, trial_status(frozen), frozen, at=time.monotonic()))
         return len(closed)
 
