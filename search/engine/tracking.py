@@ -12,18 +12,19 @@ memory: the spec the study stores and Ray gets has it masked (:func:`without_sec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import Spec, UserError
+from search.config import Spec, TrackingConfig, UserError
 from search.config.errors import one_line
 from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
@@ -66,14 +67,8 @@ def tracking_observers(spec: Spec) -> list[RunObserver]:
             an MLflow store does not answer (the message names its masked URI).
     """
     config, study_name = spec.tracking, spec.study.name
-    observers: list[RunObserver] = []
-    if config.tensorboard:
-        observers.append(TensorBoardWriter(Path(config.tensorboard).resolve() / study_name))
-    if config.mlflow:
-        writer = MLflowWriter(config.mlflow, study_name)
-        writer.check_reachable()
-        observers.append(writer)
-    return observers
+    chosen = [(TRACKERS[f.name], getattr(config, f.name)) for f in dataclasses.fields(config)]
+    return [make(where, study_name) for make, where in chosen if where]
 
 
 def _missing(extra: str, flag: str) -> UserError:
@@ -381,3 +376,19 @@ def _reason(error: Exception) -> str:
     caused = text.rpartition("Caused by ")[2] if "Caused by " in text else ""
     detail = caused.rpartition("): ")[2].rstrip("\"')").strip()
     return detail or text[:300]
+
+
+def _mlflow(uri: str, study_name: str) -> MLflowWriter:
+    writer = MLflowWriter(uri, study_name)
+    writer.check_reachable()
+    return writer
+
+
+# Each key of the spec's ``tracking`` and the tracker it makes from its value and the study's
+# name; a key without its entry fails on import, never silently unused.
+TRACKERS: dict[str, Callable[[str, str], RunObserver]] = {
+    "tensorboard": lambda folder, study_name: TensorBoardWriter(Path(folder).resolve() / study_name),
+    "mlflow": _mlflow,
+}
+if set(TRACKERS) != {f.name for f in dataclasses.fields(TrackingConfig)}:
+    raise RuntimeError(f"TRACKERS has {sorted(TRACKERS)}, not the keys of the spec's tracking")
