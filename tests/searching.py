@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from search.study.schema import is_finished
+from search.study.keys import is_finished
 
 SPEC = """
 study:

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from searching import load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
 from services import POSTGRES_PASSWORD
 
-from search.study.schema import INTERRUPTED, RETRY_OF, is_finished
+from search.study.keys import INTERRUPTED, RETRY_OF, is_finished
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,8 @@ from search.data import load_dataset
 from search.data.decode import decode_images
 from search.engine.checks import trial_image_size
 from search.engine.samplers import create_study
+from search.study.keys import DRIVER, SPEC_TEXT
 from search.study.lease import DriverLease
-from search.study.schema import DRIVER, SPEC_TEXT
 from search.study.trials import load_study, study_spec
 
 FIXED = """\

@@ -13,7 +13,7 @@ import yaml
 
 from search.cli import main
 from search.outputs.dashboard import CurvesRefresher, annotate_missing
-from search.study.schema import LEADERBOARD, SPEC_TEXT, status_counts
+from search.study.keys import LEADERBOARD, SPEC_TEXT, status_counts
 from search.study.trials import load_study, study_spec, trial_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_study.db"

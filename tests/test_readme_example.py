@@ -19,7 +19,7 @@ import optuna
 import pytest
 from test_results import spec_text
 
-from search.study.schema import LEADERBOARD, is_finished
+from search.study.keys import LEADERBOARD, is_finished
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -22,7 +22,7 @@ from searching import kill, load, run_cli, sqlite_url, study_exists, wait_for_fi
 from services import POSTGRES_PASSWORD
 from test_search_cli import stop_and_rerun
 
-from search.study.schema import ERROR, INTERRUPTED, is_finished
+from search.study.keys import ERROR, INTERRUPTED, is_finished
 
 pytestmark = pytest.mark.slow
 

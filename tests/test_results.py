@@ -35,8 +35,8 @@ from search.outputs.export import export_best
 from search.outputs.report import write_report
 from search.outputs.retrain import retrain
 from search.outputs.studies import list_studies
+from search.study.keys import LEADERBOARD, REJECTED, trial_status
 from search.study.notes import write_trial_note
-from search.study.schema import LEADERBOARD, REJECTED, trial_status
 from search.study.trials import ranked_trials, study_spec, trial_config
 
 SPEC = """

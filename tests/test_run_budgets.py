@@ -15,7 +15,7 @@ from searching import load, run_cli, sqlite_url, write_spec
 
 from search.cli import main
 from search.config import parse_spec
-from search.study.schema import INTERRUPTED, RETRY_OF, is_finished
+from search.study.keys import INTERRUPTED, RETRY_OF, is_finished
 
 FINISHED_LINE = re.compile(r"^trial \d+ (complete|pruned|failed)")
 

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from searching import kill, load, run_cli, sqlite_url, wait_for_finished, write_spec
 
-from search.study.schema import REJECTED, is_finished
+from search.study.keys import REJECTED, is_finished
 
 pytestmark = pytest.mark.slow
 

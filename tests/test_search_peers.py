@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.search_quality.peers import PEERS, PeerEvaluator, config_space
 from benchmarks.search_quality.settings import BY_KEY, Settings, strategy_spec
-from search.study.schema import PARAMS, REJECTED, trial_status
+from search.study.keys import PARAMS, REJECTED, trial_status
 
 PACKAGES = {"bohb": ("hpbandster", "ConfigSpace"), "dehb": ("dehb", "ConfigSpace"), "smac": ("smac", "ConfigSpace")}
 PEER_KEYS = {strategy.engine: key for key, strategy in BY_KEY.items() if strategy.is_peer}

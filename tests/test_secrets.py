@@ -21,7 +21,7 @@ from services import free_port
 
 from search.config import parse_spec
 from search.config.secrets import mask_secrets, without_secrets
-from search.study.schema import SPEC_TEXT
+from search.study.keys import SPEC_TEXT
 
 SECRET = "SECRETPW-h3x"  # a password a test hands in; it must appear nowhere afterwards
 

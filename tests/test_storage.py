@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from search.config import UserError
 from search.config.secrets import mask_secrets
+from search.study.keys import DRIVER
 from search.study.lease import DriverLease
 from search.study.retrying import FIRST_WAIT_S, RetryingStorage, is_transient
-from search.study.schema import DRIVER
 
 
 class FlakyStorage(optuna.storages.InMemoryStorage):

@@ -13,8 +13,8 @@ from searching import load, run_cli, sqlite_url, write_spec
 
 from search.config import UserError, parse_spec
 from search.engine.tracking import TAG_STUDY, TAG_TRIAL, tracking_observers
+from search.study.keys import REJECTED
 from search.study.records import kept_models
-from search.study.schema import REJECTED
 
 
 def trained(storage: str, name: str) -> list:

@@ -405,7 +405,7 @@ def test_augment_comes_from_the_recipe_unless_overridden():
 
 def test_train_spec_trains_each_seed_and_writes_outputs(monkeypatch, tmp_path):
     import search.data
-    import search.train.run
+    import search.train.seeds
 
     spec = parse_spec(
         """
@@ -415,7 +415,7 @@ train: {epochs: 1, batch_size: 16, eval_batch_size: 32}
 """
     )
     monkeypatch.setattr(search.data, "load_dataset", lambda config, data_dir=None, download=True: make_data())
-    monkeypatch.setattr(search.train.run, "source_location", lambda config, data_dir: tmp_path)  # made-up data
+    monkeypatch.setattr(search.train.seeds, "source_location", lambda config, data_dir: tmp_path)  # made-up data
     lines: list[str] = []
     summary = train_spec(spec, seeds=[0, 1], out_dir=tmp_path, device="cpu", log=lines.append)
     assert len(lines) == 2 and lines[0].startswith("seed 0: epoch 1/1")

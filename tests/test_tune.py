@@ -16,7 +16,7 @@ from search.config import parse_spec
 from search.engine.adapters import OptunaPruningScheduler, OptunaSearcher
 from search.engine.bridge import StudyBridge
 from search.engine.samplers import PRUNERS, SAMPLERS, create_study, make_pruner
-from search.study.schema import ERROR, INTERRUPTED, REJECTED, is_finished
+from search.study.keys import ERROR, INTERRUPTED, REJECTED, is_finished
 from search.study.trials import recover_interrupted
 
 SPACE = """
@@ -205,7 +205,7 @@ def test_a_trials_display_state_is_one_function_of_its_state_and_reason() -> Non
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from search.study.schema import status_counts, trial_status
+    from search.study.keys import status_counts, trial_status
 
     def trial(state: TrialState, **attrs: object) -> optuna.trial.FrozenTrial:
         value = 0.5 if state == TrialState.COMPLETE else None

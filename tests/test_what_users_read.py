@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 from searching import kill, load, run_cli, sqlite_url, write_spec
 
-from search.study.schema import FRESH_WORKER, INTERRUPTED, STARTUP_S, is_finished
+from search.study.keys import FRESH_WORKER, INTERRUPTED, STARTUP_S, is_finished
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge
 from search.engine.samplers import create_study
 from search.engine.trainable import TrialJob
-from search.study.schema import ERROR, trial_status
+from search.study.keys import ERROR, trial_status
 from search.train import EpochMetrics
 
 from .records import CUT, SearchRun

@@ -23,15 +23,13 @@ from optuna.trial import TrialState
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
 from search.config.secrets import mask_secrets
-from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
+from search.engine.events import EpochReport, Log, RunObserver, TrialEnd, TrialStart, ignore
 from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.startup import startup_seconds
 from search.engine.trainable import TrialJob
-from search.engine.types import Log, ignore
 from search.models import build_model
 from search.models.geometry import check_fits
-from search.study.notes import write_trial_note
-from search.study.schema import (
+from search.study.keys import (
     EPOCHS_RUN,
     ERROR,
     FLOPS,
@@ -48,6 +46,7 @@ from search.study.schema import (
     is_finished,
     trial_status,
 )
+from search.study.notes import write_trial_note
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from search.budget import CountReport, count_spec
 from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError
 from search.data import ImageDataset, load_dataset, locate
-from search.engine.types import Log
+from search.engine.events import Log
 from search.models import build_model
 from search.train.warm_start import check_fits_data, check_init
 

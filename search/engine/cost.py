@@ -7,7 +7,7 @@
 - a probe of a median-size config's training step (:func:`probe_cost`): after warm-up steps,
   the median of several, with the torch threads a trial gets;
 - what each trial pays before its first step (a Ray worker, its imports, the data, the model):
-  measured on the study's own trials once it has some (:data:`~search.study.schema.STARTUP_S`),
+  measured on the study's own trials once it has some (:data:`~search.study.keys.STARTUP_S`),
   else by starting as many fresh Python processes as trials start at once, each doing what a
   new worker does (:func:`probe_startup`).
 

@@ -10,6 +10,7 @@ the run with one line saying so: a tracker that fails never costs a trial.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ class EpochReport:
 @dataclass(frozen=True)
 class TrialEnd:
     """A trial ended. ``status``: its stored record's display state
-    (:func:`~search.study.schema.trial_status`): ``complete``, ``pruned``, ``failed``,
+    (:func:`~search.study.keys.trial_status`): ``complete``, ``pruned``, ``failed``,
     ``rejected`` (over the budget, never trained) or ``interrupted`` (by the time budget,
     Ctrl-C or an error of the run; trained again by the next run). ``trial`` is its stored
     record after the outcome was told; ``result`` its last report."""
@@ -117,3 +118,12 @@ class RunObserver:
 
     def run_ended(self, event: RunEnd) -> None:
         """After the last trial, before Ray shuts down; also on Ctrl-C and errors."""
+
+
+# Callable types the engine's functions take.
+Log = Callable[[str], None]  # receives one progress line
+Trainable = Callable[[dict], None]  # a Tune function trainable
+
+
+def ignore(_: str) -> None:
+    """A :data:`Log` that drops every line."""

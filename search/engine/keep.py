@@ -7,7 +7,7 @@ trained it into the run's storage path (``studies/<study>/ray``), keeping one pe
 arrival to ``studies/<study>/models/trial_<N>`` and, whenever a trial ends, keeps the
 folders of the study's best K complete trials (by the first objective) and deletes the
 others: a trial that drops out of the top K loses its weights. The study records which
-folders it keeps (:data:`~search.study.schema.MODELS`).
+folders it keeps (:data:`~search.study.keys.MODELS`).
 
 Ray needs its storage path reachable from every node (a shared filesystem on a real
 multi-node cluster, as Ray documents); a node that cannot reach it still reports its
@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 
 from search.config import Spec
 from search.data.fingerprint import DataRecord
+from search.engine.events import Log, ignore
 from search.engine.trainable import TrialOutput
-from search.engine.types import Log, ignore
 from search.study.records import kept_models, record_data, set_kept_models
 from search.study.trials import sort_sign
 

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from optuna.trial import FrozenTrial
 
 from search.config.units import format_duration
-from search.engine.events import EpochReport, RunObserver, RunStart, TrialEnd, TrialStart
-from search.engine.types import Log
-from search.study.schema import (
+from search.engine.events import EpochReport, Log, RunObserver, RunStart, TrialEnd, TrialStart
+from search.study.keys import (
     COMPLETE,
     EPOCHS_RUN,
     ERROR,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from search.config.files import MAX_PIXELS_VARIABLE
 from search.config.secrets import mask_secrets
-from search.engine.types import Log
+from search.engine.events import Log
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the CLI's status after SIGTERM (search.cli.EXIT_TERMINATED)
 RAY_CHECK_S = 0.5  # how often, once SIGTERM came, the driver checks that Ray is still there

@@ -47,7 +47,7 @@ from search.engine.cost import (
     trial_concurrency,
     trial_threads,
 )
-from search.engine.events import RunEnd, RunObserver, RunStart
+from search.engine.events import Log, RunEnd, RunObserver, RunStart, Trainable, ignore
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
 from search.engine.preflight import RunPlan, preflight_lines
 from search.engine.progress import PlainProgress
@@ -56,11 +56,10 @@ from search.engine.samplers import create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
-from search.engine.types import Log, Trainable, ignore
+from search.study.keys import REJECTED, is_finished
 from search.study.lease import DriverLease
 from search.study.records import kept_models, recorded_data, study_data
 from search.study.retrying import RetryingStorage
-from search.study.schema import REJECTED, is_finished
 from search.study.storage import default_storage, open_storage, storage_gone_check, study_dir
 from search.study.trials import find_study, recover_interrupted, requeue_stopped, sort_sign
 

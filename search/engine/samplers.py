@@ -15,7 +15,7 @@ import optuna
 from search.config import PrunerConfig, SamplerConfig, Spec, SpecError, load_spec, random_samples
 from search.config.schema import HyperbandPruner, MedianPruner, NoPruner, PercentilePruner, SuccessiveHalvingPruner
 from search.config.secrets import mask_secrets
-from search.study.schema import SPEC_SOURCE, SPEC_TEXT
+from search.study.keys import SPEC_SOURCE, SPEC_TEXT
 from search.study.storage import open_storage
 
 

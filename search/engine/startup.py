@@ -3,7 +3,7 @@ model. Tune reuses a worker for trial after trial, so the first trial of each sl
 (``cold_s``) than the later ones (``warm_s``).
 
 Where the figures come from, best first: the study's own trials (the driver stores each one's
-start-up, :data:`~search.study.schema.STARTUP_S`); this machine's record of an earlier run or
+start-up, :data:`~search.study.keys.STARTUP_S`); this machine's record of an earlier run or
 probe (``startup.json`` in the user cache, keyed by the machine, the versions that matter and
 the trials started at once); else a probe, measured once and recorded: as many fresh Python
 processes at once as trials start together, each doing what a new worker does.
@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig
 from search.config.units import format_duration
-from search.study.schema import FRESH_WORKER, STARTUP_S
+from search.study.keys import FRESH_WORKER, STARTUP_S
 
 STARTUP_PROBE_MAX = 8  # fresh processes the start-up probe starts at once, at most
 STARTUP_PROBE_TIMEOUT_S = 300

@@ -29,7 +29,7 @@ from search.config.errors import one_line
 from search.config.secrets import mask_secrets
 from search.engine.events import EpochReport, RunEnd, RunObserver, RunStart, TrialEnd, TrialStart
 from search.engine.ray_runtime import through_root
-from search.study.schema import (
+from search.study.keys import (
     COMPLETE,
     EPOCHS_RUN,
     ERROR,

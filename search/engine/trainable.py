@@ -15,7 +15,7 @@ from typing import Any
 from search.budget import Counts
 from search.config import DataConfig, Spec, TrialConfig
 from search.data.fingerprint import DataRecord
-from search.study.schema import ERROR, FRESH_WORKER
+from search.study.keys import ERROR, FRESH_WORKER
 
 KEEP_ERROR = "keep_error"  # in a final report: why the trial's weights could not be handed back
 

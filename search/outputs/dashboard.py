@@ -14,9 +14,9 @@ import optuna
 
 from search.config import UserError
 from search.config.secrets import mask_secrets
-from search.engine.types import Log
+from search.engine.events import Log
+from search.study.keys import LEARNING_CURVES_ID
 from search.study.notes import write_trial_note
-from search.study.schema import LEARNING_CURVES_ID
 from search.study.storage import open_existing_storage
 from search.study.trials import load_study
 

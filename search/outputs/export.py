@@ -14,8 +14,8 @@ from search._version import __version__
 from search.config import fixed_document
 from search.config.files import check_output_folder, write_text
 from search.config.secrets import mask_secrets
+from search.study.keys import FLOPS, PARAMS, SPEC_SOURCE, metric_names
 from search.study.records import kept_models
-from search.study.schema import FLOPS, PARAMS, SPEC_SOURCE, metric_names
 from search.study.storage import safe_study_name, study_dir
 from search.study.trials import ranked_trials, study_spec, trial_config
 

@@ -10,7 +10,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.schema import PARAMS, metric_names, trial_status
+from search.study.keys import PARAMS, metric_names, trial_status
 
 COLORS = {
     "complete": "#1f77b4",

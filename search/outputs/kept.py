@@ -7,8 +7,8 @@ import html
 
 import optuna
 
+from search.study.keys import metric_names
 from search.study.records import kept_models, recorded_data
-from search.study.schema import metric_names
 
 
 def kept_lines(study: optuna.Study) -> list[str]:

@@ -25,7 +25,7 @@ from rich.text import Text
 from search.config.units import format_duration
 from search.engine.events import EpochReport, RunStart, TrialEnd, TrialStart
 from search.engine.progress import RunProgress, trial_line
-from search.study.schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED
+from search.study.keys import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED
 
 STATUS_STYLES = {COMPLETE: "green", PRUNED: "yellow", FAILED: "red", INTERRUPTED: "magenta"}
 

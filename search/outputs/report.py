@@ -30,8 +30,7 @@ from search.outputs.figures import (
 )
 from search.outputs.kept import data_and_models_html
 from search.outputs.winner import winner_section
-from search.study.notes import format_flops
-from search.study.schema import (
+from search.study.keys import (
     EPOCHS_RUN,
     ERROR,
     FLOPS,
@@ -44,6 +43,7 @@ from search.study.schema import (
     status_counts,
     trial_status,
 )
+from search.study.notes import format_flops
 from search.study.storage import study_dir
 from search.study.trials import ranked_trials, study_spec
 

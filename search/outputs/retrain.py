@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial
 
 from search.config import Spec, TrialConfig, UserError
 from search.config.files import check_output_folder, write_text
-from search.engine.types import Log
-from search.study.schema import FLOPS, LEADERBOARD, metric_names
+from search.engine.events import Log
+from search.study.keys import FLOPS, LEADERBOARD, metric_names
 from search.study.storage import safe_study_name
 from search.study.trials import ranked_trials, study_spec, trial_config
 
@@ -200,7 +200,7 @@ def _retrain_seed(
         The test accuracy (None if the run diverged), the training time and the parameter count.
     """
     from search.train.model_folder import ModelSource
-    from search.train.run import SeedRun, train_seed
+    from search.train.seeds import SeedRun, train_seed
 
     seed = run.train.seed
     result = train_seed(

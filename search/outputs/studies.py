@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import UserError
 from search.config.secrets import mask_secrets
-from search.study.schema import SPEC_TEXT, STATUSES, metric_names, status_counts
+from search.study.keys import SPEC_TEXT, STATUSES, metric_names, status_counts
 from search.study.storage import STUDIES_DIR, open_existing_storage
 
 

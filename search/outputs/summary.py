@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from search.config.units import format_duration
 from search.engine.run import SearchSummary
-from search.study.schema import EPOCHS_RUN, FLOPS, PARAMS, STARTUP_S
+from search.study.keys import EPOCHS_RUN, FLOPS, PARAMS, STARTUP_S
 from search.study.storage import default_storage
 
 

@@ -18,9 +18,9 @@ from optuna.trial import FrozenTrial
 from search.config import Spec, UserError
 from search.config.secrets import mask_secrets
 from search.outputs.retrain import accuracy_text
+from search.study.keys import FLOPS, LEADERBOARD, PARAMS, metric_names
 from search.study.notes import architecture_line, format_flops, recipe_line
 from search.study.records import kept_models
-from search.study.schema import FLOPS, LEADERBOARD, PARAMS, metric_names
 from search.study.storage import default_storage, study_dir
 from search.study.trials import ranked_trials, trial_config
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 from search.config import UserError
-from search.study.schema import DRIVER
+from search.study.keys import DRIVER
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0

@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import Spec, SpecError, UserError
 from search.config.describe import architecture_line, format_flops, recipe_line
-from search.study.schema import (
+from search.study.keys import (
     EPOCHS_RUN,
     ERROR,
     FLOPS,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from search.config import Spec
-from search.study.schema import DATA, MODELS
+from search.study.keys import DATA, MODELS
 
 if TYPE_CHECKING:  # torch loads only where data is: export and the studies table stay light
     from search.data import ImageDataset

@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Spec, TrialConfig, UserError, parse_spec
 from search.config.secrets import mask_secrets
-from search.study.schema import INTERRUPTED, RETRY_OF, SPEC_SOURCE, SPEC_TEXT, status_counts
+from search.study.keys import INTERRUPTED, RETRY_OF, SPEC_SOURCE, SPEC_TEXT, status_counts
 from search.study.storage import open_existing_storage
 
 

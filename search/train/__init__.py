@@ -14,15 +14,14 @@ The modules, each importing only those above it:
 - :mod:`~search.train.step`: the training step, eager or replayed as a CUDA graph.
 - :mod:`~search.train.epoch`: one training epoch, one evaluation (with test-time views).
 - :mod:`~search.train.loop`: :func:`train`, the loop over epochs.
-- :mod:`~search.train.outputs`, :mod:`~search.train.progress`: files and epoch callbacks.
-- :mod:`~search.train.run`: :func:`train_spec`.
+- :mod:`~search.train.run_files`, :mod:`~search.train.epoch_lines`: files and epoch callbacks.
+- :mod:`~search.train.seeds`: :func:`train_spec`, one seed's run (:func:`train_seed`).
 """
 
 from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch, tta_views
+from search.train.epoch_lines import ProgressPrinter, chain_callbacks
 from search.train.loop import train
-from search.train.outputs import write_outputs
-from search.train.progress import ProgressPrinter, chain_callbacks
 from search.train.recipe import (
     CHANNELS_LAST_ON_CPU,
     build_optimizer,
@@ -35,7 +34,8 @@ from search.train.recipe import (
     scaled_lr,
 )
 from search.train.result import EpochMetrics, Status, TrainResult
-from search.train.run import train_spec
+from search.train.run_files import write_outputs
+from search.train.seeds import train_spec
 from search.train.state import CHECKPOINT_VERSION, RunId, TrainState
 from search.train.step import GraphedStep, StepOutput, TrainStep, step_class
 from search.train.whiten import whiten_stem

@@ -6,7 +6,7 @@ best trials of ``run``), which carries everything needed to use the model correc
 - ``model.json``: what using it needs and where it came from (:data:`MODEL_SCHEMA_VERSION`):
   classes in order, input size and channels, normalisation, params and FLOPs, val and test
   accuracy, how it was evaluated, the data's record, study, trial, seed, versions.
-- ``metrics.json``, ``history.csv``, ``curves.html`` (:func:`~search.train.outputs.write_outputs`)
+- ``metrics.json``, ``history.csv``, ``curves.html`` (:func:`~search.train.run_files.write_outputs`)
   and a ``README.md`` model card (:mod:`~search.train.model_card`).
 
 Reading needs no study, no Ray and no dataset: a folder copied to another machine loads.
@@ -63,9 +63,9 @@ from search.train.model_info import (
     checked_document,
     read_model_info,
 )
-from search.train.outputs import write_outputs, write_text
 from search.train.recipe import cpu_channels_last_is_safe, resolve_amp_dtype, resolve_channels_last
 from search.train.result import TrainResult
+from search.train.run_files import write_outputs, write_text
 
 __all__ = [
     "CARD_FILE",

@@ -16,9 +16,9 @@ from search.config.files import check_output_folder
 from search.data import ImageDataset, TensorSplit
 from search.data.fingerprint import fingerprint, source_location
 from search.models.geometry import check_fits
+from search.train.epoch_lines import ProgressPrinter
 from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, FolderContents, ModelSource, write_run
-from search.train.progress import ProgressPrinter
 from search.train.recipe import default_device
 from search.train.result import TrainResult
 from search.train.warm_start import check_fits_data, check_init
