@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("spec", help="a spec file (fixed config or search space)")
     count.add_argument("--json", action="store_true", help="print one JSON object")
     count.add_argument("--samples", type=_positive_int, default=2000, help="samples to survey a space (default 2000)")
+    count.add_argument("--latency", action="store_true", help="measure latency as budget.latency says (its defaults)")
     count.set_defaults(handler=_count)
 
     train = commands.add_parser("train", help="train one fixed config")
@@ -271,7 +272,7 @@ def _count(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     from search.budget import count_spec  # torch loads only once the spec is known to be good
 
-    report = count_spec(spec, samples=args.samples)
+    report = count_spec(spec, samples=args.samples, latency=args.latency)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0
 
