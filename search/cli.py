@@ -271,8 +271,9 @@ def _count(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     from search.budget import count_spec  # torch loads only once the spec is known to be good
+    from search.budget.survey import measures_latency
 
-    report = count_spec(spec, samples=args.samples, latency=args.latency)
+    report = count_spec(spec, samples=args.samples, latency=args.latency or measures_latency(spec))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0
 

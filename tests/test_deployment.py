@@ -291,7 +291,5 @@ def test_latency_on_a_missing_gpu_is_one_line_and_exit_2(tmp_path, capsys: pytes
     spec.write_text(FIXED + "budget: {latency: {runtime: torch, device: cuda}}\n")
     assert main(["count", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert (
-        err
-        == "resnet-search: error: budget.latency.device: cuda, but this machine has no CUDA GPU; measure on cpu or on a GPU\n"
-    )
+    expected = f"{spec}: budget.latency.device: cuda, but this machine has no CUDA GPU; measure on cpu or on a GPU"
+    assert err == f"resnet-search: error: {expected}\n"

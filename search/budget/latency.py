@@ -117,20 +117,26 @@ class LatencyMeasurement:
 # --------------------------------------------------------------------------- where and how
 
 
-def require_runtime(settings: LatencyConfig) -> None:
-    """Raises UserError, naming the key, when this machine cannot measure as ``settings`` say."""
+def require_runtime(settings: LatencyConfig, source: str = "") -> None:
+    """Raises UserError, naming the spec file ``source`` and the key, when this machine cannot
+    measure as ``settings`` say."""
+    problem = _runtime_problem(settings)
+    if problem:
+        raise UserError(f"{source}: {problem}" if source else problem)
+
+
+def _runtime_problem(settings: LatencyConfig) -> str | None:
     if settings.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("budget.latency.device: cuda, but this machine has no CUDA GPU; measure on cpu or on a GPU")
+        return "budget.latency.device: cuda, but this machine has no CUDA GPU; measure on cpu or on a GPU"
     if settings.runtime != "onnxruntime":
-        return
+        return None
     try:
         import onnxruntime
     except ImportError:
-        raise UserError(
-            f"budget.latency.runtime: onnxruntime is not installed: {ONNX_EXTRA}, or set runtime: torch"
-        ) from None
+        return f"budget.latency.runtime: onnxruntime is not installed: {ONNX_EXTRA}, or set runtime: torch"
     if settings.device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        raise UserError("budget.latency.device: cuda, but this onnxruntime has no CUDA provider (onnxruntime-gpu)")
+        return "budget.latency.device: cuda, but this onnxruntime has no CUDA provider (onnxruntime-gpu)"
+    return None
 
 
 def machine_record(settings: LatencyConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from search.config import (
 from search.models import build_model
 from search.models.geometry import check_fits
 
-__all__ = ["CountReport", "SizedConfig", "count_spec", "measures_latency"]
+__all__ = ["CountReport", "SizedConfig", "count_spec", "measures_latency", "budget_lines"]
 
 FLOPS_CONVENTION = "fvcore's, one fused multiply-add = one FLOP, one image"
 MEMORY_CONVENTION = "peak of live tensors at batch 1 (docs/deployment.md); 1 kb = 1,024 bytes"
@@ -180,12 +180,13 @@ def count_spec(
 ) -> CountReport:
     """Counts for ``resnet-search count``: fvcore's for a fixed config; for a space, fast
     counts of ``samples`` random draws and of its low end (every range at its low end,
-    every choice at its smallest option). Footprints of every config; the latency of the
-    fixed config, or of the space's smallest and largest, when ``latency`` or the spec asks.
+    every choice at its smallest option). Footprints of every config; with ``latency``, the
+    latency of the fixed config, or of the space's smallest and largest.
 
     Args:
         image_size: The input size (default: the spec's, ``data.input_size``).
-        latency: Measure latency even where the spec does not ask for it.
+        latency: Measure latency as ``budget.latency`` says (``count`` does where
+            :func:`measures_latency`, or ``--latency``); seconds per config.
 
     Raises:
         SpecError: the input size is unknown (an image folder without ``data.image_size``), the
@@ -195,10 +196,9 @@ def count_spec(
     image_size = image_size or spec.data.input_size
     if image_size is None:
         raise SpecError(spec.source, "data.image_size", "is needed to count an image folder's model (e.g. 224)")
-    measure = latency or measures_latency(spec)
-    settings = spec.budget.latency_settings
+    measure, settings = latency, spec.budget.latency_settings
     if measure:
-        require_runtime(settings)
+        require_runtime(settings, spec.source)
     if spec.is_fixed:
         config = spec.fixed()
         try:
@@ -255,3 +255,35 @@ def _low_end(spec: Spec) -> list[TrialConfig]:
         return [spec.space.sample(LowEndSuggester())]
     except InvalidSample:
         return []
+
+
+LATENCY_SAMPLES = 5  # fitting configs whose latency a dry run measures (seconds each)
+
+
+def budget_lines(spec: Spec, report: CountReport, samples: int = LATENCY_SAMPLES) -> list[str]:
+    """What ``run --dry-run`` says of the budgets: the share of the space within each limit, and
+    where latency is measured, the latency of ``samples`` fitting configs spread over their sizes
+    and the share of those within ``max_latency_ms``."""
+    shares = report.fit_shares()
+    lines = []
+    if shares:
+        within = ", ".join(f"{share:.1%} within {name}" for name, share in shares.items())
+        lines.append(f"budgets: of {len(report.sizes):,} sampled configs {within}; {report.fit_share:.1%} within all")
+    if not measures_latency(spec) or not report.fitting:
+        return lines
+    require_runtime(spec.budget.latency_settings, spec.source)
+    fitting = report.fitting
+    chosen = [fitting[round(i * (len(fitting) - 1) / max(1, samples - 1))] for i in range(min(samples, len(fitting)))]
+    measured = [measure_latency(s.config.model, report.image_size, spec.budget.latency_settings) for s in chosen]
+    times = sorted(m.median_ms for m in measured)
+    s = measured[0].settings
+    line = (
+        f"latency ({s['runtime']} on {s['device']}, {s['threads']} thread(s), batch {s['batch_size']}, "
+        f"{s['precision']}): {len(measured)} configs from the smallest to the largest that fit measure "
+        f"{times[0]:.2f} to {times[-1]:.2f} ms"
+    )
+    limit = spec.budget.max_latency_ms
+    if limit is not None:
+        line += f", {sum(t <= limit for t in times)} within max {limit:g} ms"
+    seconds = sum(m.seconds for m in measured) / len(measured)
+    return [*lines, f"{line}; {seconds:.1f}s per measurement, each architecture once per study"]

@@ -144,5 +144,6 @@ def on_worker(function: Callable[..., Any], settings: LatencyConfig, *args: Any)
         return ray.get(task.remote(*args), timeout=WORKER_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         raise UserError(
-            f"budget.latency.measure_on: worker: the measurement did not run within {WORKER_TIMEOUT_S:.0f}s on node {nodes[0]}"
+            f"budget.latency.measure_on: worker: the measurement did not run within {WORKER_TIMEOUT_S:.0f}s "
+            f"on node {nodes[0]}"
         ) from None

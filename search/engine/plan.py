@@ -40,6 +40,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     import torch
 
     from search.budget import count_spec
+    from search.budget.survey import budget_lines
 
     require_space(spec)
     report = count_spec(spec, samples=samples, image_size=trial_image_size(spec.data, data_dir))
@@ -57,6 +58,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 500) 
     total_s = spec.study.n_trials * config.train.epochs * epoch_s / slots
     lines = [
         report.table(),
+        *budget_lines(spec, report),
         "",
         f"probe: a median-size config ({report.median_params:,} params, batch {config.train.batch_size}) "
         f"takes {step_s * 1000:.0f} ms per step on {device} ({threads} thread(s)): "
