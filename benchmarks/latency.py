@@ -103,9 +103,8 @@ def report(rows: list[dict], example: str) -> None:
     latency = [r["latency_ms"] for r in rows]
     flops, params = [r["flops"] for r in rows], [r["params"] for r in rows]
     print(f"\n{len(rows)} configs of spaces/cifar_5m.yaml, measured as: {example}")
-    print(
-        f"Spearman rank correlation with latency: FLOPs {spearmanr(flops, latency)[0]:.3f}, params {spearmanr(params, latency)[0]:.3f}"
-    )
+    by_flops, by_params = spearmanr(flops, latency)[0], spearmanr(params, latency)[0]
+    print(f"Spearman rank correlation with latency: FLOPs {by_flops:.3f}, params {by_params:.3f}")
     slope, intercept = statistics.linear_regression(flops, latency)
     errors = sorted(abs(slope * f + intercept - t) / t for f, t in zip(flops, latency))
     print(
