@@ -156,6 +156,11 @@ def _model_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("model_dir", help="a model folder")
     export.add_argument("--format", choices=("torchscript", "onnx"), required=True)
     export.add_argument("--out", default=None, help="file to write (default MODEL_DIR/model.pt or model.onnx)")
+    export.add_argument("--quantize", choices=("int8",), default=None, help="onnx: also a statically quantized file")
+    export.add_argument(
+        "--calibration", type=_positive_int, default=256, help="--quantize: training images to calibrate on (256)"
+    )
+    _data_flags(export)
     export.set_defaults(handler=_export_model)
 
 
@@ -448,7 +453,23 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export_model(args: argparse.Namespace) -> int:
     from search.outputs.export_model import export_model
 
-    print(export_model(args.model_dir, format=args.format, out=args.out).line())
+    if args.quantize and args.format != "onnx":
+        raise UserError(f"--quantize {args.quantize}: needs --format onnx")
+    check = export_model(args.model_dir, format=args.format, out=args.out)
+    print(check.line())
+    if args.quantize:
+        from search.outputs.quantize import quantize_model
+
+        quantized = quantize_model(
+            args.model_dir,
+            check.path,
+            quantize=args.quantize,
+            calibration=args.calibration,
+            data_dir=args.data_dir,
+            download=not args.no_download,
+            log=_to_stderr,
+        )
+        print("\n".join(quantized.lines()))
     return 0
 
 

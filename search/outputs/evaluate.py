@@ -75,12 +75,13 @@ def evaluate_model(
     precision and test-time views are the training loop's.
 
     Args:
-        path: The model folder.
+        path: The model folder, or an ``.onnx`` file ``export-model`` wrote.
         data_dir: Other data (beats the data recorded in ``model.json``).
         split: ``test``, ``val`` or ``train``.
         device: Where to run; default CUDA when available.
         download: Whether a known dataset found nowhere may be downloaded.
-        out: The JSON file to write; default ``<path>/evaluation_<split>.json``.
+        out: The JSON file to write; default ``<path>/evaluation_<split>.json`` (for an ONNX
+            file, ``<name>.evaluation_<split>.json`` beside it).
         log: Receives the line on data that differs from the record.
 
     Returns:
@@ -128,9 +129,16 @@ def evaluate_model(
         per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(model.classes)},
         confusion=matrix,
     )
-    target = Path(out) if out is not None else folder.path / f"evaluation_{split}.json"
+    target = Path(out) if out is not None else _default_out(folder.path, split)
     target.write_text(json.dumps(_finite(result.as_dict()), indent=2) + "\n", encoding="utf-8")
     return result, target
+
+
+def _default_out(model: Path, split: str) -> Path:
+    """``evaluation_<split>.json`` in a model folder; ``<name>.evaluation_<split>.json`` beside an ONNX file."""
+    if model.is_file():
+        return model.with_name(f"{model.stem}.evaluation_{split}.json")
+    return model / f"evaluation_{split}.json"
 
 
 def _finite(value: Any) -> Any:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from search.config import UserError
-from search.train.model_folder import INFO_FILE, ModelFolder, build_trained, open_model_folder
+from search.train.model_folder import CONFIG_FILE, INFO_FILE, ModelFolder, build_trained, open_model_folder
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 CHECK_BATCH = 8  # the export traces one batch size and is checked on another (batch size is dynamic)
@@ -147,7 +147,12 @@ def _onnx(
         )
     proto = onnx.load(str(target))
     info = json.loads((folder.path / INFO_FILE).read_text(encoding="utf-8"))
-    for key, value in (("model.json", json.dumps(info)), ("classes", json.dumps(info["classes"]))):
+    config = (folder.path / CONFIG_FILE).read_text(encoding="utf-8")  # evaluate and predict read it back
+    for key, value in (
+        ("model.json", json.dumps(info)),
+        ("classes", json.dumps(info["classes"])),
+        (CONFIG_FILE, config),
+    ):
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(target))
     onnx.checker.check_model(str(target))

@@ -37,6 +37,7 @@ def model_card(folder: Path, info: dict[str, Any], trial: TrialConfig) -> str:
     ]
     if data:
         lines.append(f"- Data: {data['location']} (sha256 {data['sha256'][:12]}...)")
+    lines += _deployment(info.get("deployment"))
     lines += [
         "",
         "## Use it",
@@ -70,6 +71,27 @@ def _accuracy(info: dict[str, Any]) -> str:
     if info.get("test_acc") is not None:
         parts.append(f"test {info['test_acc']:.2%}")
     return ", ".join(parts) or "not evaluated"
+
+
+def _deployment(exports: Any) -> list[str]:
+    """One line per export ``export-model --quantize`` evaluated and timed: its test accuracy,
+    its latency, and the machine and settings the latency belongs to."""
+    if not isinstance(exports, dict):
+        return []
+    lines = []
+    for precision, export in exports.items():
+        try:
+            latency, settings, machine = export["latency"], export["latency"]["settings"], export["latency"]["machine"]
+            lines.append(
+                f"- {precision} export `{export['file']}`: test {export['test_acc']:.2%}, "
+                f"{latency['median_ms']:.3f} ms per batch of {settings['batch_size']} "
+                f"(median; p10-p90 {latency['p10_ms']:.3f}-{latency['p90_ms']:.3f} ms; {settings['runtime']} "
+                f"{machine['runtime_version']}, {settings['threads']} thread(s), {machine['cpu']}, "
+                f"load {latency['load']}; measured {latency['measured_at']})"
+            )
+        except (KeyError, TypeError, ValueError):
+            continue  # a hand-edited entry: the card leaves it out rather than fail
+    return lines
 
 
 def _numbers(values: list[float]) -> str:

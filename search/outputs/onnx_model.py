@@ -1,0 +1,92 @@
+"""An exported ``.onnx`` file as a model: ``predict`` and ``evaluate`` take it as they take a
+model folder. The file carries what using it needs as metadata (``model.json``: classes,
+input size, normalisation, the data's record; ``config.yaml``: the recipe's test-time views
+and the data's split), and onnxruntime runs it on the CPU behind a torch module, so that
+preprocessing, test-time views and evaluation are the model folder's own code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.config import SpecError, UserError, parse_spec
+from search.outputs.model import LoadedModel
+from search.train.model_folder import CONFIG_FILE, INFO_FILE, MODEL_SCHEMA_VERSION, ModelFolder
+
+ONNX_EXTRA = "pip install 'resnet-search[onnx]'"
+
+
+class OnnxModule(nn.Module):
+    """An onnxruntime session as a torch module: float32 images in, logits out (on the CPU)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError(f"{path}: running an ONNX model needs onnxruntime: {ONNX_EXTRA}") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for every kind of bad file
+            raise UserError(f"{path}: onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        (logits,) = self.session.run(None, {self.input: batch})
+        return torch.from_numpy(logits)
+
+
+def onnx_folder(path: Path) -> ModelFolder:
+    """The model folder an ``.onnx`` file stands for, from its metadata.
+
+    Raises:
+        UserError: Not an ONNX file, or one without our ``model.json`` and ``config.yaml``
+            metadata (exported by ``resnet-search export-model``), or with unreadable metadata.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise UserError(f"{path}: reading an ONNX model needs onnx: {ONNX_EXTRA}") from None
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends: not an ONNX file
+        raise UserError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    missing = [key for key in (INFO_FILE, CONFIG_FILE) if key not in metadata]
+    if missing:
+        raise UserError(
+            f"{path}: no {' or '.join(missing)} in its metadata: not exported by this resnet-search "
+            "(resnet-search export-model MODEL_DIR --format onnx writes one)"
+        )
+    try:
+        info = json.loads(metadata[INFO_FILE])
+        spec = parse_spec(metadata[CONFIG_FILE], f"{path}:{CONFIG_FILE}")
+        spec.fixed()
+    except (ValueError, SpecError) as error:
+        raise UserError(f"{path}: unreadable metadata ({error})") from None
+    version = info.get("schema_version") if isinstance(info, dict) else None
+    if not isinstance(version, int) or not 1 <= version <= MODEL_SCHEMA_VERSION:
+        raise UserError(f"{path}: its model.json has no schema version this resnet-search reads")
+    return ModelFolder(path, info, spec)
+
+
+def load_onnx_model(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """An ``.onnx`` file exported by ``export-model``, ready to ``predict`` and to evaluate.
+
+    Raises:
+        UserError: see :func:`onnx_folder`; ``device`` other than the CPU.
+    """
+    path = Path(path)
+    if device is not None and torch.device(device).type != "cpu":
+        raise UserError(f"{path}: an ONNX model runs on the cpu here (onnxruntime), not on {device}")
+    folder = onnx_folder(path)
+    return LoadedModel(folder, "cpu", module=OnnxModule(path))
