@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 import optuna
+import optuna_dashboard
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -31,6 +32,8 @@ from search.config.blocks import BLOCK_TYPES
 from search.engine.bridge import StudyBridge
 from search.engine.samplers import create_study
 from search.models import VARIANTS, build_model
+from search.outputs.figures import latency_sections
+from search.outputs.report import write_report
 from search.study.schema import ACTIVATION_KB, LATENCY_CACHE, LATENCY_KEY, LATENCY_MS, MODEL_KB, REJECTED
 
 
@@ -202,6 +205,23 @@ def test_latency_is_an_objective(storage: str) -> None:
     assert trial.state == TrialState.COMPLETE
     assert trial.values == [0.5, trial.user_attrs[LATENCY_MS]]
     assert bridge.study.metric_names == ["val_acc", "latency_ms"]
+
+
+def test_the_report_plots_the_result_against_latency_with_the_pareto_front(storage: str, tmp_path) -> None:
+    bridge = make_bridge(storage, limit=1e6, widths="[4, 8, 16]")
+    for accuracy in (0.4, 0.6, 0.5):
+        job = bridge.next_job()
+        bridge.finish(job.number, {"val_acc": accuracy}, error=False)
+    files = write_report(bridge.study, storage, tmp_path / "report.html")
+    assert "Result vs latency, the budget and the Pareto front" in files.html.read_text()
+    ((_, figure),) = latency_sections(bridge.study, 1e6)
+    points = [(t.user_attrs[LATENCY_MS], t.values[0]) for t in bridge.study.get_trials() if t.values]
+    dominated = {p for p in points for q in points if q != p and q[0] <= p[0] and q[1] >= p[1]}
+    front = figure.data[-1]
+    assert front.name == "Pareto front" and set(zip(front.x, front.y)) == set(points) - dominated
+    assert latency_sections(make_bridge(f"sqlite:///{tmp_path / 'none.db'}", limit=1e6).study, None) == []
+    note = optuna_dashboard.get_note(optuna.Trial(bridge.study, bridge.study.get_trials()[0]._trial_id))
+    assert "deployment: latency " in note and " ms, activation memory " in note and " kb, model " in note
 
 
 def test_a_rehearsal_measures_nothing(storage: str) -> None:
