@@ -8,8 +8,7 @@ import typing
 import pytest
 import torch
 
-from search.budget import counts, memory
-from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.budget import Counts, check_budget, constraint_values, count_model, counts, fast_count, memory
 from search.config import (
     AuxHead,
     BudgetConfig,

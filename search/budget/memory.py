@@ -256,7 +256,7 @@ def measure_footprint(model: nn.Module, image_size: int, in_channels: int = 3) -
     class Trace(TorchDispatchMode):
         step = 0
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # torch's signature
             out = func(*args, **(kwargs or {}))
             Trace.step += 1
             for tensor in _tensors(tree_leaves((args, kwargs))):

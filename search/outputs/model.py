@@ -223,9 +223,10 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
             config (the first mismatched tensor is named).
     """
     if Path(path).suffix == ".onnx":
-        from search.outputs.onnx_model import load_onnx_model
+        from search.outputs.onnx_model import open_onnx
 
-        return load_onnx_model(path, device)
+        folder, module = open_onnx(path, device)
+        return LoadedModel(folder, "cpu", module=module)
     return LoadedModel(open_model_folder(path), device)
 
 

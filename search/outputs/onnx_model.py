@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from search.config import SpecError, UserError, parse_spec
-from search.outputs.model import LoadedModel
 from search.train.model_folder import CONFIG_FILE, INFO_FILE, MODEL_SCHEMA_VERSION, ModelFolder
 
 ONNX_EXTRA = "pip install 'resnet-search[onnx]'"
@@ -79,8 +78,9 @@ def onnx_folder(path: Path) -> ModelFolder:
     return ModelFolder(path, info, spec)
 
 
-def load_onnx_model(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
-    """An ``.onnx`` file exported by ``export-model``, ready to ``predict`` and to evaluate.
+def open_onnx(path: str | Path, device: str | torch.device | None = None) -> tuple[ModelFolder, OnnxModule]:
+    """An ``.onnx`` file exported by ``export-model``: the model folder it stands for, and the
+    module that runs it (:func:`search.outputs.model.load_model` makes them a model).
 
     Raises:
         UserError: see :func:`onnx_folder`; ``device`` other than the CPU.
@@ -88,5 +88,4 @@ def load_onnx_model(path: str | Path, device: str | torch.device | None = None) 
     path = Path(path)
     if device is not None and torch.device(device).type != "cpu":
         raise UserError(f"{path}: an ONNX model runs on the cpu here (onnxruntime), not on {device}")
-    folder = onnx_folder(path)
-    return LoadedModel(folder, "cpu", module=OnnxModule(path))
+    return onnx_folder(path), OnnxModule(path)
