@@ -5,7 +5,11 @@ architecture on the study; bad latency settings are one line and exit status 2."
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 
 import optuna
 import optuna_dashboard
@@ -313,3 +317,33 @@ def test_latency_on_a_missing_gpu_is_one_line_and_exit_2(tmp_path, capsys: pytes
     err = capsys.readouterr().err
     expected = f"{spec}: budget.latency.device: cuda, but this machine has no CUDA GPU; measure on cpu or on a GPU"
     assert err == f"resnet-search: error: {expected}\n"
+
+
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_measure_on_worker_measures_in_a_task_on_a_worker_node(ray_cluster, tmp_path) -> None:
+    """The driver joins a head and a worker node; the measurement runs on the node that is not
+    the driver's, and is cached with that node's machine."""
+    code = f"""
+import json, ray
+from search.config import parse_spec
+from search.engine.bridge import StudyBridge
+from search.engine.deployment import on_worker
+from search.engine.samplers import create_study
+ray.init(address={ray_cluster.address!r}, logging_level="ERROR")
+spec = parse_spec('''{SPACE.format(limit=1e6, widths="[8]", objectives="{metric: val_acc}")}'''
+                  .replace("repeats: 3", "repeats: 3, measure_on: worker"))
+bridge = StudyBridge(create_study(spec, "sqlite:///{tmp_path}/w.db"), spec, image_size=16, data_dir=None,
+                     use_gpu=False, threads=1)
+job = bridge.next_job()
+ran = on_worker(lambda: ray.get_runtime_context().get_node_id(), spec.budget.latency_settings)
+print(json.dumps({{"job": job is not None, "measured": bridge.deployment.measured,
+                  "here": ray.get_runtime_context().get_node_id(), "ran": ran,
+                  "latency": bridge.study.get_trials()[0].user_attrs["latency_ms"]}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **ray_cluster.env}, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["job"] and found["measured"] == 1 and found["latency"] > 0
+    assert found["ran"] != found["here"]
