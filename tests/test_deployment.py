@@ -347,3 +347,47 @@ print(json.dumps({{"job": job is not None, "measured": bridge.deployment.measure
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["job"] and found["measured"] == 1 and found["latency"] > 0
     assert found["ran"] != found["here"]
+
+
+RUN = """
+study: {{name: {name}, n_trials: 2, max_rejections: 3}}
+data: {{dataset: imagefolder, val_fraction: 0.25, image_size: 32}}
+model:
+  num_classes: 3
+  stem: {{width: 8}}
+  stages: [{{blocks: 1, width: {{choice: [4, 8]}}}}]
+train: {{epochs: 1, batch_size: 8, optimizer: {{name: sgd, lr: {{range: [0.01, 0.1], log: true}}}}}}
+budget: {{max_latency_ms: {limit:f}, max_activation_kb: 1000, latency: {{runtime: torch, warmup: 1, repeats: 3}}}}
+resources: {{cpu: 1, max_concurrent: 1}}
+"""
+
+
+def cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow  # a real (local) Ray
+def test_a_run_measures_before_training_and_rejects_what_is_too_slow(tmp_path, tiny_imagefolder) -> None:
+    (tmp_path / "fast.yaml").write_text(RUN.format(name="fast", limit=1e6))
+    ran = cli(["run", "fast.yaml", "--data-dir", str(tiny_imagefolder), "--keep", "0"], tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    study = optuna.load_study(study_name="fast", storage=f"sqlite:///{tmp_path}/studies/fast.db")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and all(t.user_attrs[LATENCY_MS] > 0 for t in complete)
+    counted = cli(["count", "fast.yaml", "--json", "--samples", "20"], tmp_path)
+    assert counted.returncode == 0, counted.stderr
+    report = json.loads(counted.stdout)
+    assert set(report["latency"]) == {"smallest", "largest"} and report["max_activation_kb"] == 1000
+    assert report["smallest"]["activation_kb"]["fp32"] == 4 * report["smallest"]["activation_kb"]["int8"]
+
+    (tmp_path / "slow.yaml").write_text(RUN.format(name="slow", limit=0.000001))
+    ran = cli(["run", "slow.yaml", "--data-dir", str(tiny_imagefolder)], tmp_path)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    assert "slow.yaml: budget: 3 samples in a row were over the budget (latency " in ran.stderr
+    study = optuna.load_study(study_name="slow", storage=f"sqlite:///{tmp_path}/studies/slow.db")
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        assert trial.state == TrialState.PRUNED and not trial.intermediate_values
+        assert "ms > max 1e-06 ms" in trial.user_attrs[REJECTED] and trial.constraints["latency_ms"] > 0
