@@ -20,6 +20,7 @@ from test_budget import random_cases
 
 from search.budget.latency import LatencyMeasurement, latency_key, machine_record, measure_latency, settle_latency
 from search.budget.memory import Footprint, check_footprint, footprint, measure_footprint
+from search.budget.survey import budget_lines, count_spec
 from search.cli import main
 from search.config import (
     BudgetConfig,
@@ -234,6 +235,26 @@ def test_a_rehearsal_measures_nothing(storage: str) -> None:
         create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1, reference_check=False
     )
     assert bridge.next_job() is not None and bridge.deployment.measured == 0
+
+
+def test_count_and_the_dry_run_show_each_budget(tmp_path) -> None:
+    text = SPACE.format(limit=1e6, widths="[4, 8, 64]", objectives="{metric: val_acc}")
+    text = text.replace("budget: {", "budget: {max_activation_kb: 20, max_model_kb: 100, ")
+    spec = parse_spec(text, "fast.yaml")
+    report = count_spec(spec, samples=60, image_size=16, latency=True)
+    shares = report.fit_shares()
+    assert set(shares) == {"activation_kb", "model_kb"}
+    for name, limit in (("activation_kb", 20), ("model_kb", 100)):
+        within = [getattr(s.footprint, name)("fp32") <= limit for s in report.sizes]
+        assert shares[name] == sum(within) / len(within) and 0 < shares[name] < 1  # width 64 is over both
+    assert report.fit_share == sum(s.fits for s in report.sizes) / len(report.sizes)
+    table = report.table()
+    assert "max 20 kb activation, max 100 kb model, max 1e+06 ms" in table
+    assert "latency (smallest): " in table and "latency (largest): " in table
+    lines = budget_lines(spec, report, samples=3)
+    assert lines[0].startswith(f"budgets: of {len(report.sizes)} sampled configs {shares['activation_kb']:.1%} within")
+    assert lines[1].startswith("latency (torch on cpu, 1 thread(s), batch 1, fp32): 3 configs from the smallest")
+    assert ", 3 within max 1e+06 ms;" in lines[1]
 
 
 # --------------------------------------------------------------------------- the measurement
