@@ -412,3 +412,28 @@ def test_a_run_measures_before_training_and_rejects_what_is_too_slow(tmp_path, t
     for trial in study.trials:
         assert trial.state == TrialState.PRUNED and not trial.intermediate_values
         assert "ms > max 1e-06 ms" in trial.user_attrs[REJECTED] and trial.constraints["latency_ms"] > 0
+
+
+def test_a_latency_image_size_the_model_does_not_fit_is_the_specs_error_or_a_rejection(
+    tmp_path, capsys: pytest.CaptureFixture, storage: str
+) -> None:
+    spec = tmp_path / "small.yaml"
+    spec.write_text(
+        FIXED.replace("stem: {width: 8}", "stem: {width: 8}, pool_kernel: 16")
+        + "budget: {latency: {runtime: torch, image_size: 8}}\n"
+    )
+    assert main(["count", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and f"{spec}: budget.latency.image_size: 8px does not fit the model: 16 is larger" in err
+    )
+    text = SPACE.format(limit=1e6, widths="[8]", objectives="{metric: val_acc}").replace(
+        "repeats: 3", "repeats: 3, image_size: 8"
+    )
+    text = text.replace("stem: {width: 8}", "stem: {width: 8}\n  pool_kernel: 16")
+    parsed = parse_spec(text, "fast.yaml")
+    bridge = StudyBridge(create_study(parsed, storage), parsed, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    assert bridge.next_job() is None
+    assert all(
+        t.user_attrs[REJECTED].startswith("budget.latency.image_size: 8px does not fit") for t in bridge.study.trials
+    )

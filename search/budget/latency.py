@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.config import BudgetConfig, LatencyConfig, ModelConfig, ResNetConfig, UserError, to_plain
+from search.config import BudgetConfig, InvalidValue, LatencyConfig, ModelConfig, ResNetConfig, UserError, to_plain
 from search.models import build_model
 
 __all__ = [
@@ -211,13 +211,19 @@ def measure_latency(config: ModelConfig, image_size: int, settings: LatencyConfi
 
     Raises:
         UserError: The runtime is missing or the device absent (see :func:`require_runtime`).
+        InvalidValue: The model does not fit ``settings.image_size``.
     """
     require_runtime(settings)
     began = time.perf_counter()
     size = _size(image_size, settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(_architecture(config), size).eval()
+        try:
+            model = build_model(_architecture(config), size).eval()
+        except InvalidValue as error:  # e.g. a pool kernel larger than the last map at this size
+            raise InvalidValue(
+                "budget.latency.image_size", f"{size}px does not fit the model: {error.message}"
+            ) from None
     images = torch.randn(settings.batch_size, getattr(config, "in_channels", 3), size, size)
     if settings.runtime == "torch":
         times = _time_torch(model, images, settings)

@@ -210,7 +210,7 @@ def count_spec(
         sized = _sized(config, counts, footprint(config.model, image_size), spec.budget)
         if not measure:
             return CountReport(spec.source, image_size, spec.budget, sized)
-        measured = measure_latency(config.model, image_size, settings)
+        measured = _measured(spec, config, image_size)
         fits = sized.fits and check_latency(measured, spec.budget) is None
         return CountReport(
             spec.source,
@@ -224,10 +224,18 @@ def count_spec(
     timed: tuple[tuple[str, LatencyMeasurement], ...] = ()
     if measure:
         timed = tuple(
-            (name, measure_latency(s.config.model, image_size, settings))
+            (name, _measured(spec, s.config, image_size))
             for name, s in (("smallest", sizes[0]), ("largest", sizes[-1]))
         )
     return CountReport(spec.source, image_size, spec.budget, None, sizes, timed)
+
+
+def _measured(spec: Spec, config: TrialConfig, image_size: int) -> LatencyMeasurement:
+    """``config``'s latency as the spec says; a model that does not fit ``latency.image_size`` is the spec's error."""
+    try:
+        return measure_latency(config.model, image_size, spec.budget.latency_settings)
+    except InvalidValue as error:
+        raise SpecError(spec.source, error.key, error.message) from None
 
 
 def _survey(spec: Spec, samples: int, seed: int, image_size: int) -> tuple[SizedConfig, ...]:
@@ -274,7 +282,7 @@ def budget_lines(spec: Spec, report: CountReport, samples: int = LATENCY_SAMPLES
     require_runtime(spec.budget.latency_settings, spec.source)
     fitting = report.fitting
     chosen = [fitting[round(i * (len(fitting) - 1) / max(1, samples - 1))] for i in range(min(samples, len(fitting)))]
-    measured = [measure_latency(s.config.model, report.image_size, spec.budget.latency_settings) for s in chosen]
+    measured = [_measured(spec, s.config, report.image_size) for s in chosen]
     times = sorted(m.median_ms for m in measured)
     s = measured[0].settings
     line = (

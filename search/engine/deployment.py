@@ -26,7 +26,7 @@ from search.budget.latency import (
 )
 from search.budget.memory import check_footprint, footprint, footprint_constraints
 from search.budget.survey import measures_latency
-from search.config import LatencyConfig, ModelConfig, Spec, TrialConfig, UserError
+from search.config import InvalidValue, LatencyConfig, ModelConfig, Spec, TrialConfig, UserError
 from search.engine.types import Log, ignore
 from search.study.schema import ACTIVATION_KB, LATENCY_CACHE, LATENCY_KEY, LATENCY_MS, MODEL_KB
 
@@ -72,7 +72,10 @@ class DeploymentBudget:
         values = footprint_constraints(found, self.budget)
         reason = check_footprint(found, self.budget)
         if reason is None and self.measures:
-            key, measured = self.latency(config.model)
+            try:
+                key, measured = self.latency(config.model)
+            except InvalidValue as error:  # the model does not fit latency.image_size: it cannot be measured
+                return f"{error.key}: {error.message}"
             trial.set_user_attr(LATENCY_MS, measured.median_ms)
             trial.set_user_attr(LATENCY_KEY, key)
             self.latency_ms[trial.number] = measured.median_ms
