@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_commands(commands: argparse._SubParsersAction) -> None:
     """predict, evaluate, export-model: using a model folder (see :mod:`search.outputs.model`)."""
     predict = commands.add_parser("predict", help="classify images with a model folder")
-    predict.add_argument("model_dir", help="a model folder (train, retrain and run --keep write them)")
+    predict.add_argument("model_dir", help="a model folder (train, retrain and run --keep write them) or its .onnx")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
     predict.add_argument("--top-k", type=_positive_int, default=1, help="classes shown per image (default 1)")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
@@ -145,7 +145,7 @@ def _model_commands(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model")
-    evaluate.add_argument("model_dir", help="a model folder")
+    evaluate.add_argument("model_dir", help="a model folder, or an .onnx file export-model wrote")
     _data_flags(evaluate)
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
     evaluate.add_argument("--out", default=None, help="JSON file (default MODEL_DIR/evaluation_<split>.json)")

@@ -61,8 +61,7 @@ class LoadedModel:
 
     Attributes:
         module: The ``nn.Module`` (eval mode, on ``device``; given, or built from the folder's
-            weights); it takes normalised float
-            images ``N x C x H x W`` and returns logits.
+            weights); it takes normalised float images ``N x C x H x W`` and returns logits.
         classes: Class names in the order of the logits.
         input_size: Side of the square input.
         in_channels: Colour channels it takes (3: RGB).
