@@ -249,7 +249,7 @@ def test_count_and_the_dry_run_show_each_budget(tmp_path) -> None:
         assert shares[name] == sum(within) / len(within) and 0 < shares[name] < 1  # width 64 is over both
     assert report.fit_share == sum(s.fits for s in report.sizes) / len(report.sizes)
     table = report.table()
-    assert "max 20 kb activation, max 100 kb model, max 1e+06 ms" in table
+    assert "max 20 kb activation, max 100 kb model, max 1e+06 ms latency" in table
     assert "latency (smallest): " in table and "latency (largest): " in table
     lines = budget_lines(spec, report, samples=3)
     assert lines[0].startswith(f"budgets: of {len(report.sizes)} sampled configs {shares['activation_kb']:.1%} within")

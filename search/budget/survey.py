@@ -141,7 +141,7 @@ class CountReport:
         for key, unit in (
             ("max_activation_kb", "kb activation"),
             ("max_model_kb", "kb model"),
-            ("max_latency_ms", "ms"),
+            ("max_latency_ms", "ms latency"),
         ):
             if getattr(b, key) is not None:
                 limits += f", max {getattr(b, key):g} {unit}"
