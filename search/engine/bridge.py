@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
 from search.config.secrets import mask_secrets
+from search.engine.deployment import DeploymentBudget
 from search.engine.events import EpochReport, RunObserver, TrialEnd, TrialStart
 from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.startup import startup_seconds
@@ -38,6 +39,7 @@ from search.study.schema import (
     FRESH_WORKER,
     IMAGES_PER_S,
     INTERRUPTED,
+    LATENCY_MS,
     PARAMS,
     RAY_TRIAL_ID,
     REJECTED,
@@ -74,7 +76,8 @@ class StudyBridge:
         threads: Torch threads per trial.
         log: Where progress lines go.
         reference_check: Count configs that pass the fast check with fvcore too (the budget's
-            final word); off only for rehearsals, which train nothing.
+            final word), and measure their latency where the spec asks; off only for
+            rehearsals, which train nothing.
         observers: Told of every trial's start, epoch reports and end (the live view, trackers).
         deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
             their next epoch report (the run's time budget); None: no deadline.
@@ -124,6 +127,7 @@ class StudyBridge:
         self.epochs: dict[int, int] = {}
         self.stopped_by_deadline: set[int] = set()
         self.startup_measured: set[int] = set()
+        self.deployment = DeploymentBudget(study, spec, image_size, measure=reference_check, log=log)
 
     @property
     def remaining(self) -> int:
@@ -146,6 +150,8 @@ class StudyBridge:
             if reason is None and self.reference_check:
                 counts = self._reference_count(config)
                 reason = check_budget(counts, self.spec.budget)
+            if reason is None:  # activation memory, model size, then latency (measured, cached)
+                reason = self.deployment.check(trial, config, uses_constraints(self.study.sampler))
             if reason is not None:
                 self._reject(trial, reason, counts)
                 continue
@@ -342,7 +348,8 @@ class StudyBridge:
         counts = self.counts.pop(number)
         values = []
         for objective in self.spec.study.objectives:
-            value = {"params": counts.params, "flops": counts.flops}.get(objective.metric, result.get(objective.metric))
+            known = {"params": counts.params, "flops": counts.flops, LATENCY_MS: self.deployment.latency_ms.get(number)}
+            value = known.get(objective.metric, result.get(objective.metric))
             if value is None or not math.isfinite(value):
                 return None
             values.append(float(value))
