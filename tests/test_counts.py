@@ -8,8 +8,7 @@ import typing
 import pytest
 import torch
 
-from search import budget
-from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.budget import Counts, check_budget, constraint_values, count_model, counts, fast_count, memory
 from search.config import (
     AuxHead,
     BudgetConfig,
@@ -94,7 +93,7 @@ def test_fast_count_equals_fvcore_for_every_registered_block(block: str, preact:
 def test_a_block_type_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
     """A type registered with no other code is built, shaped and counted alike."""
     monkeypatch.setattr(blocks, "BLOCK_TYPES", dict(BLOCK_TYPES))
-    for module in (geometry, budget, resnet):
+    for module in (geometry, counts, memory, resnet):
         monkeypatch.setattr(module, "BLOCK_TYPES", blocks.BLOCK_TYPES)
     three = blocks.register_block(BlockType("three", 2, (BlockConv(3), BlockConv(5, strided=True), BlockConv(1))))
     for preact in (False, True):
@@ -102,6 +101,7 @@ def test_a_block_type_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> No
         model = build_model(config, 16)
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
         assert fast_count(config, 16) == count_model(model, 16)
+        assert memory.footprint(config, 16) == memory.measure_footprint(model, 16)
         assert resnet_geometry(config, 16).out_channels == 5 * three.expansion
 
 

@@ -81,8 +81,9 @@ def count(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     from search.budget import count_spec  # torch loads only once the spec is known to be good
+    from search.budget.survey import measures_latency
 
-    report = count_spec(spec, samples=args.samples)
+    report = count_spec(spec, samples=args.samples, latency=args.latency or measures_latency(spec))
     show(args, report.as_dict(), report.table())
     return 0
 
@@ -290,10 +291,31 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def export_model(args: argparse.Namespace) -> int:
+    from search.config import UserError
     from search.outputs.export_model import export_model
 
+    if args.quantize and args.format != "onnx":
+        raise UserError(f"--quantize {args.quantize}: needs --format onnx")
     check = export_model(args.model_dir, format=args.format, out_dir=out_folder(args))
-    show(args, check.as_dict(), check.line())
+    if not args.quantize:
+        show(args, check.as_dict(), check.line())
+        return 0
+    from search.outputs.quantize import quantize_model
+
+    quantized = quantize_model(
+        args.model_dir,
+        check.path,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        log=to_stderr,
+    )
+    show(
+        args,
+        {**check.as_dict(), "quantized": quantized.record(check.path.parent)},
+        "\n".join([check.line(), *quantized.lines()]),
+    )
     return 0
 
 

@@ -157,6 +157,14 @@ FLAGS: dict[str, Flag] = {
         "torchscript (model.pt) or onnx (model.onnx: pip install 'resnet-search[onnx]')",
         options={"choices": ("torchscript", "onnx"), "required": True},
     ),
+    "--latency": Flag("measure latency as budget.latency says (its defaults where unset)", False, SWITCH),
+    "--quantize": Flag(
+        "onnx: also a statically quantized file, evaluated and timed against the fp32 one",
+        options={"choices": ("int8",)},
+    ),
+    "--calibration": Flag(
+        "--quantize: training images to calibrate on", 256, {"type": positive_int, "metavar": "N"}, "256"
+    ),
 }
 
 
@@ -178,9 +186,18 @@ DATA = ("--data-dir", "--no-download")
 TRACKING = ("--tensorboard", "--mlflow")
 SPEC = ("spec", "a spec file, or a preset's name (resnet-search spaces lists them)", None)
 MODEL_DIR = ("model_dir", "a model folder (train, retrain and run --keep write them)", None)
+MODEL_OR_ONNX = (
+    "model_dir",
+    "a model folder (train, retrain and run --keep write them), or an .onnx file export-model wrote",
+    None,
+)
 READ_STORAGE = {"--storage": "studies/<study>.db, or the only studies/*.db here"}
 COMMANDS: dict[str, Command] = {
-    "count": Command("parameters and FLOPs of a config, or of a space's extremes", (SPEC,), ("--json", "--samples")),
+    "count": Command(
+        "parameters, FLOPs, memory, model size and latency of a config, or of a space's extremes",
+        (SPEC,),
+        ("--json", "--samples", "--latency"),
+    ),
     "train": Command(
         "train one fixed config: a model folder",
         (SPEC,),
@@ -234,22 +251,22 @@ COMMANDS: dict[str, Command] = {
     ),
     "predict": Command(
         "classify images with a model folder",
-        (MODEL_DIR, ("images", "image files or folders of images", "+")),
+        (MODEL_OR_ONNX, ("images", "image files or folders of images", "+")),
         ("--top-k", "--device", "--max-pixels", "--json"),
     ),
     "evaluate": Command(
         "accuracy, per-class accuracy and confusion matrix of a model",
-        (MODEL_DIR,),
+        (MODEL_OR_ONNX,),
         (*DATA, "--split", "--out", "--device", "--json"),
-        {"--out": "MODEL_DIR"},
-        "evaluation_<split>.json",
+        {"--out": "MODEL_DIR (an .onnx file: its folder)"},
+        "evaluation_<split>.json (an .onnx file: <name>.evaluation_<split>.json)",
     ),
     "export-model": Command(
         "a model folder as TorchScript or ONNX, checked against the model",
         (MODEL_DIR,),
-        ("--format", "--out", "--json"),
+        ("--format", "--out", "--quantize", "--calibration", *DATA, "--json"),
         {"--out": "MODEL_DIR"},
-        "model.pt or model.onnx (one self-contained file)",
+        "model.pt or model.onnx (one self-contained file); --quantize int8: also model.int8.onnx",
     ),
 }
 

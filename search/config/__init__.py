@@ -26,6 +26,7 @@ from search.config.model_configs import (
 from search.config.schema import (
     BudgetConfig,
     DataConfig,
+    LatencyConfig,
     PrunerConfig,
     ResourcesConfig,
     SamplerConfig,
@@ -71,6 +72,7 @@ __all__ = [
     "Head",
     "InvalidSample",
     "InvalidValue",
+    "LatencyConfig",
     "LrScaling",
     "ProgressiveResize",
     "LowEndSuggester",

@@ -65,7 +65,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Objective:
-    metric: Literal["val_acc", "val_loss", "params", "flops"] = "val_acc"
+    metric: Literal["val_acc", "val_loss", "params", "flops", "latency_ms"] = "val_acc"
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
@@ -153,11 +153,64 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class LatencyConfig:
+    """How a config's inference latency is measured before it trains (docs/deployment.md).
+
+    The model is built with random weights, run by ``runtime`` (``onnxruntime``: exported to
+    ONNX; ``torch``: eager) on ``device`` with ``threads`` threads, on a batch of
+    ``batch_size`` images of ``image_size`` (unset: the trials' input size), in ``precision``
+    (``int8``: statically quantized with onnxruntime, on the CPU). After ``warmup`` runs the
+    median of ``repeats`` timed runs is the latency. A config measured over the limit by no
+    more than ``tolerance`` (relative) is measured again before it is rejected. ``measure_on``:
+    where a run measures: the ``driver``, or a Ray task on a ``worker`` node.
+    """
+
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = bounded(1, ge=1, le=1024)
+    batch_size: int = bounded(1, ge=1, le=4096)
+    image_size: int | None = bounded(None, ge=8, le=2048)
+    precision: Literal["fp32", "int8"] = "fp32"
+    warmup: int = bounded(10, ge=0, le=10_000)
+    repeats: int = bounded(30, ge=3, le=100_000)
+    tolerance: float = bounded(0.1, ge=0.0, le=1.0)
+    measure_on: Literal["driver", "worker"] = "driver"  # not `on`: YAML reads that key as true
+
+    def __post_init__(self) -> None:
+        if self.precision == "int8" and (self.runtime, self.device) != ("onnxruntime", "cpu"):
+            raise InvalidValue(
+                "precision",
+                f"int8 is measured with onnxruntime on the cpu (quantize_static); got runtime {self.runtime}, "
+                f"device {self.device}",
+            )
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
-    """Hard limits checked before a config trains. FLOPs: one fused multiply-add = one FLOP."""
+    """Hard limits checked before a config trains. FLOPs: one fused multiply-add = one FLOP.
+
+    ``max_activation_kb`` and ``max_model_kb`` (1 kb = 1,024 bytes) bound the peak activation
+    memory at inference (batch 1) and the weights inference reads, at the deployment
+    ``precision``: ``latency.precision``, fp32 when ``latency`` is unset. ``max_latency_ms``
+    bounds the latency measured as ``latency`` says (its defaults when unset).
+    """
 
     max_params: int | None = bounded(None, gt=0)
     max_flops: int | None = bounded(None, gt=0)
+    max_latency_ms: float | None = bounded(None, gt=0.0)
+    max_activation_kb: float | None = bounded(None, gt=0.0)
+    max_model_kb: float | None = bounded(None, gt=0.0)
+    latency: LatencyConfig | None = None
+
+    @property
+    def precision(self) -> str:
+        """The precision memory and model size are counted at: the latency's, else fp32."""
+        return self.latency.precision if self.latency is not None else "fp32"
+
+    @property
+    def latency_settings(self) -> LatencyConfig:
+        """How latency is measured: ``latency``, or its defaults."""
+        return self.latency if self.latency is not None else LatencyConfig()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
 from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
 from search.config.secrets import mask_secrets
+from search.engine.deployment import DeploymentBudget
 from search.engine.events import EpochReport, Log, RunObserver, TrialEnd, TrialStart, ignore
 from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.startup import startup_seconds
@@ -36,6 +37,7 @@ from search.study.keys import (
     FRESH_WORKER,
     IMAGES_PER_S,
     INTERRUPTED,
+    LATENCY_MS,
     PARAMS,
     RAY_TRIAL_ID,
     REJECTED,
@@ -94,7 +96,8 @@ class StudyBridge:
         threads: Torch threads per trial.
         log: Where progress lines go.
         reference_check: Count configs that pass the fast check with fvcore too (the budget's
-            final word); off only for rehearsals, which train nothing.
+            final word), and measure their latency where the spec asks; off only for
+            rehearsals, which train nothing.
         observers: Told of every trial's start, epoch reports and end (the live view, trackers).
         deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
             their next epoch report (the run's time budget); None: no deadline.
@@ -139,6 +142,7 @@ class StudyBridge:
         self.deadline = deadline
         self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
         self.startup_measured: set[int] = set()  # trials of this run whose start-up is stored
+        self.deployment = DeploymentBudget(study, spec, image_size, measure=reference_check, log=log)
 
     @property
     def remaining(self) -> int:
@@ -161,6 +165,8 @@ class StudyBridge:
             if reason is None and self.reference_check:
                 counts = self._reference_count(config)
                 reason = check_budget(counts, self.spec.budget)
+            if reason is None:  # activation memory, model size, then latency (measured, cached)
+                reason = self.deployment.check(trial, config, uses_constraints(self.study.sampler))
             if reason is not None:
                 self._reject(trial, reason, counts)
                 continue
@@ -311,7 +317,7 @@ class StudyBridge:
         failure = result.get(ERROR) or ("the Ray worker died or raised" if error else None)
         values = None
         if failure is None and not running.pruned:
-            values = self._objective_values(running.counts, result)
+            values = self._objective_values(number, running.counts, result)
             if values is None:
                 failure = "the trial reported no finite objective value"
         if failure is not None:
@@ -353,10 +359,11 @@ class StudyBridge:
                 message = mask_secrets(f"{type(error).__name__}: {error}")  # a tracker's error may quote its URI
                 self.log(f"{type(observer).__name__} stopped after an error: {message}")
 
-    def _objective_values(self, counts: Counts, result: dict) -> list[float] | None:
+    def _objective_values(self, number: int, counts: Counts, result: dict) -> list[float] | None:
         values = []
         for objective in self.spec.study.objectives:
-            value = {"params": counts.params, "flops": counts.flops}.get(objective.metric, result.get(objective.metric))
+            known = {"params": counts.params, "flops": counts.flops, LATENCY_MS: self.deployment.latency_ms.get(number)}
+            value = known.get(objective.metric, result.get(objective.metric))
             if value is None or not math.isfinite(value):
                 return None
             values.append(float(value))

@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.budget import CountReport, count_spec
+from search.budget.latency import require_runtime
+from search.budget.survey import measures_latency
 from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError
 from search.data import ImageDataset, load_dataset, locate
 from search.engine.events import Log
@@ -95,13 +97,16 @@ def check_space_fits(spec: Spec, report: CountReport) -> None:
     """A budget that no config of the space meets fails before the study is written to.
 
     Raises:
-        UserError: none of the survey's configs fits; names the smallest.
+        UserError: none of the survey's configs fits (names the smallest), or this machine
+            cannot measure latency as ``budget.latency`` says.
     """
     if not report.fitting:
         raise UserError(
             f"{spec.source}: budget: no config of the space fits ({report.smallest_line()}); "
-            "raise budget.max_params/max_flops or shrink the space (fewer blocks, narrower widths)"
+            "raise the budget's limits or shrink the space (fewer blocks, narrower widths)"
         )
+    if measures_latency(spec):
+        require_runtime(spec.budget.latency_settings, spec.source)
 
 
 # A CIFAR found nowhere is downloaded, and torchvision's CIFAR images are 32x32.

@@ -36,6 +36,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000)
         UserError: the spec is not a search space, or nothing in it fits the budget.
     """
     from search.budget import count_spec
+    from search.budget.survey import budget_lines
 
     require_space(spec)
     image_size = trial_image_size(spec.data, data_dir)
@@ -48,6 +49,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000)
     cost = probe_cost(spec, image_size, _train_size(spec, data_dir), slots=slots, data_dir=data_dir, survey=report)
     lines = [
         report.table(),
+        *budget_lines(spec, report),
         "",
         cost.probe_line(),
         cost.startup.line(),

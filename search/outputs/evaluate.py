@@ -76,12 +76,12 @@ def evaluate_model(
     precision and test-time views are the training loop's.
 
     Args:
-        path: The model folder.
+        path: The model folder, or an ``.onnx`` file ``export-model`` wrote.
         data_dir: Other data (beats the data recorded in ``model.json``).
         split: ``test``, ``val`` or ``train``.
         device: Where to run; default CUDA when available.
         download: Whether a known dataset found nowhere may be downloaded.
-        out_dir: The folder of the JSON file, ``evaluation_<split>.json``; default the model folder.
+        out_dir: The JSON file's folder, default the model's; its name: :func:`_default_out`.
         log: Receives the line on data that differs from the record.
 
     Returns:
@@ -97,7 +97,7 @@ def evaluate_model(
     given = check_output_folder(out_dir) if out_dir is not None else None
     model = load_model(path, device)
     folder = model.folder
-    target = check_output_file((given or folder.path) / f"evaluation_{split}.json", flag="")
+    target = check_output_file(_default_out(folder.path, split, given), flag="")
     owner = f"model {folder.path}"
     data, record = load_recorded(folder.spec.data, folder.data, data_dir, owner=owner, download=download, log=log)
     if data.classes != model.classes:
@@ -139,6 +139,14 @@ def evaluate_model(
     )
     write_text(target, json.dumps(_finite(result.as_dict()), indent=2) + "\n")
     return result, target
+
+
+def _default_out(model: Path, split: str, folder: Path | None) -> Path:
+    """``evaluation_<split>.json`` in ``folder`` (default the model folder);
+    ``<name>.evaluation_<split>.json`` for an ONNX file (default beside it)."""
+    if model.is_file():
+        return (folder or model.parent) / f"{model.stem}.evaluation_{split}.json"
+    return (folder or model) / f"evaluation_{split}.json"
 
 
 def _finite(value: Any) -> Any:

@@ -25,7 +25,7 @@ from torch import nn
 
 from search.config import UserError
 from search.config.files import check_output_file, check_output_folder, write_bytes
-from search.train.model_folder import INFO_FILE, ModelFolder, build_trained, open_model_folder
+from search.train.model_folder import CONFIG_FILE, INFO_FILE, ModelFolder, build_trained, open_model_folder
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 CHECK_BATCH = 8  # the export traces one batch size and is checked on another (batch size is dynamic)
@@ -154,8 +154,9 @@ def _torchscript(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -
 
 
 def _onnx(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -> _Export:
-    """Export with torch's exporter (dynamic batch) to memory, add ``model.json`` as metadata,
-    run it in onnxruntime; without onnxruntime the model is only checked by ``onnx.checker``."""
+    """Export with torch's exporter (dynamic batch) to memory, add ``model.json`` and ``config.yaml``
+    as metadata, run it in onnxruntime; without onnxruntime the model is only checked by
+    ``onnx.checker``."""
     try:
         import onnx
         import onnxscript  # noqa: F401 - torch's exporter needs it; imported here to fail with our message
@@ -177,7 +178,12 @@ def _onnx(module: nn.Module, folder: ModelFolder, inputs: torch.Tensor) -> _Expo
     assert program is not None, "the dynamo exporter returns its program"
     proto = program.model_proto
     info = folder.info.as_dict()
-    for key, value in ((INFO_FILE, json.dumps(info)), ("classes", json.dumps(info["classes"]))):
+    config = (folder.path / CONFIG_FILE).read_text(encoding="utf-8")  # evaluate and predict read it back
+    for key, value in (
+        (INFO_FILE, json.dumps(info)),
+        ("classes", json.dumps(info["classes"])),
+        (CONFIG_FILE, config),
+    ):
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() >= ONNX_MAX_BYTES:
         raise UserError(

@@ -10,7 +10,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.keys import PARAMS, metric_names, trial_status
+from search.study.keys import LATENCY_MS, PARAMS, metric_names, trial_status
 
 COLORS = {
     "complete": "#1f77b4",
@@ -93,7 +93,7 @@ def importance_figure(study: optuna.Study) -> go.Figure | str:
 
 
 def pareto_2d(points: list[tuple[float, float, Any]], maximize: bool) -> list[tuple[float, float, Any]]:
-    """The (params, value) points no other point beats with fewer or equal parameters."""
+    """The (cost, value) points no other point beats at an equal or lower cost (parameters, latency)."""
     front, best = [], None
     for params, value, item in sorted(points, key=lambda p: (p[0], -p[1] if maximize else p[1])):
         if best is None or (value > best if maximize else value < best):
@@ -105,16 +105,32 @@ def pareto_2d(points: list[tuple[float, float, Any]], maximize: bool) -> list[tu
 def size_figure(study: optuna.Study, max_params: int | None) -> go.Figure:
     """The first objective against parameters: complete trials, pruned ones at their last
     report, the parameter budget as a vertical line, and the value/size Pareto front."""
+    return _cost_figure(study, PARAMS, "parameters", max_params, f"budget {max_params:,} params" if max_params else "")
+
+
+def latency_sections(study: optuna.Study, max_latency_ms: float | None) -> list[tuple[str, go.Figure]]:
+    """The first objective against measured latency, as :func:`size_figure` has it against
+    parameters (with the latency limit and the value/latency Pareto front); none for a study
+    that measured no latency."""
+    if not any(LATENCY_MS in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        return []
+    label = f"budget {max_latency_ms:g} ms" if max_latency_ms else ""
+    figure = _cost_figure(study, LATENCY_MS, "latency (ms, measured before training)", max_latency_ms, label)
+    return [("Result vs latency, the budget and the Pareto front", figure)]
+
+
+def _cost_figure(study: optuna.Study, cost: str, cost_title: str, limit: float | None, limit_label: str) -> go.Figure:
+    """The first objective against a cost every trial records (``cost``, a user attribute)."""
     metric = metric_names(study)[0]
     trials = study.get_trials(deepcopy=False)
     fig = go.Figure()
     for status, symbol in (("complete", "circle"), ("pruned", "x-thin-open")):
-        chosen = [t for t in trials if trial_status(t) == status and PARAMS in t.user_attrs]
+        chosen = [t for t in trials if trial_status(t) == status and cost in t.user_attrs]
         values = [t.values[0] if t.values else _last_report(t) for t in chosen]
         kept = [(t, v) for t, v in zip(chosen, values) if v is not None]
         fig.add_trace(
             go.Scatter(
-                x=[t.user_attrs[PARAMS] for t, _ in kept],
+                x=[t.user_attrs[cost] for t, _ in kept],
                 y=[v for _, v in kept],
                 mode="markers",
                 name=status + (" (last report)" if status == "pruned" else ""),
@@ -124,9 +140,7 @@ def size_figure(study: optuna.Study, max_params: int | None) -> go.Figure:
             )
         )
     complete = [
-        (t.user_attrs[PARAMS], t.values[0], t)
-        for t in trials
-        if t.state == TrialState.COMPLETE and PARAMS in t.user_attrs
+        (t.user_attrs[cost], t.values[0], t) for t in trials if t.state == TrialState.COMPLETE and cost in t.user_attrs
     ]
     front = pareto_2d(complete, _maximize(study))
     fig.add_trace(
@@ -140,14 +154,11 @@ def size_figure(study: optuna.Study, max_params: int | None) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    if max_params:
+    if limit:
         fig.add_vline(
-            x=max_params,
-            line={"color": "red", "dash": "dash"},
-            annotation_text=f"budget {max_params:,} params",
-            annotation_position="top left",
+            x=limit, line={"color": "red", "dash": "dash"}, annotation_text=limit_label, annotation_position="top left"
         )
-    fig.update_layout(title=f"{metric} vs parameters", xaxis_title="parameters", yaxis_title=metric)
+    fig.update_layout(title=f"{metric} vs {cost_title}", xaxis_title=cost_title, yaxis_title=metric)
     return fig
 
 
@@ -224,5 +235,9 @@ def _last_report(trial: FrozenTrial) -> float | None:
 
 
 def _hover(trial: FrozenTrial) -> str:
-    params = trial.user_attrs.get(PARAMS)
-    return f"trial {trial.number}" + (f", {params:,} params" if params is not None else "")
+    params, latency = trial.user_attrs.get(PARAMS), trial.user_attrs.get(LATENCY_MS)
+    return (
+        f"trial {trial.number}"
+        + (f", {params:,} params" if params is not None else "")
+        + (f", {latency:.3f} ms" if latency is not None else "")
+    )

@@ -66,8 +66,8 @@ class LoadedModel:
     """A model folder's network in eval mode, with what using it correctly needs.
 
     Attributes:
-        module: The ``nn.Module`` (eval mode, on ``device``); it takes normalised float
-            images ``N x C x H x W`` and returns logits.
+        module: The ``nn.Module`` (eval mode, on ``device``; given, or built from the folder's
+            weights); it takes normalised float images ``N x C x H x W`` and returns logits.
         classes: Class names in the order of the logits.
         input_size: Side of the square input.
         in_channels: Colour channels it takes (3: RGB).
@@ -75,10 +75,12 @@ class LoadedModel:
         folder: The model folder read (``folder.info`` is ``model.json``).
     """
 
-    def __init__(self, folder: ModelFolder, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, folder: ModelFolder, device: str | torch.device | None = None, module: nn.Module | None = None
+    ) -> None:
         self.folder = folder
         self.device = default_device(device)
-        self.module: nn.Module = build_trained(folder, self.device)
+        self.module: nn.Module = module if module is not None else build_trained(folder, self.device)
         self.trial = folder.trial
         self.format = eval_format(self.trial, self.module, folder, self.device)
         self.classes = folder.classes
@@ -224,8 +226,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
     """Load a model folder (what ``train``, ``retrain`` and ``run --keep`` write).
 
     Args:
-        path: The model folder.
-        device: ``cpu``, ``cuda``...; default CUDA when available.
+        path: The model folder, or an ``.onnx`` file ``export-model`` wrote (run by onnxruntime).
+        device: ``cpu``, ``cuda``...; default CUDA when available (the CPU for ONNX).
 
     Returns:
         The model, ready to ``predict``.
@@ -234,6 +236,11 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
         UserError: Not a model folder, truncated weights, or weights that do not fit its
             config (the first mismatched tensor is named).
     """
+    if Path(path).suffix == ".onnx":
+        from search.outputs.onnx_model import open_onnx
+
+        folder, module = open_onnx(path, device)
+        return LoadedModel(folder, "cpu", module=module)
     return LoadedModel(open_model_folder(path), device)
 
 

@@ -23,6 +23,7 @@ from search.config.secrets import mask_secrets
 from search.outputs.figures import (
     history_figure,
     importance_figure,
+    latency_sections,
     learning_curves_figure,
     parallel_figure,
     size_figure,
@@ -183,6 +184,7 @@ def write_report(study: optuna.Study, storage_url: str, out_dir: str | Path | No
         ("Optimization history", history_figure(study)),
         (f"Hyperparameter importances (from {counts['complete']} complete trials)", importance_figure(study)),
         ("Result vs parameters, the budget and the Pareto front", size_figure(study, max_params)),
+        *latency_sections(study, spec.budget.max_latency_ms if spec is not None else None),
         ("Learning curves (pruned: dashed, x where stopped)", learning_curves_figure(study)),
         ("Parallel coordinates of the complete trials", parallel_figure(study)),
         ("Trials by status (rejected: over the budget, never trained)", states_figure(counts)),

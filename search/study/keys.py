@@ -25,6 +25,10 @@ IMAGES_PER_S = "images_per_s"
 RETRY_OF = "retry_of"  # on an enqueued trial: the number of the interrupted trial it repeats
 STARTUP_S = "startup_s"  # seconds from the driver sending the trial to Ray to its first training step
 FRESH_WORKER = "fresh_worker"  # True: the trial started a new Ray worker (it paid the worker's start-up)
+ACTIVATION_KB = "activation_kb"  # peak activation memory at inference, batch 1, at the budget's precision
+MODEL_KB = "model_kb"  # the weights inference reads, at the budget's precision
+LATENCY_MS = "latency_ms"  # the measured median latency (its record: the study attribute LATENCY_KEY names)
+LATENCY_KEY = "latency_key"  # the study attribute holding the trial's latency measurement
 
 # --- on the study (user attributes)
 SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to
@@ -33,6 +37,7 @@ DRIVER = "driver"  # the driver running the study now: host, pid, token, heartbe
 LEADERBOARD = "leaderboard"  # written by retrain, shown by the report
 DATA = "data"  # the data the study searched: location, classes, counts per split, hash (DataRecord)
 MODELS = "models"  # trial number (a string) -> model folder holding its weights, for the best K trials
+LATENCY_CACHE = "latency:"  # + a key of architecture, settings and machine: one latency measurement
 
 # --- optuna-dashboard's custom plot of every trial's learning curve
 LEARNING_CURVES_ID = "learning_curves"

@@ -10,10 +10,13 @@ from optuna.trial import FrozenTrial
 from search.config import Spec, SpecError, UserError
 from search.config.describe import architecture_line, format_flops, recipe_line
 from search.study.keys import (
+    ACTIVATION_KB,
     EPOCHS_RUN,
     ERROR,
     FLOPS,
     INTERRUPTED,
+    LATENCY_MS,
+    MODEL_KB,
     PARAMS,
     REJECTED,
     TRAIN_TIME_S,
@@ -44,6 +47,17 @@ def trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None) -> st
             config = None
     if config is not None:
         lines += [f"`{architecture_line(config, attrs.get(PARAMS), attrs.get(FLOPS))}`", "", recipe_line(config), ""]
+    deployment = [
+        f"{label} {attrs[key]:,.{digits}f} {unit}"
+        for key, label, unit, digits in (
+            (LATENCY_MS, "latency", "ms", 3),
+            (ACTIVATION_KB, "activation memory", "kb", 1),
+            (MODEL_KB, "model", "kb", 1),
+        )
+        if isinstance(attrs.get(key), (int, float))
+    ]
+    if deployment:
+        lines += ["deployment: " + ", ".join(deployment), ""]
     for key, label in (
         (REJECTED, "rejected for the budget, never trained"),
         (ERROR, "error"),

@@ -10,7 +10,7 @@ from search.config import TrialConfig
 from search.config.describe import architecture_line, freeze_line, recipe_line
 
 if TYPE_CHECKING:
-    from search.train.model_info import ModelInfo
+    from search.train.model_info import Deployment, ModelInfo
 
 
 def model_card(folder: Path, info: ModelInfo, trial: TrialConfig) -> str:
@@ -39,6 +39,7 @@ def model_card(folder: Path, info: ModelInfo, trial: TrialConfig) -> str:
         lines.append(f"- Fine-tuning: {frozen}")
     if info.data is not None:
         lines.append(f"- Data: {info.data.location} (sha256 {info.data.sha256[:12]}...)")
+    lines += _deployment(info.deployment)
     lines += [
         "",
         "## Use it",
@@ -73,6 +74,25 @@ def _accuracy(info: ModelInfo) -> str:
     if info.test_acc is not None:
         parts.append(f"test {info.test_acc:.2%}")
     return ", ".join(parts) or "not evaluated"
+
+
+def _deployment(deployment: Deployment | None) -> list[str]:
+    """One line per export ``export-model --quantize`` evaluated and timed: its test accuracy,
+    its latency, and the machine and settings the latency belongs to."""
+    if deployment is None:
+        return []
+    lines = []
+    for precision, export in (("int8", deployment.int8), ("fp32", deployment.fp32)):
+        latency, settings = export.latency, export.latency.settings
+        load = "unknown" if latency.load is None else f"{latency.load:g}"
+        lines.append(
+            f"- {precision} export `{export.file}`: test {export.test_acc:.2%}, "
+            f"{latency.median_ms:.3f} ms per batch of {settings.batch_size} "
+            f"(median; p10-p90 {latency.p10_ms:.3f}-{latency.p90_ms:.3f} ms; {settings.runtime} "
+            f"{latency.machine.get('runtime_version')}, {settings.threads} thread(s), {latency.machine.get('cpu')}, "
+            f"load {load}; measured {latency.measured_at})"
+        )
+    return lines
 
 
 def _numbers(values: tuple[float, ...]) -> str:

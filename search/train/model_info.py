@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from search.config import InvalidValue, UserError, to_plain
+from search.config import InvalidValue, LatencyConfig, UserError, to_plain
 from search.config.bounds import required
 from search.config.distributions import Loc
 from search.config.errors import one_line
@@ -119,6 +119,48 @@ class WeightsInfo:
 
 
 @dataclass(frozen=True)
+class ExportLatency:
+    """An export's latency as :class:`~search.budget.latency.LatencyMeasurement` records it:
+    the timed runs' median and spread, the settings, the machine and its load, and when."""
+
+    median_ms: float = required(gt=0.0)
+    p10_ms: float = required(gt=0.0)
+    p90_ms: float = required(gt=0.0)
+    settings: LatencyConfig = required()
+    machine: dict[str, str | int | None] = required()
+    load: float | None = required(ge=0.0)
+    seconds: float = required(ge=0.0)
+    measurements: int = required(ge=1)
+    measured_at: str = required()
+    spread_ms: float = required(ge=0.0)
+
+    def __post_init__(self) -> None:
+        if not self.p10_ms <= self.median_ms <= self.p90_ms:
+            raise InvalidValue("median_ms", f"{self.median_ms} is not between p10_ms and p90_ms")
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """An ONNX export ``export-model --quantize`` evaluated and timed: its file (a name beside
+    ``model.json``, or a path), size, test accuracy and latency; ``calibration_images`` for int8."""
+
+    file: str = required()
+    bytes: int = required(ge=1)
+    test_acc: float = required(ge=0.0, le=1.0)
+    test_images: int = required(ge=1)
+    latency: ExportLatency = required()
+    calibration_images: int | None = required(ge=1)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """``model.json``'s ``deployment``: the fp32 export and its int8 quantization, side by side."""
+
+    fp32: ExportInfo = required()
+    int8: ExportInfo = required()
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """``model.json``: classes in output order, the input and its normalisation, size, accuracy,
     how it was evaluated, the data's record, study, trial, seed, the weights' checksum, the
@@ -143,6 +185,7 @@ class ModelInfo:
     weights: WeightsInfo = required()
     versions: dict[str, str | None] = required()
     created: str = required()
+    deployment: Deployment | None = None  # written by ``export-model --quantize`` only
 
     def __post_init__(self) -> None:
         _check_classes("classes", self.classes)
@@ -170,8 +213,10 @@ class ModelInfo:
                 raise InvalidValue("data.image_size", f"{self.data.image_size}, but input.size is {self.input.size}")
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON document, keys in the file's order."""
+        """The JSON document, keys in the file's order; ``deployment`` only where there is one."""
         document: dict[str, Any] = to_plain(self)
+        if self.deployment is None:
+            del document["deployment"]
         return document
 
 

@@ -21,35 +21,26 @@ FLOPs follow fvcore's conventions, traced in eval mode on one image (batch 1):
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from search.config import (
     BudgetConfig,
-    InvalidSample,
-    InvalidValue,
-    LowEndSuggester,
     ModelConfig,
     ResNetConfig,
-    Spec,
-    SpecError,
-    TrialConfig,
-    random_samples,
 )
 from search.config.blocks import BLOCK_TYPES
-from search.models import build_model
 from search.models.geometry import (
     BlockGeometry,
     ResNetGeometry,
     block_convs,
-    check_fits,
     resnet_geometry,
     torchvision_as_resnet,
 )
 
-__all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values", "count_spec", "CountReport"]
+__all__ = ["Counts", "count_model", "fast_count", "check_budget", "constraint_values"]
 
 
 @dataclass(frozen=True)
@@ -241,153 +232,3 @@ def constraint_values(counts: Counts, budget: BudgetConfig) -> tuple[float, ...]
     if budget.max_flops is not None:
         values.append(counts.flops / budget.max_flops - 1.0)
     return tuple(values)
-
-
-# --------------------------------------------------------------------------- a spec's counts
-
-
-@dataclass(frozen=True)
-class SizedConfig:
-    """A config with its counts and whether it fits the budget."""
-
-    config: TrialConfig
-    counts: Counts
-    fits: bool
-
-    def as_dict(self) -> dict:
-        return {**asdict(self.counts), "fits_budget": self.fits}
-
-
-@dataclass(frozen=True)
-class CountReport:
-    """What ``resnet-search count`` prints for a fixed config or a space.
-
-    For a fixed config ``fixed`` holds fvcore's count. For a space, ``sizes`` holds the
-    fast counts of ``samples`` random draws plus the space's low end, sorted by size.
-    """
-
-    source: str
-    image_size: int
-    budget: BudgetConfig
-    fixed: SizedConfig | None
-    sizes: tuple[SizedConfig, ...] = ()
-
-    @property
-    def fitting(self) -> tuple[SizedConfig, ...]:
-        return tuple(s for s in self.sizes if s.fits) if self.fixed is None else (self.fixed,) * self.fixed.fits
-
-    @property
-    def fit_share(self) -> float:
-        return len(self.fitting) / len(self.sizes) if self.sizes else float(bool(self.fitting))
-
-    @property
-    def median_fitting(self) -> TrialConfig:
-        fitting = self.fitting
-        return fitting[len(fitting) // 2].config
-
-    @property
-    def max_epochs(self) -> int:
-        """The most epochs a sampled config trains: Hyperband's ``max_resource``."""
-        configs = [self.fixed] if self.fixed is not None else self.sizes
-        return max((s.config.train.epochs for s in configs), default=1)
-
-    @property
-    def median_params(self) -> int:
-        fitting = self.fitting
-        return fitting[len(fitting) // 2].counts.params
-
-    def smallest_line(self) -> str:
-        smallest = self.fixed or self.sizes[0]
-        limit = check_budget(smallest.counts, self.budget)
-        return f"the smallest config found has {smallest.counts.params:,} params, {smallest.counts.flops:,} FLOPs" + (
-            f" ({limit})" if limit else ""
-        )
-
-    def as_dict(self) -> dict:
-        head = {
-            "source": self.source,
-            "image_size": self.image_size,
-            "flops_convention": FLOPS_CONVENTION,
-            "max_params": self.budget.max_params,
-            "max_flops": self.budget.max_flops,
-        }
-        if self.fixed is not None:
-            return {**head, **self.fixed.as_dict()}
-        return {
-            **head,
-            "samples": len(self.sizes),
-            "fit_share": round(self.fit_share, 4),
-            "smallest": self.sizes[0].as_dict(),
-            "largest": self.sizes[-1].as_dict(),
-        }
-
-    def table(self) -> str:
-        limits = f"max params {_num(self.budget.max_params)}, max FLOPs {_num(self.budget.max_flops)}"
-        lines = [f"{self.source} at {self.image_size}x{self.image_size}: {limits}"]
-        rows = [("config", self.fixed)] if self.fixed else [("smallest", self.sizes[0]), ("largest", self.sizes[-1])]
-        lines.append(f"{'':9} {'params':>13} {'trainable':>13} {'FLOPs':>16}  fits")
-        for name, sized in rows:
-            c = sized.counts
-            fits = "yes" if sized.fits else "NO"
-            lines.append(f"{name:9} {c.params:>13,} {c.trainable_params:>13,} {c.flops:>16,}  {fits}")
-        if self.fixed is None:
-            lines.append(f"{self.fit_share:.1%} of {len(self.sizes):,} sampled configs fit the budget")
-        lines.append(f"FLOPs: {FLOPS_CONVENTION}")
-        return "\n".join(lines)
-
-
-FLOPS_CONVENTION = "fvcore's, one fused multiply-add = one FLOP, one image"
-
-
-def _num(value: int | None) -> str:
-    return "none" if value is None else f"{value:,}"
-
-
-def count_spec(spec: Spec, samples: int = 2000, seed: int = 0, image_size: int | None = None) -> CountReport:
-    """Counts for ``resnet-search count``: fvcore's for a fixed config; for a space, fast
-    counts of ``samples`` random draws and of its low end (every range at its low end,
-    every choice at its smallest option).
-
-    Args:
-        image_size: The input size (default: the spec's, ``data.input_size``).
-
-    Raises:
-        SpecError: the input size is unknown (an image folder without ``data.image_size``), the
-            fixed config does not fit it, or no sample of the space does (see :func:`check_fits`).
-    """
-    image_size = image_size or spec.data.input_size
-    if image_size is None:
-        raise SpecError(spec.source, "data.image_size", "is needed to count an image folder's model (e.g. 224)")
-    if spec.is_fixed:
-        config = spec.fixed()
-        try:
-            check_fits(config, image_size)
-        except InvalidValue as error:
-            raise SpecError(spec.source, error.key, error.message) from None
-        model = build_model(config.model, image_size)
-        counts = count_model(model, image_size, getattr(config.model, "in_channels", 3))
-        fixed = SizedConfig(config, counts, check_budget(counts, spec.budget) is None)
-        return CountReport(spec.source, image_size, spec.budget, fixed)
-    configs = [*_low_end(spec), *random_samples(spec.space, samples, seed)]
-    sizes, misfit = [], InvalidValue("model", "no valid config could be sampled from the space")
-    for config in configs:
-        try:
-            check_fits(config, image_size)  # e.g. a pool kernel larger than the last feature map
-            counts = fast_count(config.model, image_size)
-        except InvalidValue as error:
-            misfit = error
-            continue  # a run rejects such a sample untrained
-        sizes.append(SizedConfig(config, counts, check_budget(counts, spec.budget) is None))
-    if not sizes:
-        size = f"{image_size}x{image_size}"
-        raise SpecError(spec.source, misfit.key, f"no sampled config fits {size} input: {misfit.message}")
-    sizes.sort(key=lambda s: (s.counts.params, s.counts.flops))
-    return CountReport(spec.source, image_size, spec.budget, None, tuple(sizes))
-
-
-def _low_end(spec: Spec) -> list[TrialConfig]:
-    """The space's low end, or nothing where that corner breaks a check across fields."""
-    try:
-        return [spec.space.sample(LowEndSuggester())]
-    except InvalidSample:
-        return []
