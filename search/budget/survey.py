@@ -4,7 +4,7 @@ of it that fits each budget: parameters and FLOPs, peak activation memory and mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from search.budget.counts import Counts, check_budget, count_model, fast_count
@@ -182,7 +182,12 @@ def measures_latency(spec: Spec) -> bool:
 
 
 def count_spec(
-    spec: Spec, samples: int = 2000, seed: int = 0, image_size: int | None = None, latency: bool = False
+    spec: Spec,
+    samples: int = 2000,
+    seed: int = 0,
+    image_size: int | None = None,
+    latency: bool = False,
+    configs: Sequence[TrialConfig] | None = None,
 ) -> CountReport:
     """Counts for ``resnet-search count``: fvcore's for a fixed config; for a space, fast
     counts of ``samples`` random draws and of its low end (every range at its low end,
@@ -193,6 +198,7 @@ def count_spec(
         image_size: The input size (default: the spec's, ``data.input_size``).
         latency: Measure latency as ``budget.latency`` says (``count`` does where
             :func:`measures_latency`, or ``--latency``); seconds per config.
+        configs: A space's configs to count (a run's one :func:`sample_space`); None: sampled here.
 
     Raises:
         SpecError: the input size is unknown (an image folder without ``data.image_size``), the
@@ -226,7 +232,7 @@ def count_spec(
             (),
             (("config", measured),),
         )
-    sizes = _survey(spec, samples, seed, image_size)
+    sizes = _survey(spec, configs if configs is not None else sample_space(spec, samples, seed), image_size)
     timed: tuple[tuple[str, LatencyMeasurement], ...] = ()
     if measure:
         timed = tuple(
@@ -244,9 +250,14 @@ def _measured(spec: Spec, config: TrialConfig, image_size: int) -> LatencyMeasur
         raise SpecError(spec.source, error.key, error.message) from None
 
 
-def _survey(spec: Spec, samples: int, seed: int, image_size: int) -> tuple[SizedConfig, ...]:
-    """Fast counts and footprints of the space's low end and ``samples`` random draws, smallest first."""
-    configs = [*_low_end(spec), *random_samples(spec.space, samples, seed)]
+def sample_space(spec: Spec, samples: int = 2000, seed: int = 0) -> tuple[TrialConfig, ...]:
+    """The space's low end and ``samples`` seeded random draws: a run samples its space once,
+    and its checks, its count and its cost probe all read these."""
+    return (*_low_end(spec), *random_samples(spec.space, samples, seed))
+
+
+def _survey(spec: Spec, configs: Sequence[TrialConfig], image_size: int) -> tuple[SizedConfig, ...]:
+    """Fast counts and footprints of ``configs`` (those that fit ``image_size``), smallest first."""
     sizes, misfit = [], InvalidValue("model", "no valid config could be sampled from the space")
     for config in configs:
         try:

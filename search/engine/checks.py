@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from search.budget import CountReport, count_spec
 from search.budget.latency import require_runtime
 from search.budget.survey import measures_latency
-from search.config import DataConfig, Spec, TorchvisionResNetConfig, UserError
+from search.config import DataConfig, Spec, TorchvisionResNetConfig, TrialConfig, UserError
 from search.data import ImageDataset, load_dataset, locate
 from search.engine.events import Log
 from search.models import build_model
@@ -31,18 +32,19 @@ def require_space(spec: Spec) -> None:
         )
 
 
-def check_weights(spec: Spec, survey: CountReport) -> None:
+def check_weights(spec: Spec, configs: Sequence[TrialConfig]) -> None:
     """Pretrained weights that cannot be found or do not fit fail the run before any trial,
-    not every trial: each architecture of the survey's samples is built with its weights once.
+    not every trial: each architecture of the run's samples (:func:`sample_space`) is built with its
+    weights once, before the study is opened.
 
     Raises:
         UserError: the weights a sampled config names are neither a file nor in the hub
             cache, or their names or shapes do not fit the architecture.
     """
-    configs = [s.config.model for s in survey.sizes]
+    models = [c.model for c in configs]
     with_weights = {
         (c.name, c.num_classes, c.weights): c
-        for c in configs
+        for c in models
         if isinstance(c, TorchvisionResNetConfig) and c.weights is not None
     }
     for config in with_weights.values():
@@ -50,29 +52,30 @@ def check_weights(spec: Spec, survey: CountReport) -> None:
             build_model(config)  # loads the weights; torchvision's ResNets take any input size
         except UserError as error:
             raise UserError(f"{spec.source}: model.weights: {error}") from None
-    for model in {c.init_from: c for c in configs if c.init_from is not None}.values():
+    for model in {c.init_from: c for c in models if c.init_from is not None}.values():
         try:
             check_init(model)
         except UserError as error:
             raise UserError(f"{spec.source}: {error}") from None
 
 
-def check_against_data(spec: Spec, data_dir: str | None, data: ImageDataset) -> tuple[int, CountReport]:
+def check_against_data(
+    spec: Spec, data_dir: str | None, data: ImageDataset, configs: Sequence[TrialConfig]
+) -> tuple[int, CountReport]:
     """What the loaded data decides before a run: the side every trial trains at (the dry run
-    asks the same :func:`trial_image_size`), the run's one survey of the space at that side
-    (its low end and 2,000 samples, counted), a budget some config meets, pretrained weights
-    that load, and models that fit the data.
+    asks the same :func:`trial_image_size`), the counts of the run's one sample of the space
+    (``configs``, :func:`sample_space`) at that side, a budget some config meets, and models
+    that fit the data.
 
     Returns:
         The trials' image side, and the survey (the cost probe and Hyperband read it too).
 
     Raises:
-        UserError: see :func:`check_space_fits`, :func:`check_weights` and :func:`check_data_fits`.
+        UserError: see :func:`check_space_fits` and :func:`check_data_fits`.
     """
     image_size = trial_image_size(spec.data, data_dir, data)
-    survey = count_spec(spec, image_size=image_size)
+    survey = count_spec(spec, image_size=image_size, configs=configs)
     check_space_fits(spec, survey)
-    check_weights(spec, survey)
     check_data_fits(spec, data, survey)
     return image_size, survey
 

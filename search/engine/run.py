@@ -24,7 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import CountReport
-from search.config import InvalidValue, Spec, UserError
+from search.budget.survey import sample_space
+from search.config import InvalidValue, Spec, TrialConfig, UserError
 from search.config.secrets import mask_secrets, without_secrets
 from search.config.units import format_duration
 from search.data import ImageDataset
@@ -34,6 +35,7 @@ from search.engine.checks import (
     absolute_data_paths,
     check_against_data,
     check_resources,
+    check_weights,
     check_writable,
     require_space,
     with_device,
@@ -142,6 +144,7 @@ def run_search(
     started = time.monotonic()
     spec = with_device(with_budgets(spec, timeout, n_trials), device)
     require_space(spec)
+    check_weights(spec, configs := sample_space(spec))  # the run's one sample of its space; all read it
     told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
     spec = without_secrets(spec)  # the study and Ray get masked URIs; the trackers hold the real ones
     storage_url = storage or default_storage(spec.study.name)
@@ -151,7 +154,7 @@ def run_search(
     earlier, before, target = _goal(opened, spec, n_trials)
     if target <= before:
         return _nothing_to_run(spec, storage_url, before)
-    ready = _prepare(spec, earlier, data_dir, download)
+    ready = _prepare(spec, earlier, data_dir, download, configs)
     spec = ready.spec
     with logs_to(ready.out_dir / "ray.log"), ray_session(address) as cluster:
         use_gpu = check_resources(spec, cluster, log, require_gpu=device == "cuda")
@@ -235,7 +238,9 @@ class _Ready:
     probe_error: str | None
 
 
-def _prepare(spec: Spec, earlier: optuna.Study | None, data_dir: str | None, download: bool) -> _Ready:
+def _prepare(
+    spec: Spec, earlier: optuna.Study | None, data_dir: str | None, download: bool, configs: Sequence[TrialConfig]
+) -> _Ready:
     """Check the study's folder, load the data (the study's recorded data unless ``data_dir``
     names other), check the budget against it, and probe the cost, as ``run --dry-run`` does.
     The probe runs before Ray starts: the processes Ray starts would slow it."""
@@ -243,7 +248,7 @@ def _prepare(spec: Spec, earlier: optuna.Study | None, data_dir: str | None, dow
     check_writable(out_dir)
     spec, data_dir = absolute_data_paths(spec, data_dir)
     data, record, data_dir = run_data(spec, earlier, data_dir, download)  # once, before any trial: builds the cache
-    image_size, survey = check_against_data(spec, data_dir, data)  # the dry run asks the same trial_image_size
+    image_size, survey = check_against_data(spec, data_dir, data, configs)  # the dry run asks the same trial_image_size
     local = trial_concurrency(spec, local_resources(), use_gpu=probe_device(spec) == "cuda")
     trials = earlier.get_trials(deepcopy=False) if earlier is not None else ()
     cost, error = None, None
