@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
@@ -173,11 +173,21 @@ def run_search(
                 keeper.settle()
                 ended_by = _end_run(bridge)
             wall = time.monotonic() - start
-    return _outcome(bridge, study, storage_url, (wall, bool(stopped), concurrency.slots, ended_by))
+    return _outcome(bridge, study, storage_url, _Ended(wall, bool(stopped), concurrency.slots, ended_by))
 
 
-def _outcome(bridge: StudyBridge, study: optuna.Study, storage_url: str, ended: tuple) -> SearchSummary:
-    """The run's summary, from its wall time, whether trials were stopped, its slots and what ended it.
+class _Ended(NamedTuple):
+    """How Tune's part of a run ended: its wall time, whether trials were stopped, its slots,
+    and why it ended before its trials (None: they finished)."""
+
+    wall: float
+    stopped: bool
+    slots: int
+    ended_by: str | None
+
+
+def _outcome(bridge: StudyBridge, study: optuna.Study, storage_url: str, ended: _Ended) -> SearchSummary:
+    """The run's summary.
 
     Raises:
         UserError: the budget ended the run (every sample rejected).
