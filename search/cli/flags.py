@@ -255,7 +255,7 @@ COMMANDS: dict[str, Command] = {
         ("--top-k", "--device", "--max-pixels", "--json"),
     ),
     "evaluate": Command(
-        "accuracy, per-class accuracy and confusion matrix of a model",
+        "accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1 and confusion matrix of a model",
         (MODEL_OR_ONNX,),
         (*DATA, "--split", "--out", "--device", "--json"),
         {"--out": "MODEL_DIR (an .onnx file: its folder)"},

@@ -65,7 +65,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Objective:
-    metric: Literal["val_acc", "val_loss", "params", "flops", "latency_ms"] = "val_acc"
+    """A value the study optimizes: a validation metric of the last epoch (``val_acc``,
+    ``val_loss``, ``balanced_acc``: the mean recall over the classes, ``macro_f1``: the mean
+    F1), or a size or speed of the model. The pruner reads the first objective every epoch."""
+
+    metric: Literal["val_acc", "val_loss", "balanced_acc", "macro_f1", "params", "flops", "latency_ms"] = "val_acc"
     direction: Literal["maximize", "minimize"] = "maximize"
 
 

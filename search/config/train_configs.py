@@ -169,6 +169,10 @@ class TrainConfig:
     the first epochs at a lower resolution. ``cuda_graph`` replays the
     training step as one CUDA graph (static shapes: no per-kernel launch cost); off CUDA
     it is the ordinary step.
+
+    Imbalanced classes: ``class_weights: balanced`` weights the training loss by
+    ``n_samples / (n_classes * count_c)`` of the training split; ``sampler: balanced`` draws
+    each epoch's batches with every class equally likely (the same number of batches).
     """
 
     epochs: int = bounded(30, ge=1, le=100_000)
@@ -192,6 +196,8 @@ class TrainConfig:
     lr_scaling: LrScaling | None = None
     progressive_resize: ProgressiveResize | None = None
     cuda_graph: bool = False
+    class_weights: Literal["none", "balanced"] = "none"
+    sampler: Literal["uniform", "balanced"] = "uniform"
 
     def __post_init__(self) -> None:
         resize = self.progressive_resize

@@ -48,6 +48,11 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def train_counts(self) -> dict[str, int]:
+        """Training images per class, by class name (in the order of ``classes``)."""
+        counts = torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
+        return dict(zip(self.classes, counts, strict=True))
+
     def train_plus_val(self) -> TensorSplit:
         """Train and val concatenated: the training set of a final retraining run."""
         return TensorSplit(

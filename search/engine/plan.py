@@ -15,6 +15,7 @@ from search.engine.bridge import StudyBridge
 from search.engine.checks import require_space, trial_image_size
 from search.engine.cost import local_resources, probe_cost, trial_concurrency
 from search.engine.samplers import create_study
+from search.train.result import VALIDATION_METRICS
 
 
 def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000) -> str:
@@ -94,7 +95,7 @@ def rehearse_budget(spec: Spec, image_size: int, max_epochs: int) -> list[int]:
     rejected_before: list[int] = []
     while (job := bridge.next_job()) is not None:
         rejected_before.append(bridge.tally.rejected - sum(rejected_before))
-        bridge.finish(job.number, {"val_acc": 0.0, "val_loss": 0.0}, error=False)
+        bridge.finish(job.number, dict.fromkeys(VALIDATION_METRICS, 0.0), error=False)
     return rejected_before
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from search.config import Spec
 from search.config.secrets import mask_secrets
@@ -20,6 +20,8 @@ from search.config.units import format_duration
 from search.engine.cost import Concurrency, TrialCost
 
 LONG_RUN_S = 86_400  # a CPU-only estimate over this gets the warning
+IMBALANCE_RATIO = 5  # a largest class over this many times the smallest, with plain accuracy: a warning
+BALANCED_METRICS = ("balanced_acc", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class RunPlan:
     """What a run is about to do, as the pre-run block tells it.
 
     ``cost`` is None where the probe failed (``probe_error`` says why); ``target`` the finished
-    trials the study has when the run is done; ``to_run`` the trials this run still sends to Ray.
+    trials the study has when the run is done; ``to_run`` the trials this run still sends to Ray;
+    ``class_counts`` the training images per class.
     """
 
     spec: Spec
@@ -41,6 +44,7 @@ class RunPlan:
     n_train: int
     cost: TrialCost | None
     probe_error: str | None = None
+    class_counts: dict[str, int] = field(default_factory=dict)
 
 
 def device_line(cluster: dict) -> str:
@@ -76,6 +80,8 @@ def preflight_lines(plan: RunPlan) -> list[str]:
         device_line(plan.cluster),
         concurrency_line(plan),
     ]
+    imbalance = imbalance_line(spec, plan.class_counts)
+    lines += [imbalance] if imbalance else []
     cost = plan.cost
     if cost is None:
         return [*lines, f"estimate: the probe failed ({plan.probe_error}); trials will tell", budget_line(timeout_s)]
@@ -99,6 +105,25 @@ def preflight_lines(plan: RunPlan) -> list[str]:
             "or try spaces/smoke.yaml first (minutes on 2 cores)"
         )
     return lines
+
+
+def imbalance_line(spec: Spec, class_counts: dict[str, int]) -> str | None:
+    """A warning where the largest class has over :data:`IMBALANCE_RATIO` times the images of
+    the smallest and the study optimizes plain accuracy, which rewards predicting the majority
+    class; None otherwise."""
+    metrics = {o.metric for o in spec.study.objectives}
+    if len(class_counts) < 2 or "val_acc" not in metrics or metrics & set(BALANCED_METRICS):
+        return None
+    largest = max(class_counts, key=lambda name: class_counts[name])
+    smallest = min(class_counts, key=lambda name: class_counts[name])
+    if class_counts[largest] <= IMBALANCE_RATIO * class_counts[smallest]:
+        return None
+    return (
+        f"warning: imbalanced classes: {largest} has {class_counts[largest]:,} training images, "
+        f"{smallest} {class_counts[smallest]:,}; the objective val_acc rewards predicting the majority class: "
+        "optimize balanced_acc or macro_f1 (study.objectives), and consider train.class_weights: balanced "
+        "or train.sampler: balanced"
+    )
 
 
 def budget_line(timeout_s: float | None) -> str:

@@ -345,6 +345,7 @@ def _run_start(
         use_gpu=bridge.use_gpu,
         concurrency=concurrency,
         n_train=len(ready.data.train.labels),
+        class_counts=ready.data.train_counts(),
         cost=cost,
         probe_error=ready.probe_error,
     )

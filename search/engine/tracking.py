@@ -48,6 +48,8 @@ EPOCH_TAGS = {
     "train_acc": "train/acc",
     "val_loss": "val/loss",
     "val_acc": "val/acc",
+    "balanced_acc": "val/balanced_acc",
+    "macro_f1": "val/macro_f1",
     "lr": "lr",
     "images_per_s": "images_per_s",
 }

@@ -16,6 +16,7 @@ from search.budget import Counts
 from search.config import DataConfig, Spec, TrialConfig
 from search.data.fingerprint import DataRecord
 from search.study.keys import ERROR, FRESH_WORKER
+from search.train.result import VALIDATION_METRICS
 
 KEEP_ERROR = "keep_error"  # in a final report: why the trial's weights could not be handed back
 
@@ -83,10 +84,10 @@ def run_trial(config: dict) -> None:
     if result.status == "nan":
         tune.report({"final": True, ERROR: f"non-finite loss: {result.reason}", **counts})
         return
+    last = result.history[-1] if result.history else None
     final = {
         "final": True,
-        "val_acc": result.history[-1].val_acc if result.history else float("nan"),
-        "val_loss": result.history[-1].val_loss if result.history else float("nan"),
+        **{key: getattr(last, key) if last else float("nan") for key in VALIDATION_METRICS},
         "epochs_run": result.epochs_run,
         "train_time_s": result.train_time_s,
         "images_per_s": result.images_per_s,
@@ -160,7 +161,7 @@ def report_with_model(final: dict, result: Any, trial: TrialConfig, data: Any, j
 
 
 def epoch_report(metrics: Any) -> dict:
-    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "elapsed_s")
+    keys = ("epoch", "train_loss", "train_acc", *VALIDATION_METRICS, "lr", "images_per_s", "elapsed_s")
     return {key: getattr(metrics, key) for key in keys}
 
 

@@ -1,6 +1,7 @@
-"""``resnet-search evaluate``: a model folder's accuracy, per-class accuracy and confusion matrix
-on a split of its data (or of other data), computed as training computed it, so that the
-test accuracy ``retrain`` recorded is reproduced to the image on the same data and device."""
+"""``resnet-search evaluate``: a model folder's accuracy, balanced accuracy and macro-F1, each
+class's precision, recall and F1, and the confusion matrix on a split of its data (or of other
+data), computed as training computed it, so that the test accuracy ``retrain`` recorded is
+reproduced to the image on the same data and device."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from search.config import UserError
 from search.config.files import check_output_file, check_output_folder, write_text
 from search.data import TensorSplit
 from search.data.fingerprint import load_recorded
 from search.outputs.model import load_model
+from search.train.class_metrics import class_scores
 from search.train.epoch import evaluate
 
 SPLITS = ("test", "val", "train")
@@ -23,7 +27,13 @@ SPLITS = ("test", "val", "train")
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """What :func:`evaluate_model` measured; ``confusion`` has true classes as rows."""
+    """What :func:`evaluate_model` measured; ``confusion`` has true classes as rows.
+
+    ``per_class`` is each class's recall (its accuracy); ``scores`` each class's ``precision``,
+    ``recall``, ``f1`` (None where undefined: no image predicted, none true) and ``support``.
+    ``balanced_accuracy`` is the mean recall, ``macro_f1`` the mean F1 (scikit-learn's
+    definitions: :mod:`~search.train.class_metrics`).
+    """
 
     model: str
     split: str
@@ -35,6 +45,9 @@ class ModelEvaluation:
     classes: tuple[str, ...]
     per_class: dict[str, float | None]
     confusion: list[list[int]]
+    balanced_accuracy: float
+    macro_f1: float
+    scores: dict[str, dict[str, float | int | None]]
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "classes": list(self.classes)}
@@ -45,12 +58,13 @@ class ModelEvaluation:
         lines = [
             f"model {self.model}: {self.split} split of {self.data} ({self.images:,} images)",
             f"accuracy {self.accuracy:.2%} ({self.correct:,}/{self.images:,}), loss {self.loss:.4f}",
-            "per class:",
+            f"balanced accuracy {self.balanced_accuracy:.2%}, macro-F1 {self.macro_f1:.4f}",
+            f"per class:{'':<{width - 8}}precision    recall        f1  support",
         ]
         for i, name in enumerate(self.classes):
-            acc, row = self.per_class[name], self.confusion[i]
-            shown = "-" if acc is None else f"{acc:.2%}"
-            lines.append(f"  {name:<{width}}  {shown:>7} ({row[i]:,}/{sum(row):,})")
+            score, row = self.scores[name], self.confusion[i]
+            shown = [_percent(score["precision"]), _percent(score["recall"]), _percent(score["f1"])]
+            lines.append(f"  {name:<{width}}  " + " ".join(f"{s:>9}" for s in shown) + f"  {row[i]:,}/{sum(row):,}")
         cell = max(width, *(len(f"{n:,}") for row in self.confusion for n in row))
         lines.append("confusion matrix (rows: true class, columns: predicted):")
         lines.append(" " * (width + 2) + " ".join(f"{c[:cell]:>{cell}}" for c in self.classes))
@@ -136,9 +150,33 @@ def evaluate_model(
         classes=model.classes,
         per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(model.classes)},
         confusion=matrix,
+        balanced_accuracy=ev.balanced_acc,
+        macro_f1=ev.macro_f1,
+        scores=per_class_scores(matrix, model.classes),
     )
     write_text(target, json.dumps(_finite(result.as_dict()), indent=2) + "\n")
     return result, target
+
+
+def per_class_scores(matrix: list[list[int]], classes: tuple[str, ...]) -> dict[str, dict[str, float | int | None]]:
+    """Each class's precision, recall, F1 and support from the confusion ``matrix``; a score
+    whose denominator is 0 is None (scikit-learn counts it 0 in the means)."""
+    scores = class_scores(torch.tensor(matrix))
+    predicted = [sum(row[i] for row in matrix) for i in range(len(classes))]
+    table: dict[str, dict[str, float | int | None]] = {}
+    for i, name in enumerate(classes):
+        support = sum(matrix[i])
+        table[name] = {
+            "precision": float(scores.precision[i]) if predicted[i] else None,
+            "recall": float(scores.recall[i]) if support else None,
+            "f1": float(scores.f1[i]) if support + predicted[i] else None,
+            "support": support,
+        }
+    return table
+
+
+def _percent(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 def _default_out(model: Path, split: str, folder: Path | None) -> Path:

@@ -11,6 +11,8 @@ The modules, each importing only those above it:
 - :mod:`~search.train.ema`: :class:`WeightEma`, the moving average of the weights.
 - :mod:`~search.train.whiten`: :func:`whiten_stem`, the stem initialised from the data.
 - :mod:`~search.train.state`: :class:`TrainState` between epochs, and its checkpoint file.
+- :mod:`~search.train.class_metrics`: balanced accuracy, macro-F1, per-class scores.
+- :mod:`~search.train.balance`: class weights and the class-balanced batch order.
 - :mod:`~search.train.step`: the training step, eager or replayed as a CUDA graph.
 - :mod:`~search.train.epoch`: one training epoch, one evaluation (with test-time views).
 - :mod:`~search.train.loop`: :func:`train`, the loop over epochs.

@@ -16,6 +16,8 @@ from torch import nn
 
 from search.config import Augment, Tta
 from search.data import TensorSplit, augment_batch, downscale, normalize
+from search.train.balance import BatchOrder
+from search.train.class_metrics import balanced_accuracy, macro_f1
 from search.train.state import TrainState
 from search.train.step import TrainStep
 
@@ -72,7 +74,8 @@ class TrainedEpoch:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Plain cross-entropy and accuracy on a split (NaN for an empty one).
+    """Plain cross-entropy, accuracy, balanced accuracy and macro-F1 on a split (NaN for an
+    empty one; see :mod:`~search.train.class_metrics`).
 
     ``confusion`` (rows true, columns predicted) is read back only when asked for.
     """
@@ -81,6 +84,8 @@ class Evaluation:
     loss: float
     acc: float
     confusion: list[list[int]] | None = None
+    balanced_acc: float = math.nan
+    macro_f1: float = math.nan
 
 
 def sync(device: torch.device) -> None:
@@ -100,6 +105,7 @@ def train_epoch(
     flips: torch.Tensor | None = None,
     size: int | None = None,
     time_first_step: bool = False,
+    order: BatchOrder | None = None,
 ) -> TrainedEpoch:
     """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
 
@@ -119,6 +125,7 @@ def train_epoch(
         size: Train on the augmented batches downscaled to this side
             (``train.progressive_resize``); None keeps the images' size.
         time_first_step: Time the first step apart (it is mostly compilation).
+        order: How the epoch's images are drawn (``train.sampler``); None: a permutation.
 
     Returns:
         The epoch's losses, accuracy and LR, read back once.
@@ -128,7 +135,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    perm = torch.randperm(len(split), device=device, generator=state.generator)
+    perm = (order or BatchOrder(len(split))).draw(state.generator)
     steps = len(split) // batch_size
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
@@ -185,7 +192,7 @@ def evaluate(
         tta: The views whose logits are averaged (:func:`tta_views`); none by default.
 
     Returns:
-        The mean loss, the accuracy and, if asked, the confusion matrix.
+        The mean loss, the accuracy, balanced accuracy, macro-F1 and, if asked, the confusion matrix.
     """
     model.eval()
     device = split.images.device
@@ -200,14 +207,17 @@ def evaluate(
             conf_t += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
     n = len(split)
     conf_t = conf_t.view(num_classes, num_classes)
-    matrix: list[list[int]] | None = None
-    if confusion:
-        matrix = conf_t.tolist()
-        loss_sum, n_correct = loss_t.item(), float(sum(matrix[i][i] for i in range(num_classes)))
-    else:
-        # One read for both numbers: each read waits for the device.
-        loss_sum, n_correct = torch.stack([loss_t, conf_t.diagonal().sum().float()]).tolist()
-    return Evaluation(n=n, loss=loss_sum / n if n else math.nan, acc=n_correct / n if n else math.nan, confusion=matrix)
+    # One read for all the numbers: each read waits for the device.
+    numbers = [loss_t, conf_t.diagonal().sum().float(), balanced_accuracy(conf_t).float(), macro_f1(conf_t).float()]
+    loss_sum, n_correct, balanced, f1 = torch.stack(numbers).tolist()
+    return Evaluation(
+        n=n,
+        loss=loss_sum / n if n else math.nan,
+        acc=n_correct / n if n else math.nan,
+        confusion=conf_t.tolist() if confusion else None,
+        balanced_acc=balanced if n else math.nan,
+        macro_f1=f1 if n else math.nan,
+    )
 
 
 def _logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 from search.config import Augment, ResNetConfig, TrainConfig, TrialConfig, UserError
 from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
+from search.train.balance import BatchOrder, loss_weights
 from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
 from search.train.recipe import (
@@ -44,7 +45,8 @@ class _Run:
     """What stays fixed through a run: the recipe, the step, the data on the device.
 
     ``flip_bits`` is each training image's mirror state in odd epochs under
-    ``flip: alternating`` (even epochs mirror the others), None otherwise.
+    ``flip: alternating`` (even epochs mirror the others), None otherwise. ``order`` draws
+    each epoch's images (``train.sampler``).
     """
 
     cfg: TrainConfig
@@ -56,6 +58,7 @@ class _Run:
     batch_size: int
     num_classes: int
     flip_bits: torch.Tensor | None
+    order: BatchOrder
 
 
 def train(
@@ -144,7 +147,9 @@ def _make_run(
     batch_size = min(cfg.batch_size, len(split))
     net = _compiled(state.model, cfg.compile)
     autocast = fmt.autocast(cache=not cfg.cuda_graph)
-    step = step_class(cfg, state.device)(state, net, cfg, autocast, state.ema, scaled_lr(cfg, batch_size))
+    labels = split.labels.to(device)
+    weight = loss_weights(cfg, labels, data.num_classes)
+    step = step_class(cfg, state.device)(state, net, cfg, autocast, state.ema, scaled_lr(cfg, batch_size), weight)
     return _Run(
         cfg=cfg,
         augment=augment,
@@ -155,6 +160,7 @@ def _make_run(
         batch_size=batch_size,
         num_classes=data.num_classes,
         flip_bits=_flip_bits(cfg.seed, len(split), device) if augment.flip == "alternating" else None,
+        order=BatchOrder.for_split(cfg.sampler, labels, data.num_classes),
     )
 
 
@@ -311,6 +317,7 @@ def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: boo
         flips=flips,
         size=resize.size if resize is not None and epoch <= resize.epochs else None,
         time_first_step=time_first_step,
+        order=run.order,
     )
     # The first compiled step is mostly compilation: book it apart from training time.
     state.compile_time_s += trained.first_step_s
@@ -358,6 +365,8 @@ def _record(
         lr=trained.lr,
         images_per_s=trained.images / max(train_s, 1e-9),
         elapsed_s=state.train_time_s + state.compile_time_s,
+        balanced_acc=val.balanced_acc,
+        macro_f1=val.macro_f1,
     )
     state.history.append(metrics)
     return metrics

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
 
 Status = Literal["completed", "stopped", "nan"]
+
+# What every epoch reports about the validation split, by the names objectives use.
+VALIDATION_METRICS = ("val_loss", "val_acc", "balanced_acc", "macro_f1")
 
 
 @dataclass
@@ -19,6 +23,8 @@ class EpochMetrics:
     so that trials with different smoothing compare. ``lr`` is the first param group's
     LR at the epoch's last step. ``images_per_s`` counts training images only (no
     evaluation); ``elapsed_s`` is the wall time since the run started (resumes included).
+    ``balanced_acc`` and ``macro_f1`` are the validation split's too (objectives of the same
+    names; :mod:`~search.train.class_metrics`).
     """
 
     epoch: int
@@ -29,6 +35,8 @@ class EpochMetrics:
     lr: float
     images_per_s: float
     elapsed_s: float
+    balanced_acc: float = math.nan  # defaults: a checkpoint written before they existed loads
+    macro_f1: float = math.nan
 
 
 @dataclass

@@ -38,14 +38,23 @@ class StepOutput:
 
 
 def losses(
-    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, cfg: TrainConfig
+    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The logits, the main head's loss and the loss to optimize (aux head weighted in)."""
+    """The logits, the main head's loss and the loss to optimize (aux head weighted in).
+
+    ``class_weight`` (``train.class_weights``) weights each image's loss by its class; the
+    mean is then over the batch's weights, as torch's weighted cross-entropy takes it.
+    """
+    smoothing = cfg.label_smoothing
     if isinstance(out, tuple):  # an aux head in training mode
         logits, aux = out
-        main = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        return logits, main, main + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
-    main = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+        main = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=smoothing)
+        aux_loss = F.cross_entropy(aux, y, weight=class_weight, label_smoothing=smoothing)
+        return logits, main, main + cfg.aux_weight * aux_loss
+    main = F.cross_entropy(out, y, weight=class_weight, label_smoothing=smoothing)
     return out, main, main
 
 
@@ -59,6 +68,7 @@ class TrainStep:
         autocast: The autocast context of the batch format.
         ema: The weight average to update after every step, if any.
         base_lr: The first param group's LR before the schedule (for the reported LR).
+        class_weight: The loss's class weights on the device (``train.class_weights``), if any.
     """
 
     def __init__(
@@ -69,8 +79,10 @@ class TrainStep:
         autocast: torch.autocast,
         ema: WeightEma | None,
         base_lr: float,
+        class_weight: torch.Tensor | None = None,
     ) -> None:
         self.state, self.net, self.cfg, self.autocast, self.ema, self.base_lr = state, net, cfg, autocast, ema, base_lr
+        self.class_weight = class_weight
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         """Train on the batch ``x``, ``y`` (on the device, ``x`` normalized)."""
@@ -92,7 +104,7 @@ class TrainStep:
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward pass and losses under autocast, backward, and the gradient clip."""
         with self.autocast:
-            logits, main, loss = losses(self.net(x), y, self.cfg)
+            logits, main, loss = losses(self.net(x), y, self.cfg, self.class_weight)
         loss.backward()
         cfg = self.cfg
         if cfg.grad_clip is not None:
