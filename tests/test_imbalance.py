@@ -179,6 +179,23 @@ def test_the_validation_pass_reports_scikit_learns_values_on_the_models_predicti
     assert math.isnan(empty.balanced_acc) and math.isnan(empty.macro_f1)
 
 
+def test_evaluate_prints_each_classs_precision_recall_and_f1(model_dir: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "search.cli", "evaluate", str(model_dir), "--out", str(tmp_path), "--device", "cpu"]
+    shown = subprocess.run(args, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    result = json.loads((tmp_path / "evaluation_test.json").read_text())
+    lines = shown.stdout.splitlines()
+    assert f"balanced accuracy {result['balanced_accuracy']:.2%}, macro-F1 {result['macro_f1']:.4f}" in lines
+    assert lines[lines.index("per class:") + 1].split() == ["precision", "recall", "F1", "support"]
+    for name, score in result["scores"].items():
+        row = next(line.split() for line in lines if line.split()[:1] == [name])
+        shown_scores = [f"{score[k]:.2%}" if score[k] is not None else "-" for k in ("precision", "recall", "f1")]
+        assert row[1:4] == shown_scores and row[4].endswith(f"/{score['support']}")
+        assert score["recall"] == result["per_class"][name]
+    recalls = [s["recall"] for s in result["scores"].values()]
+    assert result["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+
+
 # --------------------------------------------------------------------------- the warning
 
 

@@ -128,6 +128,9 @@ BAD_SPECS = [
     ("model: {dropout: 1.5}", "model.dropout", "<= 0.99"),
     ("modle: {}", "modle", "did you mean 'model'"),
     ("model: [1, 2", "", "invalid YAML"),
+    ("train: {class_weights: inverse}", "train.class_weights", "'none', 'balanced'"),
+    ("train: {sampler: {choice: [uniform, weighted]}}", "train.sampler.choice[1]", "'uniform', 'balanced'"),
+    ("study: {objectives: [{metric: f1}]}", "study.objectives[0].metric", "'balanced_acc', 'macro_f1'"),
     ("schema_version: 0", "schema_version", "version 1 is the first and current one"),
     ("schema_version: 7", "schema_version", "newer than this resnet-search's 1: upgrade"),
 ]

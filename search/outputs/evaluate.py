@@ -20,7 +20,7 @@ from search.data import TensorSplit
 from search.data.fingerprint import load_recorded
 from search.outputs.model import load_model
 from search.train.class_metrics import class_scores
-from search.train.epoch import evaluate
+from search.train.epoch import Evaluation, evaluate
 
 SPLITS = ("test", "val", "train")
 
@@ -59,7 +59,8 @@ class ModelEvaluation:
             f"model {self.model}: {self.split} split of {self.data} ({self.images:,} images)",
             f"accuracy {self.accuracy:.2%} ({self.correct:,}/{self.images:,}), loss {self.loss:.4f}",
             f"balanced accuracy {self.balanced_accuracy:.2%}, macro-F1 {self.macro_f1:.4f}",
-            f"per class:{'':<{width - 8}}precision    recall        f1  support",
+            "per class:",
+            " " * (width + 4) + " ".join(f"{h:>9}" for h in ("precision", "recall", "F1")) + "  support",
         ]
         for i, name in enumerate(self.classes):
             score, row = self.scores[name], self.confusion[i]
@@ -138,24 +139,29 @@ def evaluate_model(
             f"{owner}: its outputs on the {split} split are not finite (loss {ev.loss}): the weights or "
             "model.json's normalisation do not make a working model; no accuracy is reported"
         )
+    result = _result(str(folder.path), split, record.location, ev, model.classes)
+    write_text(target, json.dumps(_finite(result.as_dict()), indent=2) + "\n")
+    return result, target
+
+
+def _result(model: str, split: str, data: str, ev: Evaluation, classes: tuple[str, ...]) -> ModelEvaluation:
+    """The :class:`ModelEvaluation` of the evaluation ``ev`` (its confusion matrix read back)."""
     matrix = ev.confusion or []
-    result = ModelEvaluation(
-        model=str(folder.path),
+    return ModelEvaluation(
+        model=model,
         split=split,
-        data=record.location,
+        data=data,
         images=ev.n,
         correct=sum(matrix[i][i] for i in range(len(matrix))),
         accuracy=ev.acc,
         loss=ev.loss,
-        classes=model.classes,
-        per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(model.classes)},
+        classes=classes,
+        per_class={c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(classes)},
         confusion=matrix,
         balanced_accuracy=ev.balanced_acc,
         macro_f1=ev.macro_f1,
-        scores=per_class_scores(matrix, model.classes),
+        scores=per_class_scores(matrix, classes),
     )
-    write_text(target, json.dumps(_finite(result.as_dict()), indent=2) + "\n")
-    return result, target
 
 
 def per_class_scores(matrix: list[list[int]], classes: tuple[str, ...]) -> dict[str, dict[str, float | int | None]]:
