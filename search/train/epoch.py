@@ -71,6 +71,15 @@ class TrainedEpoch:
 
 
 @dataclass(frozen=True)
+class EpochPart:
+    """Steps ``start`` to ``stop`` (excluded) of an epoch whose order is ``perm``."""
+
+    perm: torch.Tensor
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Plain cross-entropy and accuracy on a split (NaN for an empty one).
 
@@ -100,6 +109,7 @@ def train_epoch(
     flips: torch.Tensor | None = None,
     size: int | None = None,
     time_first_step: bool = False,
+    part: EpochPart | None = None,
 ) -> TrainedEpoch:
     """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
 
@@ -119,20 +129,24 @@ def train_epoch(
         size: Train on the augmented batches downscaled to this side
             (``train.progressive_resize``); None keeps the images' size.
         time_first_step: Time the first step apart (it is mostly compilation).
+        part: Train only these steps of the epoch, in this order (an epoch cut at a
+            successive-halving rung); None draws a permutation and trains all its steps.
 
     Returns:
-        The epoch's losses, accuracy and LR, read back once.
+        The epoch's (or part's) losses, accuracy and LR, read back once.
     """
     device = fmt.device
     state.model.train()
     loss_sum = torch.zeros((), device=device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    perm = torch.randperm(len(split), device=device, generator=state.generator)
-    steps = len(split) // batch_size
+    if part is None:
+        part = EpochPart(torch.randperm(len(split), device=device, generator=state.generator), 0, len(split) // batch_size)
+    perm = part.perm
+    steps = part.stop - part.start
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
-    for step in range(steps):
+    for step in range(part.start, part.stop):
         t_step = time.perf_counter()
         idx = perm[step * batch_size : (step + 1) * batch_size]
         mask = None if flips is None else flips[idx]
@@ -147,7 +161,7 @@ def train_epoch(
         loss_sum += out.main.detach().float()
         total_sum += out.loss.detach().float()
         correct += (out.logits.detach().argmax(1) == y).sum()
-        if time_first_step and step == 0:
+        if time_first_step and step == part.start:
             sync(device)
             first_step_s = time.perf_counter() - t_step
     train_loss_sum, total_loss_sum, n_correct = torch.stack([loss_sum, total_sum, correct.float()]).tolist()
@@ -171,6 +185,7 @@ def evaluate(
     batch_size: int,
     confusion: bool = False,
     tta: Tta = Tta(),
+    size: int | None = None,
 ) -> Evaluation:
     """Cross-entropy and accuracy of ``model`` in eval mode on ``split``, with test-time augmentation.
 
@@ -183,6 +198,8 @@ def evaluate(
         batch_size: Images per forward pass.
         confusion: Also read back the confusion matrix.
         tta: The views whose logits are averaged (:func:`tta_views`); none by default.
+        size: Validate on the images downscaled to this side (a rung's ``val_image_size``);
+            None keeps their size.
 
     Returns:
         The mean loss, the accuracy and, if asked, the confusion matrix.
@@ -193,7 +210,8 @@ def evaluate(
     conf_t = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     with torch.inference_mode(), fmt.autocast():
         for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size), strict=True):
-            views = tta_views(fmt.prepare(x), tta, fmt.channels_last)
+            prepared = fmt.prepare(x)
+            views = tta_views(prepared if size is None else downscale(prepared, size), tta, fmt.channels_last)
             logits = torch.stack([_logits(model(view)) for view in views]).mean(0)
             loss_t += F.cross_entropy(logits, y, reduction="sum")
             # bincount of (true, predicted) pairs is the confusion matrix in one kernel.

@@ -19,6 +19,10 @@ class EpochMetrics:
     so that trials with different smoothing compare. ``lr`` is the first param group's
     LR at the epoch's last step. ``images_per_s`` counts training images only (no
     evaluation); ``elapsed_s`` is the wall time since the run started (resumes included).
+    ``full_epochs``: the training so far in full-epoch equivalents (images x FLOPs per image
+    at the side trained, :mod:`search.budget.compute`). ``rung``: the index of the
+    successive-halving rung this report is (its validation then runs at the rung's side);
+    a rung within an epoch reports the epochs done, its ``train_*`` over the epoch's steps so far.
     """
 
     epoch: int
@@ -29,6 +33,8 @@ class EpochMetrics:
     lr: float
     images_per_s: float
     elapsed_s: float
+    full_epochs: float = 0.0
+    rung: int | None = None
 
 
 @dataclass
