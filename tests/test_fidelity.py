@@ -28,6 +28,8 @@ from search.config import (
     parse_spec,
 )
 from search.data import ImageDataset, TensorSplit
+from search.engine.events import EpochReport, RunStart, TrialEnd, TrialStart
+from search.engine.progress import RunProgress
 from search.engine.rungs import RungHalvingPruner
 from search.models import build_model
 from search.study.keys import FULL_EPOCHS
@@ -140,7 +142,9 @@ def test_a_low_resolution_rung_trains_at_its_size_and_validates_at_full_size():
 
 def test_a_trial_stopped_at_a_rung_ends_there():
     reports: list[EpochMetrics] = []
-    result = train(tiny_trial(), make_data(), callback=lambda m: reports.append(m) or m.rung == 0, rungs=(Rung(fraction=0.5),))
+    result = train(
+        tiny_trial(), make_data(), callback=lambda m: reports.append(m) or m.rung == 0, rungs=(Rung(fraction=0.5),)
+    )
     assert result.status == "stopped" and result.history == [] and len(reports) == 1
 
 
@@ -178,6 +182,27 @@ def test_the_rung_pruner_compares_trials_at_the_same_rung():
         study.tell(trial, value)
     # Rung 0's peers so far: [0.5] keeps 0.5; [0.5, 0.4]: the best half, 0.5, drops 0.4; ...
     assert kept == [True, False, True, False]
+
+
+# --------------------------------------------------------------------------- the time left
+
+
+def test_the_time_left_counts_full_epoch_equivalents_not_reports():
+    now = [0.0]
+    view = RunProgress(clock=lambda: now[0])
+    view.run_started(RunStart(study_name="s", n_trials=3, finished_before=0, slots=1, epochs=4, started=0.0))
+    view.trial_started(TrialStart(0, {}, 1, 10**6, 4))
+    # A quarter epoch at full size, then the rest of epoch 1 at half the side (a quarter of the cost each).
+    for epoch, full, seconds in ((0, 0.25, 12.0), (1, 0.4375, 2.0), (2, 1.4375, 8.0)):
+        now[0] += seconds
+        view.epoch_reported(EpochReport(0, epoch, {FULL_EPOCHS: full}, now[0]))
+    # After the first report: 10 s for 1.1875 full-epoch equivalents -> 8.42 s per full epoch.
+    per_full = 10.0 / 1.1875
+    assert view.epoch_time() == pytest.approx(per_full)
+    stopped = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={FULL_EPOCHS: 1.4375})
+    view.trial_ended(TrialEnd(0, "pruned", stopped, at=now[0]))
+    # Two trials to go, each expected to spend what the pruned one did (start-up unknown: 0).
+    assert view.time_left() == pytest.approx(2 * 1.4375 * per_full)
 
 
 # --------------------------------------------------------------------------- through the CLI

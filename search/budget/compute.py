@@ -94,3 +94,14 @@ def flops_counter(model: ModelConfig, full_size: int) -> Callable[[int | None], 
         return float(fast_count(model, side).flops)
 
     return flops_at
+
+
+def rung_costs(
+    stretches: Sequence[Stretch], steps_per_epoch: int, flops_at: Callable[[int | None], float]
+) -> list[float]:
+    """What a run has spent on reaching each rung it reaches, in full-epoch equivalents."""
+    return [
+        full_epochs(stretches[: index + 1], steps_per_epoch, flops_at)
+        for index, stretch in enumerate(stretches)
+        for _ in stretch.rungs
+    ]

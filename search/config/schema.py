@@ -137,7 +137,8 @@ class SuccessiveHalvingPruner:
             if positions[index] <= positions[index - 1]:
                 raise InvalidValue(
                     f"rungs[{index}]",
-                    f"rungs come in order of training: {positions[index]:g} epochs is not after {positions[index - 1]:g}",
+                    f"rungs come in order of training: {positions[index]:g} epochs is not after "
+                    f"{positions[index - 1]:g}",
                 )
 
 

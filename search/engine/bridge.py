@@ -185,7 +185,14 @@ class StudyBridge:
                 TrialStart(trial.number, trial.params, counts.params, counts.flops or 0, config.train.epochs),
             )
             return TrialJob(
-                trial.number, config, self.spec.data, self.data_dir, counts, self.use_gpu, self.threads, rungs=self.rungs
+                trial.number,
+                config,
+                self.spec.data,
+                self.data_dir,
+                counts,
+                self.use_gpu,
+                self.threads,
+                rungs=self.rungs,
             )
         return None
 

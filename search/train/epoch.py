@@ -141,7 +141,9 @@ def train_epoch(
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     if part is None:
-        part = EpochPart(torch.randperm(len(split), device=device, generator=state.generator), 0, len(split) // batch_size)
+        part = EpochPart(
+            torch.randperm(len(split), device=device, generator=state.generator), 0, len(split) // batch_size
+        )
     perm = part.perm
     steps = part.stop - part.start
     lr = state.optimizer.param_groups[0]["lr"]

@@ -101,9 +101,8 @@ def train(
         train_split: Trains on this instead of ``data.train`` (final retraining on
             train+val; the per-epoch validation is then not held out).
         log: Receives the line on weights loaded from ``model.init_from``.
-        rungs: The search's successive-halving rungs (``study.pruner.rungs``): the callback
-            also gets a report at each (``EpochMetrics.rung``), within an epoch if it is there,
-            and the steps up to one train at its ``image_size``.
+        rungs: ``study.pruner.rungs``: the callback gets a report at each (within an epoch
+            too); the steps up to one train at its ``image_size`` (:mod:`.fidelity`).
 
     Returns:
         The :class:`TrainResult`; a non-finite loss ends the run with status ``nan``.
@@ -128,12 +127,13 @@ def train(
     first = state.epoch + 1
     for epoch in range(first, epochs + 1):
         # This process's first compiled step compiles (resumed or not): it is timed apart.
-        metrics, finite = _run_epoch(state, run, epoch, time_first_step=cfg.compile and epoch == first, callback=callback)
-        if metrics is None:
-            status, reason = "stopped", f"stopped by the callback at a rung in epoch {epoch}"
-            break
-        if not finite:
-            status, reason = "nan", _non_finite_reason(metrics)
+        metrics, finite = _run_epoch(
+            state, run, epoch, time_first_step=cfg.compile and epoch == first, callback=callback
+        )
+        if metrics is None or not finite:  # stopped at a rung within the epoch, or a non-finite loss
+            status, reason = (
+                ("nan", _non_finite_reason(metrics)) if metrics else ("stopped", f"at a rung of epoch {epoch}")
+            )
             break
         if checkpoint_path is not None:
             state.save(Path(checkpoint_path))
