@@ -5,6 +5,7 @@ promoted trial that trains on, and the cost of training counted in full-epoch eq
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -227,6 +228,14 @@ resources: {{cpu: 1, max_concurrent: 1}}
 def test_a_search_with_rungs_reports_at_them_and_stores_each_trials_cost(tmp_path: Path, tiny_imagefolder: Path):
     spec = tmp_path / "rungs.yaml"
     spec.write_text(SPEC.format(rungs="[{fraction: 0.5, image_size: 16}, {epochs: 1}]"))
+    plan = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder), "--dry-run"], tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    found = re.search(r"rungs: a median-size trial reaches them after ([\d.]+), ([\d.]+) full-epoch", plan.stdout)
+    assert found, plan.stdout
+    # 3 steps an epoch: rung 0 after 2 steps at 16 px, rung 1 one full-size step later (a third of an epoch).
+    assert float(found.group(1)) < 2 / 3 and float(found.group(2)) - float(found.group(1)) == pytest.approx(
+        1 / 3, abs=0.01
+    )
     done = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = [t for t in load(sqlite_url(tmp_path, "rungs"), "rungs").trials if t.state.is_finished()]
