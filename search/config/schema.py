@@ -97,10 +97,53 @@ class PercentilePruner:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """A point of a trial's training where successive halving compares it with its peers.
+
+    Exactly one of ``fraction`` (of the first epoch: ``0.25`` reports after a quarter of its
+    steps) and ``epochs`` (after that many whole epochs). ``image_size``: the steps since the
+    previous rung train at this side (the images downscaled; unset: as without rungs).
+    ``val_image_size``: the rung's validation runs at this side (unset: the trials' image
+    size, the resolution the final model uses). A promoted trial trains on from where it is.
+    """
+
+    fraction: float | None = bounded(None, gt=0.0, le=1.0)
+    epochs: int | None = bounded(None, ge=1, le=100_000)
+    image_size: int | None = bounded(None, ge=8, le=2048)
+    val_image_size: int | None = bounded(None, ge=8, le=2048)
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.epochs is None):
+            raise InvalidValue("fraction", "a rung gives one of fraction (of the first epoch) or epochs, not both")
+
+    @property
+    def position(self) -> float:
+        """Where the rung is, in epochs of training (``fraction`` or ``epochs``)."""
+        return float(self.fraction if self.fraction is not None else self.epochs or 0)
+
+
+@dataclass(frozen=True)
 class SuccessiveHalvingPruner:
+    """Asynchronous successive halving. Without ``rungs`` Optuna's, its rungs at epochs
+    ``min_resource * reduction_factor**k``; with ``rungs``, trials are compared at those points
+    (:class:`Rung`), in order of training, and the best ``1 / reduction_factor`` go on."""
+
     name: Literal["successive_halving"] = "successive_halving"
     min_resource: int = bounded(1, ge=1)
     reduction_factor: int = bounded(3, ge=2)
+    rungs: tuple[Rung, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rungs and self.min_resource != 1:
+            raise InvalidValue("min_resource", "the rungs set where trials are compared; leave min_resource out")
+        positions = [rung.position for rung in self.rungs]
+        for index in range(1, len(positions)):
+            if positions[index] <= positions[index - 1]:
+                raise InvalidValue(
+                    f"rungs[{index}]",
+                    f"rungs come in order of training: {positions[index]:g} epochs is not after "
+                    f"{positions[index - 1]:g}",
+                )
 
 
 @dataclass(frozen=True)

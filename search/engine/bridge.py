@@ -21,10 +21,11 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
-from search.config import InvalidSample, InvalidValue, Spec, TorchvisionResNetConfig, TrialConfig
+from search.config import InvalidSample, InvalidValue, Rung, Spec, TorchvisionResNetConfig, TrialConfig
 from search.config.secrets import mask_secrets
 from search.engine.deployment import DeploymentBudget
 from search.engine.events import EpochReport, Log, RunObserver, TrialEnd, TrialStart, ignore
+from search.engine.rungs import check_rungs
 from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.startup import startup_seconds
 from search.engine.trainable import TrialJob
@@ -35,6 +36,7 @@ from search.study.keys import (
     ERROR,
     FLOPS,
     FRESH_WORKER,
+    FULL_EPOCHS,
     IMAGES_PER_S,
     INTERRUPTED,
     LATENCY_MS,
@@ -143,6 +145,8 @@ class StudyBridge:
         self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
         self.startup_measured: set[int] = set()  # trials of this run whose start-up is stored
         self.deployment = DeploymentBudget(study, spec, image_size, measure=reference_check, log=log)
+        self.rungs: tuple[Rung, ...] = getattr(spec.study.pruner, "rungs", ())
+        check_rungs(self.rungs, image_size, spec.source)
 
     @property
     def remaining(self) -> int:
@@ -180,7 +184,16 @@ class StudyBridge:
                 "trial_started",
                 TrialStart(trial.number, trial.params, counts.params, counts.flops or 0, config.train.epochs),
             )
-            return TrialJob(trial.number, config, self.spec.data, self.data_dir, counts, self.use_gpu, self.threads)
+            return TrialJob(
+                trial.number,
+                config,
+                self.spec.data,
+                self.data_dir,
+                counts,
+                self.use_gpu,
+                self.threads,
+                rungs=self.rungs,
+            )
         return None
 
     def _draw(self) -> tuple[optuna.Trial, tuple[TrialConfig, Counts] | str]:
@@ -198,7 +211,8 @@ class StudyBridge:
             trial = self.study.ask()
             try:
                 config = self.spec.space.sample(trial)
-                check_fits(config, self.image_size)  # a sample that does not fit its input is rejected
+                for side in {self.image_size, *(r.image_size for r in self.rungs if r.image_size)}:
+                    check_fits(config, side)  # a sample that does not fit its input (or a rung's) is rejected
                 return trial, (config, fast_count(config.model, self.image_size))
             except (InvalidSample, InvalidValue) as error:
                 return trial, str(error)
@@ -254,6 +268,8 @@ class StudyBridge:
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if FRESH_WORKER in result:  # a flag: the observers get it as 1.0 or 0.0, as every metric a number
             metrics[FRESH_WORKER] = float(bool(result[FRESH_WORKER]))
+        if FULL_EPOCHS in metrics:  # what the trial has cost so far, for the benchmark and the report
+            self.running[number].trial.set_user_attr(FULL_EPOCHS, metrics[FULL_EPOCHS])
         if number not in self.startup_measured and "elapsed_s" in metrics:
             self._record_startup(number, now, metrics["elapsed_s"], bool(result.get(FRESH_WORKER)))
         self.notify("epoch_reported", EpochReport(number, epoch, metrics, now))
@@ -274,12 +290,16 @@ class StudyBridge:
         trial.set_user_attr(FRESH_WORKER, fresh_worker)
 
     def _prune(self, number: int, result: dict) -> bool:
-        """Report the objective to the study; True when its pruner says stop."""
+        """Report the objective to the study; True when its pruner says stop. The step is the
+        epoch; with rungs, the rung's index, and only rung reports reach the study."""
         value = result.get(self.spec.study.objectives[0].metric)
         if self.multi_objective or value is None or not math.isfinite(value):
             return False
+        step = result.get("rung") if self.rungs else result["epoch"]
+        if step is None:
+            return False
         trial = self.running[number].trial
-        trial.report(value, step=int(result["epoch"]))
+        trial.report(value, step=int(step))
         if trial.should_prune():
             self.mark_pruned(number)
             return True

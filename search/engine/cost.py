@@ -13,7 +13,8 @@
 
 The time model (:meth:`TrialCost.run_s`), which the live view's time left follows too: the first
 trial of each slot starts a Ray worker (``cold_s``), later ones reuse it (``warm_s``), and every
-trial trains its epochs.
+trial trains its epochs, counted in full-epoch equivalents (:mod:`search.budget.compute`: an
+epoch at a lower ``progressive_resize`` side costs less).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class TrialCost:
     ``params``, ``batch_size`` and ``flops`` are the median-size config's; ``step_s`` its
     seconds per training step on ``device`` with ``threads`` torch threads; ``mean_flops``
     the mean FLOPs of the space's configs that fit the budget (what a trial still to start costs).
+    ``full_epochs``: the median config's training in full-epoch equivalents (None: ``epochs``);
+    ``rung_costs``: what it spends to reach each successive-halving rung, in the same unit.
     """
 
     params: int
@@ -117,6 +120,13 @@ class TrialCost:
     n_train: int
     epochs: int
     startup: StartUp
+    full_epochs: float | None = None
+    rung_costs: tuple[float, ...] = ()
+
+    @property
+    def trial_epochs(self) -> float:
+        """A whole trial's training in full-epoch equivalents."""
+        return self.epochs if self.full_epochs is None else self.full_epochs
 
     @property
     def epoch_s(self) -> float:
@@ -129,7 +139,7 @@ class TrialCost:
             return 0.0
         waves = math.ceil(trials / max(1, slots))
         warm_s = self.startup.warm_s or 0.0
-        return self.startup.cold_s + (waves - 1) * warm_s + waves * self.epochs * self.epoch_s
+        return self.startup.cold_s + (waves - 1) * warm_s + waves * self.trial_epochs * self.epoch_s
 
     def probe_line(self) -> str:
         """``probe: a median-size config (...) takes 519 ms per step on cpu with 1 thread(s): ...``."""
@@ -137,14 +147,29 @@ class TrialCost:
             f"probe: a median-size config ({self.params:,} params, batch {self.batch_size}) takes "
             f"{self.step_s * 1000:.0f} ms per step on {self.device} with {self.threads} thread(s): "
             f"{seconds_text(self.epoch_s)} per epoch of {self.n_train:,} images, "
-            f"{seconds_text(self.epochs * self.epoch_s)} per trial of {_count(self.epochs, 'epoch')}"
+            f"{seconds_text(self.trial_epochs * self.epoch_s)} per trial of {_count(self.epochs, 'epoch')}"
+            f"{self._equivalents()}"
+        )
+
+    def _equivalents(self) -> str:
+        """`` (3.25 full-epoch equivalents)`` where a trial's cost is not its epochs."""
+        return "" if self.trial_epochs == self.epochs else f" ({self.trial_epochs:.3g} full-epoch equivalents)"
+
+    def rungs_line(self) -> str | None:
+        """``rungs: a median-size trial reaches them after 0.25, 1.06 full-epoch equivalents (...)``."""
+        if not self.rung_costs:
+            return None
+        reached = ", ".join(f"{cost:.3g}" for cost in self.rung_costs)
+        return (
+            f"rungs: a median-size trial reaches them after {reached} full-epoch equivalents "
+            f"(a whole trial: {self.trial_epochs:.3g}); trials pruned at a rung stop there"
         )
 
     def estimate_line(self, trials: int, slots: int) -> str:
         """``estimate: 8 trials x 4 epochs on 2 slot(s) = 3m45s before pruning, start-up included``."""
         return (
-            f"estimate: {_count(trials, 'trial')} x {_count(self.epochs, 'epoch')} on {slots} slot(s) = "
-            f"{seconds_text(self.run_s(trials, slots))} before pruning, start-up included"
+            f"estimate: {_count(trials, 'trial')} x {_count(self.epochs, 'epoch')}{self._equivalents()} "
+            f"on {slots} slot(s) = {seconds_text(self.run_s(trials, slots))} before pruning, start-up included"
         )
 
 
@@ -203,7 +228,22 @@ def probe_cost(
         n_train=n_train,
         epochs=config.train.epochs,
         startup=startup,
+        **_full_epochs(spec, config, image_size, n_train),
     )
+
+
+def _full_epochs(spec: Spec, config: TrialConfig, image_size: int, n_train: int) -> dict:
+    """The median config's training and its rungs in full-epoch equivalents (TrialCost's fields)."""
+    from search.budget.compute import flops_counter, full_epochs, rung_costs, schedule
+
+    steps = max(1, n_train // max(1, min(config.train.batch_size, n_train)))
+    rungs = getattr(spec.study.pruner, "rungs", ())
+    stretches = schedule(config.train.epochs, steps, rungs, config.train.progressive_resize)
+    flops_at = flops_counter(config.model, image_size)
+    return {
+        "full_epochs": full_epochs(stretches, steps, flops_at),
+        "rung_costs": tuple(rung_costs(stretches, steps, flops_at)),
+    }
 
 
 def probe_step_time(

@@ -56,6 +56,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000)
         cost.startup.line(),
         f"concurrency: {slots} trial(s) at a time" + (f" ({concurrency.capped})" if concurrency.capped else ""),
         cost.estimate_line(spec.study.n_trials, slots),
+        *filter(None, [cost.rungs_line()]),
         rehearsal_line(spec, rehearse_budget(spec, image_size, report.max_epochs)),
     ]
     if spec.resources.gpu > 0 and cost.device == "cpu":

@@ -4,15 +4,20 @@ epoch times measured in this run. :class:`PlainProgress` prints it as plain line
 pipe, a log file); the live table of a terminal (:mod:`search.outputs.live`) draws the same
 state.
 
-The time left: each running trial still has its expected epochs to go (the mean epochs the
-finished trials of this run ran, so pruning shortens it; the full count before any
-finished), each trial not started yet its start-up and the same epochs; that work, spread
-over the run's slots, and never less than the longest running trial still needs.
+The time left is counted in full-epoch equivalents (an epoch at full image size is 1; one
+at half the side about a quarter; half an epoch a half: :mod:`search.budget.compute`), as
+each report says what its trial has spent so far: each running trial still has its expected
+share to go (the mean the finished trials of this run spent, so pruning and cheaper rungs
+shorten it; a full trial's epochs before any finished), each trial not started yet its
+start-up and the same; that work, spread over the run's slots, and never less than the
+longest running trial still needs. A report without that count (an older worker) counts
+its epochs.
 
 - An epoch's time grows with the model's FLOPs, so the estimate keeps seconds per FLOP:
-  measured (every epoch after a trial's first, over their trials' FLOPs), else the pre-run
-  probe's. A running trial's epochs take its own FLOPs' worth; a trial not started yet, the
-  mean FLOPs of the space's configs that fit the budget (sampled before the run).
+  measured (every report after a trial's first, over its trial's FLOPs times the full-epoch
+  equivalents it trained), else the pre-run probe's. A running trial's epochs take its own
+  FLOPs' worth; a trial not started yet, the mean FLOPs of the space's configs that fit the
+  budget (sampled before the run).
 - A trial's first report comes after its start-up (a Ray worker, imports, the data, the
   model) and one epoch (as the trial timed it). The first trial of each slot starts a Ray
   worker; later ones reuse it. Each kind's start-up is measured in this run once a trial of
@@ -39,6 +44,7 @@ from search.study.keys import (
     FAILED,
     FINISHED_STATUSES,
     FRESH_WORKER,
+    FULL_EPOCHS,
     INTERRUPTED,
     PARAMS,
     PRUNED,
@@ -60,6 +66,7 @@ class RunningTrial:
     flops: int = 0
     cold: bool = False  # among the first of its slot: it starts a Ray worker
     epoch: int = 0
+    full_epochs: float = 0.0  # what it has trained, in full-epoch equivalents
     val_acc: float | None = None
     images_per_s: float | None = None
     last_report: float | None = None
@@ -74,11 +81,12 @@ class RunProgress(RunObserver):
     running: dict[int, RunningTrial] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDED_STATUSES, 0))
     best: tuple[float, int, int] | None = None  # value, params, trial number
-    epoch_seconds: list[tuple[float, int]] = field(default_factory=list)  # after a trial's first: (s, FLOPs)
+    # After a trial's first report: (seconds, its FLOPs, the full-epoch equivalents trained in them)
+    epoch_seconds: list[tuple[float, int, float]] = field(default_factory=list)
     # From a trial's start to its first report: (seconds, its FLOPs, the first epoch as it timed it)
     cold_starts: list[tuple[float, int, float | None]] = field(default_factory=list)  # new Ray workers
     warm_starts: list[tuple[float, int, float | None]] = field(default_factory=list)  # reused workers
-    epochs_run: list[int] = field(default_factory=list)
+    epochs_run: list[float] = field(default_factory=list)  # full-epoch equivalents of the finished
     started_here: int = 0
     maximize: bool = True
 
@@ -99,13 +107,15 @@ class RunProgress(RunObserver):
         trial = self.running.get(event.number)
         if trial is None:
             return
+        full = event.metrics.get(FULL_EPOCHS, float(event.epoch))
         if trial.last_report is not None:
-            self.epoch_seconds.append((event.at - trial.last_report, trial.flops))
+            if full > trial.full_epochs:  # a rung validated at an epoch's end trained nothing new
+                self.epoch_seconds.append((event.at - trial.last_report, trial.flops, full - trial.full_epochs))
         else:
             trial.cold = bool(event.metrics.get(FRESH_WORKER, trial.cold))  # the trial knows; before, a guess
             starts = self.cold_starts if trial.cold else self.warm_starts
             starts.append((event.at - trial.started, trial.flops, event.metrics.get("elapsed_s")))
-        trial.epoch, trial.last_report = event.epoch, event.at
+        trial.epoch, trial.last_report, trial.full_epochs = event.epoch, event.at, full
         trial.val_acc = event.metrics.get("val_acc", trial.val_acc)
         trial.images_per_s = event.metrics.get("images_per_s", trial.images_per_s)
 
@@ -113,7 +123,9 @@ class RunProgress(RunObserver):
         trial = self.running.pop(event.number, None)
         self.counts[event.status] = self.counts.get(event.status, 0) + 1
         if event.status in FINISHED_STATUSES:
-            self.epochs_run.append(event.trial.user_attrs.get(EPOCHS_RUN) or (trial.epoch if trial else 0))
+            attrs = event.trial.user_attrs
+            spent = attrs.get(FULL_EPOCHS) or attrs.get(EPOCHS_RUN)
+            self.epochs_run.append(spent or (trial.full_epochs if trial else 0))
         self._consider(event.trial)
 
     def _consider(self, trial: FrozenTrial) -> None:
@@ -136,22 +148,22 @@ class RunProgress(RunObserver):
         return self.clock() - self.start.started if self.start else 0.0
 
     def _seconds_per_flop(self) -> float | None:
-        measured = [(s, f) for s, f in self.epoch_seconds if f > 0]
+        measured = [(s, f * full) for s, f, full in self.epoch_seconds if f > 0]
         if measured:
-            return sum(s for s, _ in measured) / sum(f for _, f in measured)
+            return sum(s for s, _ in measured) / sum(work for _, work in measured)
         if self.start and self.start.epoch_s and self.start.probe_flops:
             return self.start.epoch_s / self.start.probe_flops
         return None
 
     def epoch_time(self, flops: float | None = None) -> float | None:
-        """Seconds per epoch of a model of ``flops`` FLOPs (default: the space's mean), from the
-        measured seconds per FLOP; for an unknown size, the mean epoch or the probe's."""
+        """Seconds per full epoch of a model of ``flops`` FLOPs (default: the space's mean), from
+        the measured seconds per FLOP; for an unknown size, the mean epoch or the probe's."""
         flops = flops or (self.start.mean_flops if self.start else None)
         rate = self._seconds_per_flop()
         if rate is not None and flops:
             return rate * flops
         if self.epoch_seconds:
-            return statistics.fmean(s for s, _ in self.epoch_seconds)
+            return sum(s for s, _, _ in self.epoch_seconds) / sum(full for _, _, full in self.epoch_seconds)
         return self.start.epoch_s if self.start else None
 
     def start_up(self, cold: bool = False) -> float:
@@ -178,7 +190,7 @@ class RunProgress(RunObserver):
             if t.last_report is None:
                 running.append(max(0.0, self.start_up(t.cold) + expected * own - (now - t.started)))
             else:
-                to_go = max(expected - t.epoch, min(1, t.epochs - t.epoch))
+                to_go = max(expected - t.full_epochs, min(1.0, t.epochs - t.full_epochs))
                 running.append(max(0.0, to_go * own - (now - t.last_report)))
         to_start = max(0, self.start.n_trials - self.finished - len(self.running))
         cold = min(to_start, max(0, self.start.slots - self.started_here))  # slots that start no worker yet

@@ -15,6 +15,7 @@ import optuna
 from search.config import PrunerConfig, SamplerConfig, Spec, SpecError, load_spec, random_samples
 from search.config.schema import HyperbandPruner, MedianPruner, NoPruner, PercentilePruner, SuccessiveHalvingPruner
 from search.config.secrets import mask_secrets
+from search.engine.rungs import RungHalvingPruner
 from search.study.keys import SPEC_SOURCE, SPEC_TEXT
 from search.study.storage import open_storage
 
@@ -76,8 +77,10 @@ PRUNERS: dict[type, Callable[[Any, int], optuna.pruners.BasePruner]] = {
     PercentilePruner: lambda c, epochs: optuna.pruners.PercentilePruner(
         c.percentile, c.n_startup_trials, c.n_warmup_steps
     ),
-    SuccessiveHalvingPruner: lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=c.min_resource, reduction_factor=c.reduction_factor
+    SuccessiveHalvingPruner: lambda c, epochs: (
+        RungHalvingPruner(c.reduction_factor, len(c.rungs))
+        if c.rungs
+        else optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_resource, reduction_factor=c.reduction_factor)
     ),
     HyperbandPruner: lambda c, epochs: optuna.pruners.HyperbandPruner(
         min_resource=c.min_resource, max_resource=epochs, reduction_factor=c.reduction_factor
@@ -120,7 +123,8 @@ def uses_constraints(sampler: optuna.samplers.BaseSampler) -> bool:
 
 
 def make_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The Optuna pruner a spec names (:data:`PRUNERS`); the step is the epoch."""
+    """The Optuna pruner a spec names (:data:`PRUNERS`); the step is the epoch, or the rung's
+    index where ``rungs`` are set (:mod:`search.engine.rungs`)."""
     return PRUNERS[type(config)](config, max_epochs)
 
 

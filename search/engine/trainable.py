@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from search.budget import Counts
-from search.config import DataConfig, Spec, TrialConfig
+from search.config import DataConfig, Rung, Spec, TrialConfig
 from search.data.fingerprint import DataRecord
-from search.study.keys import ERROR, FRESH_WORKER
+from search.study.keys import ERROR, FRESH_WORKER, FULL_EPOCHS
 from search.train.result import VALIDATION_METRICS
 
 KEEP_ERROR = "keep_error"  # in a final report: why the trial's weights could not be handed back
@@ -39,7 +39,8 @@ class TrialOutput:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What a Ray worker needs to train one trial; travels inside the Tune config."""
+    """What a Ray worker needs to train one trial; travels inside the Tune config. ``rungs``:
+    the successive-halving rungs it reports at (``study.pruner.rungs``)."""
 
     number: int
     trial: TrialConfig
@@ -49,6 +50,7 @@ class TrialJob:
     use_gpu: bool
     threads: int
     output: TrialOutput | None = None
+    rungs: tuple[Rung, ...] = ()
 
 
 def run_trial(config: dict) -> None:
@@ -77,7 +79,7 @@ def run_trial(config: dict) -> None:
 
     try:
         data = worker_data(job)
-        result = train(trial, data, device=device, callback=on_epoch)
+        result = train(trial, data, device=device, callback=on_epoch, rungs=job.rungs)
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
         return
@@ -161,8 +163,10 @@ def report_with_model(final: dict, result: Any, trial: TrialConfig, data: Any, j
 
 
 def epoch_report(metrics: Any) -> dict:
-    keys = ("epoch", "train_loss", "train_acc", *VALIDATION_METRICS, "lr", "images_per_s", "elapsed_s")
-    return {key: getattr(metrics, key) for key in keys}
+    """An epoch's (or a rung's) metrics as Tune reports them; ``rung`` only where it is one."""
+    keys = ("epoch", "train_loss", "train_acc", *VALIDATION_METRICS, "lr", "images_per_s", "elapsed_s", FULL_EPOCHS)
+    report = {key: getattr(metrics, key) for key in keys}
+    return report if metrics.rung is None else {**report, "rung": metrics.rung}
 
 
 def failure_line(error: Exception) -> str:

@@ -21,6 +21,7 @@ FLOPS = "flops"  # fvcore's convention: one fused multiply-add is one FLOP, one 
 RAY_TRIAL_ID = "ray_trial_id"  # the Tune trial that trained it
 TRAIN_TIME_S = "train_time_s"  # the trial's own training time, as it reported it
 EPOCHS_RUN = "epochs_run"
+FULL_EPOCHS = "full_epochs"  # training spent so far in full-epoch equivalents (images x FLOPs per image)
 IMAGES_PER_S = "images_per_s"
 RETRY_OF = "retry_of"  # on an enqueued trial: the number of the interrupted trial it repeats
 STARTUP_S = "startup_s"  # seconds from the driver sending the trial to Ray to its first training step

@@ -16,7 +16,6 @@ from torch import nn
 
 from search.config import Augment, Tta
 from search.data import TensorSplit, augment_batch, downscale, normalize
-from search.train.balance import BatchOrder
 from search.train.class_metrics import balanced_accuracy, macro_f1
 from search.train.state import TrainState
 from search.train.step import TrainStep
@@ -73,6 +72,15 @@ class TrainedEpoch:
 
 
 @dataclass(frozen=True)
+class EpochPart:
+    """Steps ``start`` to ``stop`` (excluded) of an epoch whose order is ``perm``."""
+
+    perm: torch.Tensor
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Plain cross-entropy, accuracy, balanced accuracy and macro-F1 on a split (NaN for an
     empty one; see :mod:`~search.train.class_metrics`).
@@ -105,7 +113,7 @@ def train_epoch(
     flips: torch.Tensor | None = None,
     size: int | None = None,
     time_first_step: bool = False,
-    order: BatchOrder | None = None,
+    part: EpochPart | None = None,
 ) -> TrainedEpoch:
     """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
 
@@ -125,21 +133,26 @@ def train_epoch(
         size: Train on the augmented batches downscaled to this side
             (``train.progressive_resize``); None keeps the images' size.
         time_first_step: Time the first step apart (it is mostly compilation).
-        order: How the epoch's images are drawn (``train.sampler``); None: a permutation.
+        part: Train only these steps of the epoch, in this order (an epoch cut at a
+            successive-halving rung); None draws a permutation and trains all its steps.
 
     Returns:
-        The epoch's losses, accuracy and LR, read back once.
+        The epoch's (or part's) losses, accuracy and LR, read back once.
     """
     device = fmt.device
     state.model.train()
     loss_sum = torch.zeros((), device=device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    perm = (order or BatchOrder(len(split))).draw(state.generator)
-    steps = len(split) // batch_size
+    if part is None:
+        part = EpochPart(
+            torch.randperm(len(split), device=device, generator=state.generator), 0, len(split) // batch_size
+        )
+    perm = part.perm
+    steps = part.stop - part.start
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
-    for step in range(steps):
+    for step in range(part.start, part.stop):
         t_step = time.perf_counter()
         idx = perm[step * batch_size : (step + 1) * batch_size]
         mask = None if flips is None else flips[idx]
@@ -154,7 +167,7 @@ def train_epoch(
         loss_sum += out.main.detach().float()
         total_sum += out.loss.detach().float()
         correct += (out.logits.detach().argmax(1) == y).sum()
-        if time_first_step and step == 0:
+        if time_first_step and step == part.start:
             sync(device)
             first_step_s = time.perf_counter() - t_step
     train_loss_sum, total_loss_sum, n_correct = torch.stack([loss_sum, total_sum, correct.float()]).tolist()
@@ -178,6 +191,7 @@ def evaluate(
     batch_size: int,
     confusion: bool = False,
     tta: Tta = Tta(),
+    size: int | None = None,
 ) -> Evaluation:
     """Cross-entropy and accuracy of ``model`` in eval mode on ``split``, with test-time augmentation.
 
@@ -190,6 +204,8 @@ def evaluate(
         batch_size: Images per forward pass.
         confusion: Also read back the confusion matrix.
         tta: The views whose logits are averaged (:func:`tta_views`); none by default.
+        size: Validate on the images downscaled to this side (a rung's ``val_image_size``);
+            None keeps their size.
 
     Returns:
         The mean loss, the accuracy, balanced accuracy, macro-F1 and, if asked, the confusion matrix.
@@ -200,7 +216,8 @@ def evaluate(
     conf_t = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     with torch.inference_mode(), fmt.autocast():
         for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size), strict=True):
-            views = tta_views(fmt.prepare(x), tta, fmt.channels_last)
+            prepared = fmt.prepare(x)
+            views = tta_views(prepared if size is None else downscale(prepared, size), tta, fmt.channels_last)
             logits = torch.stack([_logits(model(view)) for view in views]).mean(0)
             loss_t += F.cross_entropy(logits, y, reduction="sum")
             # bincount of (true, predicted) pairs is the confusion matrix in one kernel.

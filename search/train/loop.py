@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from search.config import Augment, ResNetConfig, TrainConfig, TrialConfig, UserError
+from search.config import Augment, ResNetConfig, Rung, TrainConfig, TrialConfig, UserError
 from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
 from search.train.balance import BatchOrder, loss_weights
 from search.train.ema import WeightEma
-from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.epoch import BatchFormat, EpochPart, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.fidelity import Fidelity, merge_parts, plan_fidelity
 from search.train.recipe import (
     build_optimizer,
     build_scheduler,
@@ -46,7 +47,8 @@ class _Run:
 
     ``flip_bits`` is each training image's mirror state in odd epochs under
     ``flip: alternating`` (even epochs mirror the others), None otherwise. ``order`` draws
-    each epoch's images (``train.sampler``).
+    each epoch's images (``train.sampler``). ``fidelity``: the epochs' stretches, where rungs
+    report within them, and what each has cost.
     """
 
     cfg: TrainConfig
@@ -59,6 +61,10 @@ class _Run:
     num_classes: int
     flip_bits: torch.Tensor | None
     order: BatchOrder
+    fidelity: Fidelity
+
+
+Callback = Callable[[EpochMetrics], bool | None]
 
 
 def train(
@@ -68,12 +74,13 @@ def train(
     augment: Augment | None = None,
     device: str | torch.device = "cpu",
     epochs: int | None = None,
-    callback: Callable[[EpochMetrics], bool | None] | None = None,
+    callback: Callback | None = None,
     checkpoint_path: Path | None = None,
     resume: bool = False,
     evaluate_test: bool = False,
     train_split: TensorSplit | None = None,
     log: Callable[[str], None] | None = None,
+    rungs: Sequence[Rung] = (),
 ) -> TrainResult:
     """Train ``trial.model`` with ``trial.train`` on ``data`` and evaluate it every epoch.
 
@@ -97,6 +104,8 @@ def train(
         train_split: Trains on this instead of ``data.train`` (final retraining on
             train+val; the per-epoch validation is then not held out).
         log: Receives the line on weights loaded from ``model.init_from``.
+        rungs: ``study.pruner.rungs``: the callback gets a report at each (within an epoch
+            too); the steps up to one train at its ``image_size`` (:mod:`.fidelity`).
 
     Returns:
         The :class:`TrainResult`; a non-finite loss ends the run with status ``nan``.
@@ -114,15 +123,20 @@ def train(
     state, fmt = _set_up(trial, data, split, dev, epochs, log)
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = TrainState.load(Path(checkpoint_path), state)
-    run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data)
+    fidelity = plan_fidelity(trial, data.image_size, len(split) // min(cfg.batch_size, len(split)), epochs, rungs)
+    run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data, fidelity)
     status: Status = "completed"
     reason: str | None = None
     first = state.epoch + 1
     for epoch in range(first, epochs + 1):
         # This process's first compiled step compiles (resumed or not): it is timed apart.
-        metrics, finite = _run_epoch(state, run, epoch, time_first_step=cfg.compile and epoch == first)
-        if not finite:
-            status, reason = "nan", _non_finite_reason(metrics)
+        metrics, finite = _run_epoch(
+            state, run, epoch, time_first_step=cfg.compile and epoch == first, callback=callback
+        )
+        if metrics is None or not finite:  # stopped at a rung within the epoch, or a non-finite loss
+            status, reason = (
+                ("nan", _non_finite_reason(metrics)) if metrics else ("stopped", f"at a rung of epoch {epoch}")
+            )
             break
         if checkpoint_path is not None:
             state.save(Path(checkpoint_path))
@@ -136,7 +150,13 @@ def train(
 
 
 def _make_run(
-    cfg: TrainConfig, state: TrainState, fmt: BatchFormat, augment: Augment, split: TensorSplit, data: ImageDataset
+    cfg: TrainConfig,
+    state: TrainState,
+    fmt: BatchFormat,
+    augment: Augment,
+    split: TensorSplit,
+    data: ImageDataset,
+    fidelity: Fidelity,
 ) -> _Run:
     """The run's fixed parts, once ``state`` is set up or loaded from a checkpoint.
 
@@ -161,6 +181,7 @@ def _make_run(
         num_classes=data.num_classes,
         flip_bits=_flip_bits(cfg.seed, len(split), device) if augment.flip == "alternating" else None,
         order=BatchOrder.for_split(cfg.sampler, labels, data.num_classes),
+        fidelity=fidelity,
     )
 
 
@@ -298,27 +319,34 @@ def _to(split: TensorSplit, device: torch.device) -> TensorSplit:
     return TensorSplit(split.images.to(device), split.labels.to(device))
 
 
-def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: bool) -> tuple[EpochMetrics, bool]:
-    """Train epoch ``epoch``, validate, and add it to ``state`` (history and time totals).
+def _run_epoch(
+    state: TrainState, run: _Run, epoch: int, *, time_first_step: bool, callback: Callback | None
+) -> tuple[EpochMetrics | None, bool]:
+    """Train epoch ``epoch`` stretch by stretch (reporting the rungs within it), validate, and add
+    it to ``state`` (history and time totals).
 
     Returns:
-        The epoch's metrics, and whether its training and validation losses were finite.
+        The epoch's metrics (None: the callback stopped the run at a rung within the epoch), and
+        whether its training and validation losses were finite.
     """
     t_epoch = time.perf_counter()
     flips = None if run.flip_bits is None else run.flip_bits if epoch % 2 else ~run.flip_bits
-    resize = run.cfg.progressive_resize
-    trained = train_epoch(
-        state,
-        run.step,
-        run.train,
-        run.fmt,
-        augment=run.augment,
-        batch_size=run.batch_size,
-        flips=flips,
-        size=resize.size if resize is not None and epoch <= resize.epochs else None,
-        time_first_step=time_first_step,
-        order=run.order,
-    )
+    perm = run.order.draw(state.generator)
+    parts: list[TrainedEpoch] = []
+    epoch_rung: int | None = None  # the rung the epoch's own report is
+    spent = 0.0
+    for stretch, spent in run.fidelity.of_epoch(epoch):
+        part = EpochPart(perm, stretch.start, stretch.stop)
+        parts.append(_train_part(state, run, part, stretch.image_size, flips, time_first_step and not parts))
+        at_end = stretch.stop == run.fidelity.steps_per_epoch
+        for rung in stretch.rungs:
+            if at_end and rung == stretch.rungs[-1] and run.fidelity.rungs[rung].val_image_size is None:
+                epoch_rung = rung
+                continue
+            report = _rung_report(state, run, rung, parts, t_epoch, epoch if at_end else epoch - 1)
+            if callback is not None and callback(_with(report, spent, rung)):
+                return None, True
+    trained = merge_parts(parts)
     # The first compiled step is mostly compilation: book it apart from training time.
     state.compile_time_s += trained.first_step_s
     t_epoch += trained.first_step_s
@@ -331,9 +359,61 @@ def _run_epoch(state: TrainState, run: _Run, epoch: int, *, time_first_step: boo
         batch_size=run.cfg.eval_batch_size,
         tta=run.cfg.tta,
     )
-    metrics = _record(state, epoch, trained, val, seconds, time.perf_counter() - t_epoch)
+    metrics = _with(_record(state, epoch, trained, val, seconds, time.perf_counter() - t_epoch), spent, epoch_rung)
     finite = math.isfinite(trained.total_loss) and (val.n == 0 or math.isfinite(val.loss))
     return metrics, finite
+
+
+def _train_part(
+    state: TrainState, run: _Run, part: EpochPart, size: int | None, flips: torch.Tensor | None, time_first: bool
+) -> TrainedEpoch:
+    """Train the steps of ``part`` at ``size`` (None: the images' own)."""
+    return train_epoch(
+        state,
+        run.step,
+        run.train,
+        run.fmt,
+        augment=run.augment,
+        batch_size=run.batch_size,
+        flips=flips,
+        size=size,
+        time_first_step=time_first,
+        part=part,
+    )
+
+
+def _rung_report(
+    state: TrainState, run: _Run, rung: int, parts: list[TrainedEpoch], t_epoch: float, epochs_done: int
+) -> EpochMetrics:
+    """The report of a rung that is not an epoch's own: the epoch's training so far, validated at
+    the rung's ``val_image_size`` (unset: the images' own size)."""
+    val = evaluate(
+        state.eval_model,
+        run.val,
+        run.fmt,
+        num_classes=run.num_classes,
+        batch_size=run.cfg.eval_batch_size,
+        tta=run.cfg.tta,
+        size=run.fidelity.rungs[rung].val_image_size,
+    )
+    so_far = merge_parts(parts)
+    seconds = time.perf_counter() - t_epoch
+    return EpochMetrics(
+        epoch=epochs_done,
+        train_loss=so_far.train_loss,
+        train_acc=so_far.train_acc,
+        val_loss=val.loss,
+        val_acc=val.acc,
+        lr=so_far.lr,
+        images_per_s=so_far.images / max(seconds, 1e-9),
+        elapsed_s=state.train_time_s + state.compile_time_s + seconds,
+    )
+
+
+def _with(metrics: EpochMetrics, full_epochs: float, rung: int | None) -> EpochMetrics:
+    """``metrics`` (the very object, as kept in the history) with its cost and rung set."""
+    metrics.full_epochs, metrics.rung = full_epochs, rung
+    return metrics
 
 
 def _record(

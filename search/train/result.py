@@ -25,6 +25,10 @@ class EpochMetrics:
     evaluation); ``elapsed_s`` is the wall time since the run started (resumes included).
     ``balanced_acc`` and ``macro_f1`` are the validation split's too (objectives of the same
     names; :mod:`~search.train.class_metrics`).
+    ``full_epochs``: the training so far in full-epoch equivalents (images x FLOPs per image
+    at the side trained, :mod:`search.budget.compute`). ``rung``: the index of the
+    successive-halving rung this report is (its validation then runs at the rung's side);
+    a rung within an epoch reports the epochs done, its ``train_*`` over the epoch's steps so far.
     """
 
     epoch: int
@@ -37,6 +41,8 @@ class EpochMetrics:
     elapsed_s: float
     balanced_acc: float = math.nan  # defaults: a checkpoint written before they existed loads
     macro_f1: float = math.nan
+    full_epochs: float = 0.0
+    rung: int | None = None
 
 
 @dataclass
