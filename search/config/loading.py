@@ -93,8 +93,19 @@ def _parse_sections(raw: dict, source: str, text: str) -> Spec:
         key: parse(_section(raw, key), cls, Loc((key,), key), searchable=False).value() for key, cls in SECTIONS.items()
     }
     trial_raw = {key: _section(raw, key) for key in SEARCHABLE_SECTIONS}
+    trial_raw["model"] = _channels_from_data(trial_raw["model"], fixed["data"])
     space = parse(trial_raw, TrialConfig, Loc(), searchable=True)
     return Spec(space=space, source=source, text=text, **fixed)
+
+
+def _channels_from_data(model: dict, data: DataConfig) -> dict:
+    """Our ResNet's ``in_channels``, where the model section leaves it out, follows
+    ``data.channels: 1`` (its default, 3, is the data's default); ``auto`` is checked once the
+    images are loaded."""
+    ours = model.get("name", "resnet") == "resnet"
+    if data.channels == 1 and ours and "in_channels" not in model:
+        return {**model, "in_channels": 1}
+    return model
 
 
 def _section(raw: dict, key: str) -> dict:
