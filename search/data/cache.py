@@ -2,8 +2,8 @@
 
 A source is decoded once; the result is saved with :func:`torch.save` under
 ``<cache>/tensors/<slug>-<key>.pt``, the key hashing the cache format, the source's path, its
-:func:`fingerprint` (sizes and mtimes) and how images are fitted (size, resize mode, channels). Every later load (every trial,
-every Ray worker) maps that file and takes a fraction of a second.
+:func:`fingerprint` (sizes and mtimes) and how images are fitted (size, resize mode,
+channels). Every later load (every trial, every Ray worker) maps that file and takes a fraction of a second.
 
 Each file carries a CRC-32 of its tensors' bytes and of the rest of its contents, written with
 it and checked on every load (about 35 ms for CIFAR-10's 180 MB): a damaged file (bytes

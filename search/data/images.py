@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search.config.files import MAX_PIXELS_VARIABLE, REGULAR_FILE, file_kind, kind_of_mode
-from search.data.fit import ImageFit, Fitting, as_fit
+from search.data.fit import Fitting, ImageFit, as_fit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -120,19 +120,19 @@ def _fitted(image: Image.Image, fit: ImageFit) -> np.ndarray:
 
     im = _to_channels(ImageOps.exif_transpose(image), fit.channels)  # EXIF orientation: as a viewer shows it
     if fit.size is not None:
-        im = _resized(im, fit)
+        im = _resized(im, fit.size, fit.mode)
     pixels = np.asarray(im, dtype=np.uint8)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def _resized(im: Any, fit: ImageFit) -> Any:
-    """``im`` as a ``fit.size`` square, per ``fit.mode``; Pillow's resampling is antialiased."""
+def _resized(im: Any, size: int, mode: str) -> Any:
+    """``im`` as a ``size`` square, per ``mode`` (see :class:`ImageFit`); Pillow's resampling is antialiased."""
     from PIL import Image, ImageOps
 
-    side = (fit.size, fit.size)
-    if fit.mode == "square":
+    side = (size, size)
+    if mode == "square":
         return im.resize(side, Image.Resampling.BICUBIC)
-    if fit.mode == "pad":
+    if mode == "pad":
         return ImageOps.pad(im, side, Image.Resampling.BICUBIC, color=0)
     return ImageOps.fit(im, side, Image.Resampling.BICUBIC)  # shorter side to size, centre crop
 

@@ -32,8 +32,9 @@ def sample_boxes(
     area = height * width
     low, high = config.scale
     log_low, log_high = math.log(config.ratio[0]), math.log(config.ratio[1])
-    shares = low + (high - low) * torch.rand((n, TRIES), generator=generator, device=device, dtype=torch.float64)
-    logs = log_low + (log_high - log_low) * torch.rand((n, TRIES), generator=generator, device=device, dtype=torch.float64)
+    draws = torch.rand((2, n, TRIES), generator=generator, device=device, dtype=torch.float64)
+    shares = low + (high - low) * draws[0]
+    logs = log_low + (log_high - log_low) * draws[1]
     aspect = logs.exp()
     w = (area * shares * aspect).sqrt().round().long()
     h = (area * shares / aspect).sqrt().round().long()

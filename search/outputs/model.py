@@ -4,9 +4,9 @@ that classifies images (``resnet-search predict``).
 It needs the folder only (no study, no Ray, no dataset): a folder copied to another machine
 loads. Images enter as in training, decoded by the same function as the data cache's
 (:func:`search.data.images.read_image`: EXIF orientation, any mode to RGB or grayscale,
-fitted to the input size as ``model.json``'s ``input`` records), normalised with the folder's mean and std, and averaged over the recipe's
-test-time views where it has any. A file that is not a regular file, or an image of more
-pixels than the limit, is refused before its pixels are read.
+fitted to the input size as ``model.json``'s ``input`` records), normalised with the
+folder's mean and std, and averaged over the recipe's test-time views where it has any.
+A file that is not a regular file, or an image of more pixels than the limit, is refused before its pixels are read.
 """
 
 from __future__ import annotations
