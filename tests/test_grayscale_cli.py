@@ -25,7 +25,11 @@ model:
   num_classes: 2
 {model}  stem: {{width: 8}}
   stages: [{{blocks: 1, width: 8}}]
-train: {{epochs: 2, batch_size: 8, optimizer: {{name: sgd, lr: 0.05}}, augment: {{crop_padding: 0, random_resized_crop: {{scale: [0.5, 1.0]}}}}}}
+train:
+  epochs: 2
+  batch_size: 8
+  optimizer: {{name: sgd, lr: 0.05}}
+  augment: {{crop_padding: 0, random_resized_crop: {{scale: [0.5, 1.0]}}}}
 """
 
 
