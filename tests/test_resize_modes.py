@@ -124,4 +124,7 @@ def test_resize_size_is_image_size_and_one_channel_data_sets_in_channels() -> No
     assert spec.data.image_size == 48 and spec.data.input_size == 48
     assert spec.fixed().model.in_channels == 1  # type: ignore[union-attr]
     assert parse_spec("data: {image_size: 48, resize: {size: 48}}").data.resize_mode == "shorter_side"
-    assert parse_spec("data: {channels: 1}\nmodel: {in_channels: 3}").fixed().model.in_channels == 3  # type: ignore[union-attr]
+    with pytest.raises(UserError, match=r"model.in_channels: must be 1, the channels of the images"):
+        parse_spec("data: {channels: 1}\nmodel: {in_channels: 3}")
+    with pytest.raises(UserError, match=r"model.in_channels: must be 3, the channels of the images"):
+        parse_spec("model: {in_channels: 1}")

@@ -99,13 +99,22 @@ def _parse_sections(raw: dict, source: str, text: str) -> Spec:
 
 
 def _channels_from_data(model: dict, data: DataConfig) -> dict:
-    """Our ResNet's ``in_channels``, where the model section leaves it out, follows
-    ``data.channels: 1`` (its default, 3, is the data's default); ``auto`` is checked once the
-    images are loaded."""
-    ours = model.get("name", "resnet") == "resnet"
-    if data.channels == 1 and ours and "in_channels" not in model:
-        return {**model, "in_channels": 1}
-    return model
+    """Our ResNet's ``in_channels`` follows ``data.channels`` where the model section leaves it
+    out (3 is both defaults); a fixed one that differs is refused here, before any data is read.
+    ``auto`` is checked once the images are loaded.
+
+    Raises:
+        ParseError: ``model.in_channels`` is not ``data.channels``.
+    """
+    if data.channels == "auto" or "choice" in model or model.get("name", "resnet") != "resnet":
+        return model
+    given = model.get("in_channels", data.channels)
+    if isinstance(given, int) and not isinstance(given, bool) and given != data.channels:
+        raise ParseError(
+            "model.in_channels",
+            f"must be {data.channels}, the channels of the images (data.channels: {data.channels}), got {given}",
+        )
+    return model if "in_channels" in model or data.channels == 3 else {**model, "in_channels": given}
 
 
 def _section(raw: dict, key: str) -> dict:
