@@ -93,8 +93,28 @@ def _parse_sections(raw: dict, source: str, text: str) -> Spec:
         key: parse(_section(raw, key), cls, Loc((key,), key), searchable=False).value() for key, cls in SECTIONS.items()
     }
     trial_raw = {key: _section(raw, key) for key in SEARCHABLE_SECTIONS}
+    trial_raw["model"] = _channels_from_data(trial_raw["model"], fixed["data"])
     space = parse(trial_raw, TrialConfig, Loc(), searchable=True)
     return Spec(space=space, source=source, text=text, **fixed)
+
+
+def _channels_from_data(model: dict, data: DataConfig) -> dict:
+    """Our ResNet's ``in_channels`` follows ``data.channels`` where the model section leaves it
+    out (3 is both defaults); a fixed one that differs is refused here, before any data is read.
+    ``auto`` is checked once the images are loaded.
+
+    Raises:
+        ParseError: ``model.in_channels`` is not ``data.channels``.
+    """
+    if data.channels == "auto" or "choice" in model or model.get("name", "resnet") != "resnet":
+        return model
+    given = model.get("in_channels", data.channels)
+    if isinstance(given, int) and not isinstance(given, bool) and given != data.channels:
+        raise ParseError(
+            "model.in_channels",
+            f"must be {data.channels}, the channels of the images (data.channels: {data.channels}), got {given}",
+        )
+    return model if "in_channels" in model or data.channels == 3 else {**model, "in_channels": given}
 
 
 def _section(raw: dict, key: str) -> dict:

@@ -85,7 +85,7 @@ class ResNetConfig:
 
     name: Literal["resnet"] = "resnet"
     num_classes: int = bounded(10, ge=2, le=100_000)
-    in_channels: int = bounded(3, ge=1, le=3)  # the images are decoded as RGB
+    in_channels: int = bounded(3, ge=1, le=3)  # RGB; 1: grayscale (data.channels: 1 sets it)
     stem: Stem = Stem()
     stages: tuple[Stage, ...] = (Stage(2, 64), Stage(2, 128), Stage(2, 256))
     block: BlockName = "basic"  # a name of search.config.blocks.BLOCK_TYPES

@@ -30,6 +30,20 @@ from search.config.units import parse_duration
 
 
 @dataclass(frozen=True)
+class Resize:
+    """How images of mixed sizes become the ``size`` x ``size`` squares the model takes.
+
+    ``shorter_side``: the shorter side to ``size``, then a centre crop (torchvision's
+    evaluation recipe; ``data.image_size`` alone does this); ``square``: a plain resize, the
+    aspect ratio distorted; ``pad``: the longer side to ``size``, the aspect kept, centred on
+    black (a letterbox). Pillow's bicubic, antialiased, in every mode.
+    """
+
+    size: int = bounded(224, ge=8, le=2048)
+    mode: Literal["shorter_side", "square", "pad"] = "shorter_side"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and how they are split.
 
@@ -39,7 +53,10 @@ class DataConfig:
     ``train_subset``/``val_subset`` take balanced subsets of those for cheap trials.
     ``mean``/``std`` unset are computed from the training images and cached.
     ``image_size`` resizes every image; unset, CIFAR is 32 and an image folder must
-    hold images of one size.
+    hold images of one size. ``resize`` says how (its ``size`` is ``image_size``: one of the
+    two, or both agreeing). ``channels``: 3 decodes every image as RGB, 1 as grayscale
+    (luma), ``auto`` takes 1 when every image of the source is single-channel (grayscale,
+    16-bit grayscale, bilevel), else 3; ``model.in_channels`` must match what the data has.
     """
 
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
@@ -48,9 +65,31 @@ class DataConfig:
     val_fraction: float = bounded(0.1, gt=0.0, le=0.5)
     train_subset: int | None = bounded(None, ge=1)
     val_subset: int | None = bounded(None, ge=1)
-    mean: tuple[float, float, float] | None = bounded(None, ge=0.0, le=1.0)  # of the [0, 1] pixel scale
-    std: tuple[float, float, float] | None = bounded(None, gt=0.0, le=1.0)  # normalizing divides by it
+    mean: tuple[float, ...] | None = bounded(None, ge=0.0, le=1.0)  # of the [0, 1] pixel scale, one per channel
+    std: tuple[float, ...] | None = bounded(None, gt=0.0, le=1.0)  # normalizing divides by it
     split_seed: int = bounded(0, ge=0, le=2**32 - 1)
+    resize: Resize | None = None
+    channels: Literal[3, 1, "auto"] = 3
+
+    def __post_init__(self) -> None:
+        if self.resize is not None:
+            if self.image_size is not None and self.image_size != self.resize.size:
+                raise InvalidValue(
+                    "resize.size",
+                    f"{self.resize.size} disagrees with image_size {self.image_size}: give one of them, or both equal",
+                )
+            object.__setattr__(self, "image_size", self.resize.size)  # one source of truth for the size
+        allowed = (1, 3) if self.channels == "auto" else (self.channels,)
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) not in allowed:
+                wanted = " or ".join(map(str, allowed))
+                raise InvalidValue(key, f"has {len(values)} values; it needs one per channel: {wanted}")
+
+    @property
+    def resize_mode(self) -> str:
+        """How images are fitted to ``image_size``: ``resize.mode``, else ``shorter_side``."""
+        return self.resize.mode if self.resize is not None else "shorter_side"
 
     @property
     def input_size(self) -> int | None:

@@ -11,18 +11,39 @@ from search.config.errors import InvalidValue
 
 
 @dataclass(frozen=True)
+class RandomResizedCrop:
+    """A random box of each image, resampled to the image's size (torchvision's ``RandomResizedCrop``).
+
+    Each box covers a share of the image's area drawn uniformly from ``scale`` and has a
+    width / height drawn log-uniformly from ``ratio``; 10 tries, then a centre crop of the
+    image clamped to ``ratio``. Drawn and resampled (bilinear) on the training device.
+    """
+
+    scale: tuple[float, float] = bounded((0.35, 1.0), gt=0.0, le=1.0)
+    ratio: tuple[float, float] = bounded((0.75, 4 / 3), gt=0.0, le=10.0)
+
+    def __post_init__(self) -> None:
+        for key in ("scale", "ratio"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise InvalidValue(key, f"[{low}, {high}]: the first value is a lower bound, at most the second")
+
+
+@dataclass(frozen=True)
 class Augment:
     """Whole-batch augmentation on the training device (seed 003: pad 4 reflect + flip).
 
     ``flip: true`` mirrors each image with probability 1/2 every epoch; ``alternating``
     mirrors a random half in the first epoch and then flips every image's state each
     epoch, so that every two epochs see both views of every image (airbench).
+    ``random_resized_crop`` comes first, then the padded crop, flip and cutout.
     """
 
     crop_padding: int = bounded(4, ge=0, le=64)
     padding_mode: Literal["reflect", "zeros"] = "reflect"
     flip: Literal[True, False, "alternating"] = True
     cutout: int = bounded(0, ge=0, le=1024)
+    random_resized_crop: RandomResizedCrop | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from search.config import Augment
+from search.data.resized_crop import random_resized_crop
 
 
 def augment_batch(
@@ -20,7 +21,7 @@ def augment_batch(
     generator: torch.Generator | None = None,
     flip_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Random crop with padding, horizontal flip and cutout for a whole batch at once.
+    """Random resized crop, random crop with padding, horizontal flip and cutout for a whole batch at once.
 
     Crop and flip are one gather: each output pixel reads the source pixel at a per-sample
     row/column offset (reflected or out of range for zero padding), with the columns of
@@ -29,7 +30,8 @@ def augment_batch(
 
     Args:
         images: ``N x C x H x W`` uint8 or float images on any device.
-        augment: Padding (``crop_padding``, ``padding_mode``), ``flip`` and ``cutout`` size.
+        augment: ``random_resized_crop`` (first: :mod:`search.data.resized_crop`), padding
+            (``crop_padding``, ``padding_mode``), ``flip`` and ``cutout`` size.
         generator: Source of randomness (CPU or the images' device); the global RNG if None.
         flip_mask: Which samples to mirror (``N`` bools on the images' device), for
             ``flip: alternating``, whose caller keeps each image's state; None draws
@@ -39,6 +41,8 @@ def augment_batch(
         Augmented images, same shape, dtype and device (the input itself if ``augment``
         does nothing). Cutout fills with 0 (black for uint8, the mean once normalized).
     """
+    if augment.random_resized_crop is not None:
+        images = random_resized_crop(images, augment.random_resized_crop, generator)
     n, _, h, w = images.shape
     pad, size = augment.crop_padding, augment.cutout
     if n == 0 or (pad == 0 and not augment.flip and flip_mask is None and size == 0):

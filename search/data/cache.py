@@ -2,8 +2,8 @@
 
 A source is decoded once; the result is saved with :func:`torch.save` under
 ``<cache>/tensors/<slug>-<key>.pt``, the key hashing the cache format, the source's path, its
-:func:`fingerprint` (sizes and mtimes) and ``image_size``. Every later load (every trial,
-every Ray worker) maps that file and takes a fraction of a second.
+:func:`fingerprint` (sizes and mtimes) and how images are fitted (size, resize mode,
+channels). Every later load (every trial, every Ray worker) maps that file and takes a fraction of a second.
 
 Each file carries a CRC-32 of its tensors' bytes and of the rest of its contents, written with
 it and checked on every load (about 35 ms for CIFAR-10's 180 MB): a damaged file (bytes
@@ -50,10 +50,11 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet-search"
 
 
-def tensor_path(root: Path, identity: list[Any], image_size: int | None) -> Path:
-    """The cache file for the source at ``root`` decoded at ``image_size`` (which need not exist
-    yet); ``identity`` is its fingerprint (:func:`search.data.readers.fingerprint`)."""
-    key = digest([CACHE_FORMAT, str(root.resolve()), identity, image_size])
+def tensor_path(root: Path, identity: list[Any], fit_key: Any) -> Path:
+    """The cache file for the source at ``root`` decoded as ``fit_key`` says (which need not exist
+    yet): :meth:`search.data.fit.ImageFit.cache_key`, the size alone for the default fit.
+    ``identity`` is its fingerprint (:func:`search.data.readers.fingerprint`)."""
+    key = digest([CACHE_FORMAT, str(root.resolve()), identity, fit_key])
     return cache_dir() / "tensors" / f"{slug(root)}-{key[:16]}.pt"
 
 

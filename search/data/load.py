@@ -7,6 +7,7 @@ from pathlib import Path
 from search.config import DataConfig, UserError
 from search.data.archives import materialize
 from search.data.cache import Tensors, load_or_build, tensor_path
+from search.data.fit import ImageFit
 from search.data.layout import Layout
 from search.data.readers import build, fingerprint
 from search.data.sources import locate
@@ -31,7 +32,7 @@ def load_dataset(config: DataConfig, data_dir: str | Path | None = None, downloa
             corrupt image, mixed image sizes without ``image_size``, or subsets that the
             classes cannot fill.
     """
-    tensors = load_tensors(locate(config, data_dir, download), config.image_size)
+    tensors = load_tensors(locate(config, data_dir, download), ImageFit.of(config))
     classes = tuple(tensors["classes"])
     images, labels = tensors["train_images"], tensors["train_labels"]
 
@@ -44,16 +45,31 @@ def load_dataset(config: DataConfig, data_dir: str | Path | None = None, downloa
     val = take(images, labels, balanced(val_idx, config.val_subset, "val_subset", classes))
     test = TensorSplit(tensors["test_images"], tensors["test_labels"])
 
-    mean = tuple(config.mean) if config.mean is not None else tuple(tensors["mean"])
-    std = tuple(config.std) if config.std is not None else tuple(tensors["std"])
-    return ImageDataset(train, val, test, classes, mean, std)  # type: ignore[arg-type]
+    channels = int(images.shape[1])
+    mean = _per_channel(config.mean, "mean", channels) or tuple(tensors["mean"])
+    std = _per_channel(config.std, "std", channels) or tuple(tensors["std"])
+    return ImageDataset(train, val, test, classes, mean, std)
 
 
-def load_tensors(layout: Layout, image_size: int | None) -> Tensors:
-    """The decoded source from the tensor cache, building the cache entry on a miss.
+def _per_channel(values: tuple[float, ...] | None, key: str, channels: int) -> tuple[float, ...] | None:
+    """``data.mean`` or ``data.std``, one per channel of the images (``channels: auto`` decides late).
+
+    Raises:
+        UserError: as many values as the images have channels.
+    """
+    if values is not None and len(values) != channels:
+        raise UserError(
+            f"data.{key} has {len(values)} values, but the images have {channels} channel(s) "
+            "(data.channels): give one per channel"
+        )
+    return tuple(values) if values is not None else None
+
+
+def load_tensors(layout: Layout, fit: ImageFit) -> Tensors:
+    """The decoded source, fitted as ``fit`` says, from the tensor cache, building the cache entry on a miss.
 
     The key is taken from ``layout`` as located, so an archive is only extracted when its
     tensors are not cached yet.
     """
-    path = tensor_path(layout.root, fingerprint(layout), image_size)
-    return load_or_build(path, lambda: build(materialize(layout), image_size))
+    path = tensor_path(layout.root, fingerprint(layout), fit.cache_key())
+    return load_or_build(path, lambda: build(materialize(layout), fit))

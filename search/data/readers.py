@@ -22,7 +22,8 @@ import torch
 
 from search.config import UserError
 from search.data.cache import CACHE_FORMAT, Tensors, cache_dir
-from search.data.decode import decode_images, resize_tensor, to_nchw
+from search.data.decode import decode_images, resize_tensor, same_channels, to_nchw
+from search.data.fit import ImageFit
 from search.data.layout import ARCHIVE_SUFFIXES, TORCHVISION_FOLDERS, Layout, class_dirs, entries, image_files
 from search.data.splits import channel_stats, stratified_split
 
@@ -55,8 +56,8 @@ class DataFormat:
         """The files and folders whose size and mtime identify the data (the cache key)."""
         raise NotImplementedError
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
-        """Train and test images and labels, and the classes.
+    def read(self, root: Path, fit: ImageFit) -> Splits:
+        """Train and test images and labels, and the classes, fitted as ``fit`` says.
 
         Raises:
             UserError: What is unreadable or does not make a classification dataset.
@@ -74,18 +75,18 @@ def register_format(data_format: DataFormat) -> DataFormat:
     return data_format
 
 
-def build(layout: Layout, image_size: int | None) -> Tensors:
+def build(layout: Layout, fit: ImageFit) -> Tensors:
     """Decode a source into the cache's dict: uint8 images, int64 labels, classes, mean/std.
 
     Args:
         layout: An unpacked layout (not ``archive``).
-        image_size: Resize images to this square side; ``None`` keeps them as they are.
+        fit: The size images are fitted to (``None``: as they are), how, and their channels.
 
     Raises:
         UserError: An unreadable pickle or image, fewer than two classes, test classes
             unknown to train, or mixed image sizes without ``image_size``.
     """
-    train_x, train_y, test_x, test_y, classes = FORMATS[layout.kind].read(layout.root, image_size)
+    train_x, train_y, test_x, test_y, classes = FORMATS[layout.kind].read(layout.root, fit)
     mean, std = channel_stats(train_x)
     return {
         "format": CACHE_FORMAT,
@@ -179,13 +180,25 @@ class CifarPickles(DataFormat):
     def identity(self, root: Path) -> list[Path]:
         return [root / name for name in (*self.train_names, self.test_name)]
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
+    def read(self, root: Path, fit: ImageFit) -> Splits:
+        """The pickles' square RGB images: every resize mode is the same plain resize of a square;
+        ``channels: 1`` takes their luma (Pillow's ITU-R 601 weights)."""
         classes = _load_pickle(root / self.meta_file)[self.meta_key]
         train_x, train_y = _cifar_split(root, self.train_names, self.label_key)
         test_x, test_y = _cifar_split(root, [self.test_name], self.label_key)
-        if image_size is not None and image_size != train_x.shape[-1]:
-            train_x, test_x = resize_tensor(train_x, image_size), resize_tensor(test_x, image_size)
+        if fit.size is not None and fit.size != train_x.shape[-1]:
+            train_x, test_x = resize_tensor(train_x, fit.size), resize_tensor(test_x, fit.size)
+        if fit.channels == 1:
+            train_x, test_x = luma(train_x), luma(test_x)
         return train_x, train_y, test_x, test_y, list(classes)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``N x 3 x H x W`` RGB to ``N x 1 x H x W`` grayscale, as Pillow's ``convert("L")``
+    computes it (``(R * 19595 + G * 38470 + B * 7471 + 32768) >> 16``)."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)
+    out = [((c.to(torch.int32) * weights).sum(1, keepdim=True) + 32768) >> 16 for c in images.split(4096)]
+    return torch.cat(out).to(torch.uint8) if out else images[:, :1]
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
@@ -224,8 +237,8 @@ class ClassFolders(DataFormat):
         """
         raise NotImplementedError
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
-        return _decode_folders(root, self.list_images(root), image_size)
+    def read(self, root: Path, fit: ImageFit) -> Splits:
+        return _decode_folders(root, self.list_images(root), fit)
 
 
 class SplitFolders(ClassFolders):
@@ -284,7 +297,7 @@ register_format(SplitFolders())
 register_format(ClassTree())
 
 
-def _decode_folders(root: Path, files: FileLists, image_size: int | None) -> Splits:
+def _decode_folders(root: Path, files: FileLists, fit: ImageFit) -> Splits:
     """Decode the images of a class-folder dataset, announced on stderr (it is the slow step)."""
     train_files, train_labels, test_files, test_labels, classes = files
     print(
@@ -292,9 +305,9 @@ def _decode_folders(root: Path, files: FileLists, image_size: int | None) -> Spl
         f"(once; cached in {cache_dir() / 'tensors'})",
         file=sys.stderr,
     )
-    train, test = decode_images(train_files, image_size), decode_images(test_files, image_size)
+    train, test = decode_images(train_files, fit), decode_images(test_files, fit)
     _report_skipped(train.skipped + test.skipped, len(train_files) + len(test_files))
-    train_x, test_x = to_nchw(train.images), to_nchw(test.images)
+    train_x, test_x = map(to_nchw, same_channels([train.images, test.images]))
     if len(test.kept) and train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(
             f"train images are {train_x.shape[-1]}px but test images are {test_x.shape[-1]}px "

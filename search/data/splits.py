@@ -36,13 +36,18 @@ class ImageDataset:
     val: TensorSplit
     test: TensorSplit
     classes: tuple[str, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
     @property
     def image_size(self) -> int:
         """Side of the (square) images in pixels."""
         return int(self.train.images.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images: 3 (RGB) or 1 (grayscale)."""
+        return int(self.train.images.shape[1])
 
     @property
     def num_classes(self) -> int:
@@ -130,15 +135,16 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std on the [0, 1] scale, accumulated in float64 chunk by chunk.
 
     Args:
-        images: uint8 ``N x 3 x H x W``.
+        images: uint8 ``N x C x H x W``.
 
     Returns:
-        ``(mean, std)``; ``([0.5] * 3, [0.25] * 3)`` for no images.
+        ``(mean, std)``, one per channel; ``([0.5] * C, [0.25] * C)`` for no images.
     """
+    channels = images.shape[1]
     if images.shape[0] == 0:
-        return [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+        return [0.5] * channels, [0.25] * channels
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
     for chunk in images.split(4096):
         x = chunk.to(torch.float64)
         total += x.sum(dim=(0, 2, 3))

@@ -17,7 +17,7 @@ from search.config import DataConfig, Spec, TorchvisionResNetConfig, TrialConfig
 from search.data import ImageDataset, load_dataset, locate
 from search.engine.events import Log
 from search.models import build_model
-from search.train.warm_start import check_fits_data, check_init
+from search.train.warm_start import check_channels, check_fits_data, check_init
 
 # Free space a run wants in the study's folder before it starts (logs, Ray's results, checkpoints).
 MIN_FREE_BYTES = 200 * 2**20
@@ -88,10 +88,13 @@ def check_data_fits(spec: Spec, data: ImageDataset, survey: CountReport) -> None
         UserError: a sampled config's ``num_classes`` is not the data's class count, or its
             ``init_from`` folder does not fit the data (see :func:`check_fits_data`).
     """
-    configs = {(s.config.model.num_classes, s.config.model.init_from): s.config.model for s in survey.sizes}
+    configs = {
+        (m.num_classes, m.init_from, getattr(m, "in_channels", 3)): m for m in (s.config.model for s in survey.sizes)
+    }
     for model in configs.values():
         try:
             check_fits_data(model, data.classes, data.image_size)
+            check_channels(model, data.channels)
         except UserError as error:
             raise UserError(f"{spec.source}: {error}") from None
 

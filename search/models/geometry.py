@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # Every image is decoded as RGB (search.data.decode), whatever its file holds.
-IMAGE_CHANNELS = 3
+IMAGE_CHANNELS = (3, 1)  # images are decoded as RGB, or as grayscale (data.channels)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def check_fits(trial: TrialConfig, image_size: int) -> None:
     is refused here first. Checked when a fixed spec is read and for every sample before it
     is trained (a sample that does not fit is rejected like one over the budget).
 
-    The model takes 3-channel images; the stem's kernel is no larger than the image; every
+    The model takes 3- or 1-channel images (RGB or grayscale); the stem's kernel is no larger than the image; every
     stage's feature map is at least 1x1, and a fixed pooling window fits the last one; a
     test-time shift is smaller than the image (reflect padding needs that).
 
@@ -209,8 +209,10 @@ def check_fits(trial: TrialConfig, image_size: int) -> None:
     """
     model: ModelConfig = trial.model
     if isinstance(model, ResNetConfig):
-        if model.in_channels != IMAGE_CHANNELS:
-            raise InvalidValue("model.in_channels", f"must be {IMAGE_CHANNELS}: images are decoded as RGB")
+        if model.in_channels not in IMAGE_CHANNELS:
+            raise InvalidValue(
+                "model.in_channels", "must be 3 or 1: images are decoded as RGB, or grayscale (data.channels)"
+            )
         if model.stem.kernel > image_size:
             raise InvalidValue(
                 "model.stem.kernel", f"{model.stem.kernel} is larger than the {image_size}x{image_size} input"

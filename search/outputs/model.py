@@ -3,10 +3,10 @@ that classifies images (``resnet-search predict``).
 
 It needs the folder only (no study, no Ray, no dataset): a folder copied to another machine
 loads. Images enter as in training, decoded by the same function as the data cache's
-(:func:`search.data.images.read_image`: EXIF orientation, any mode to RGB, fitted to the
-input size), normalised with the folder's mean and std, and averaged over the recipe's
-test-time views where it has any. A file that is not a regular file, or an image of more
-pixels than the limit, is refused before its pixels are read.
+(:func:`search.data.images.read_image`: EXIF orientation, any mode to RGB or grayscale,
+fitted to the input size as ``model.json``'s ``input`` records), normalised with the
+folder's mean and std, and averaged over the recipe's test-time views where it has any.
+A file that is not a regular file, or an image of more pixels than the limit, is refused before its pixels are read.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from search.config.errors import one_line
 from search.config.files import default_pixel_limit
 from search.data.images import Undecodable, image_array, read_image
 from search.data.layout import IMAGE_SUFFIXES
-from search.models.geometry import IMAGE_CHANNELS
 from search.train.epoch import tta_views
 from search.train.model_folder import ModelFolder, build_trained, eval_format, open_model_folder
 from search.train.recipe import default_device
@@ -70,7 +69,8 @@ class LoadedModel:
             weights); it takes normalised float images ``N x C x H x W`` and returns logits.
         classes: Class names in the order of the logits.
         input_size: Side of the square input.
-        in_channels: Colour channels it takes (3: RGB).
+        in_channels: Colour channels it takes (3: RGB, 1: grayscale).
+        fit: How an image file is decoded and fitted to the input, as its training data was.
         mean: Per-channel mean on the [0, 1] scale; ``std`` likewise.
         folder: The model folder read (``folder.info`` is ``model.json``).
     """
@@ -86,6 +86,7 @@ class LoadedModel:
         self.classes = folder.classes
         self.input_size = folder.input_size
         self.in_channels = folder.in_channels
+        self.fit = folder.info.input.fit
         self.mean, self.std = folder.mean, folder.std
 
     def __repr__(self) -> str:
@@ -97,7 +98,8 @@ class LoadedModel:
         """One image as the uint8 ``C x H x W`` tensor the model's preprocessing starts from.
 
         Files and PIL images are decoded as training decoded its images
-        (:mod:`search.data.images`): EXIF orientation, any mode to RGB, fitted to the input size.
+        (:mod:`search.data.images`): EXIF orientation, any mode to RGB (grayscale for a model
+        trained on grayscale), fitted to the input size in the training's resize mode.
 
         Args:
             image: A file path, a PIL image, or a tensor (``C x H x W``, uint8 0..255 or float
@@ -114,7 +116,7 @@ class LoadedModel:
         if isinstance(image, (str, Path)):
             return self._read_file(Path(image), max_pixels)
         try:
-            pixels = image_array(image, self.input_size)
+            pixels = image_array(image, self.fit)
         except Undecodable as error:
             raise UserError(f"{name}: {error}") from None
         return self._pixels_tensor(pixels, name)
@@ -122,17 +124,17 @@ class LoadedModel:
     def _read_file(self, path: Path, max_pixels: int | None) -> torch.Tensor:
         limit = max_pixels if max_pixels is not None else default_pixel_limit()
         try:
-            pixels = read_image(path, self.input_size, limit)
+            pixels = read_image(path, self.fit, limit)
         except Undecodable as error:
             raise UserError(f"{path}: {error}") from None
         return self._pixels_tensor(pixels, str(path))
 
     def _pixels_tensor(self, pixels: np.ndarray, name: str) -> torch.Tensor:
-        """Decoded RGB pixels (``H x W x 3``) as a ``3 x H x W`` tensor, for a model that takes RGB."""
-        if self.in_channels != IMAGE_CHANNELS:
+        """Decoded pixels (``H x W x C``) as a ``C x H x W`` tensor, for a model that takes ``C`` channels."""
+        if self.in_channels != pixels.shape[-1]:
             raise UserError(
-                f"{name}: images are decoded as RGB ({IMAGE_CHANNELS} channels), but the model takes "
-                f"{self.in_channels}-channel input: give it tensors"
+                f"{name}: images are decoded as {self.folder.info.input.pixels} ({pixels.shape[-1]} channels), "
+                f"but the model takes {self.in_channels}-channel input: give it tensors"
             )
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 

@@ -44,6 +44,7 @@ from search.config.errors import one_line
 from search.config.schema import Spec
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord
+from search.data.fit import PIXEL_NAMES, RESIZE_TEXTS
 from search.models import build_model
 from search.models.geometry import check_fits
 from search.train.epoch import BatchFormat
@@ -52,7 +53,6 @@ from search.train.model_info import (
     FORMULA,
     INFO_FILE,
     MODEL_SCHEMA_VERSION,
-    RESIZE,
     WEIGHTS_FILE,
     DataInfo,
     Evaluated,
@@ -180,7 +180,7 @@ def write_model_folder(folder: str | Path, result: TrainResult, contents: Folder
     provenance = {"study": source.study, "trial": source.trial, "seed": trial.train.seed}
     document = fixed_document(spec, trial, provenance)
     write_text(folder / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
-    info = _info(result, trial, data, source, torch.device(contents.device), counts, _sha256(weights))
+    info = _info(result, contents, torch.device(contents.device), counts, _sha256(weights))
     write_text(folder / INFO_FILE, checked_document(info))
     write_text(folder / CARD_FILE, model_card(folder, info, trial))
     return folder
@@ -213,20 +213,21 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def _info(
-    result: TrainResult,
-    trial: TrialConfig,
-    data: ImageDataset,
-    source: ModelSource,
-    device: torch.device,
-    counts: Any,
-    weights_sha256: str,
+    result: TrainResult, contents: FolderContents, device: torch.device, counts: Any, weights_sha256: str
 ) -> ModelInfo:
-    """``model.json``'s content (see the module docstring)."""
+    """``model.json``'s content (see the module docstring); its ``input`` says how the data was
+    decoded and fitted, so that ``predict`` does the same."""
+    trial, data, source = contents.trial, contents.data, contents.source
     amp = resolve_amp_dtype(trial.train, device)
     return ModelInfo(
         schema_version=MODEL_SCHEMA_VERSION,
         classes=tuple(data.classes),
-        input=InputInfo(channels=_in_channels(trial), size=data.image_size, pixels="RGB", resize=RESIZE),
+        input=InputInfo(
+            channels=_in_channels(trial),
+            size=data.image_size,
+            pixels=PIXEL_NAMES[data.channels],  # type: ignore[arg-type]
+            resize=RESIZE_TEXTS[contents.spec.data.resize_mode],
+        ),
         normalization=Normalization(mean=tuple(data.mean), std=tuple(data.std), formula=FORMULA),
         params=counts.params,
         trainable_params=counts.trainable_params,

@@ -26,11 +26,12 @@ from search.config.errors import one_line
 from search.config.names import study_name_problem
 from search.config.parsing import ParseError, parse
 from search.data.fingerprint import SPLITS, DataRecord
+from search.data.fit import RESIZE_TEXTS, ImageFit
 
 MODEL_SCHEMA_VERSION = 1
 INFO_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
-RESIZE = "shorter side to the input size, then a centre crop (Pillow bicubic, antialiased)"
+RESIZE = RESIZE_TEXTS["shorter_side"]  # what folders written before the resize modes say
 FORMULA = "(pixel / 255 - mean) / std"
 MAX_INFO_BYTES = 16 * 2**20  # 100,000 class names fit many times over
 MAX_CLASSES = 100_000  # as model.num_classes
@@ -43,15 +44,26 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class InputInfo:
-    """The images the model takes: ``channels`` x ``size`` x ``size``, decoded as ``pixels``."""
+    """The images the model takes: ``channels`` x ``size`` x ``size``, decoded as ``pixels``
+    (``RGB``, or ``L``: grayscale) and fitted to the size as ``resize`` says (one of
+    :data:`~search.data.fit.RESIZE_TEXTS`; folders written before the modes say the first)."""
 
     channels: int = required(ge=1, le=3)
     size: int = required(ge=1, le=MAX_INPUT_SIZE)
-    pixels: Literal["RGB"] = required()
+    pixels: Literal["RGB", "L"] = required()
     resize: str = required()
 
     def __post_init__(self) -> None:
-        _check_exactly("resize", self.resize, RESIZE)
+        if self.resize not in RESIZE_TEXTS.values():
+            allowed = " | ".join(repr(text) for text in RESIZE_TEXTS.values())
+            raise InvalidValue(
+                "resize", f"must be one of {allowed} (what this resnet-search does), got {self.resize[:80]!r}"
+            )
+
+    @property
+    def fit(self) -> ImageFit:
+        """How ``predict`` decodes and fits a file for this model, as training did."""
+        return ImageFit.recorded(self.size, self.resize, self.pixels)
 
 
 @dataclass(frozen=True)

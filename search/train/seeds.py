@@ -21,7 +21,7 @@ from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, FolderContents, ModelSource, write_run
 from search.train.recipe import default_device
 from search.train.result import TrainResult
-from search.train.warm_start import check_fits_data, check_init
+from search.train.warm_start import check_channels, check_fits_data, check_init
 
 
 def train_spec(
@@ -119,6 +119,7 @@ def _check_fits(spec: Spec, trial: TrialConfig, data: ImageDataset) -> None:
         raise SpecError(spec.source, error.key, error.message) from None
     try:
         check_fits_data(trial.model, data.classes, data.image_size)
+        check_channels(trial.model, data.channels)
     except UserError as error:
         raise UserError(f"{spec.source}: {error}") from None
 

@@ -74,6 +74,18 @@ def check_fits_data(config: ModelConfig, classes: Sequence[str], image_size: int
         _check_fits_data(open_model_folder(config.init_from), config, tuple(classes), image_size)
 
 
+def check_channels(config: ModelConfig, channels: int) -> None:
+    """Raises UserError when the model takes another number of channels than the images have."""
+    takes = getattr(config, "in_channels", 3)  # torchvision's ResNets take RGB
+    if takes != channels:
+        what = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}.get(channels, f"{channels}-channel")
+        fix = f"set model.in_channels: {channels}" if hasattr(config, "in_channels") else "use name: resnet"
+        raise UserError(
+            f"model.in_channels: {takes}, but the images are decoded as {what} (data.channels): {fix}, "
+            f"or data.channels: {takes}"
+        )
+
+
 def check_num_classes(config: ModelConfig, classes: Sequence[str]) -> None:
     """Raises UserError when the model's head has another width than the data has classes."""
     if config.num_classes != len(classes):
