@@ -128,7 +128,7 @@ def test_prior_designs_are_spec_files_of_the_space(tmp_path: Path) -> None:
 
 
 GP_SPACE = """
-study: {name: gp, n_trials: 14, sampler: {name: gp, n_startup_trials: 4}, seed: 0, max_rejections: 50}
+study: {name: gp, n_trials: 9, sampler: {name: gp, n_startup_trials: 3}, seed: 0, max_rejections: 50}
 data: {dataset: imagefolder, image_size: 16}
 model:
   num_classes: 3
@@ -160,7 +160,7 @@ def test_gp_searches_a_conditional_categorical_space_end_to_end(tmp_path: Path) 
             value = 0.5 + 0.1 * math.log10(optimizer.lr) * (optimizer.name == "sgd") + 0.01 * job.number
             bridge.finish(job.number, {"val_acc": value, "epoch": 2}, error=False)
     finished = [t for t in study.trials if is_finished(t)]
-    assert len(finished) == 14 and all(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
+    assert len(finished) == 9 and all(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
     for trial in finished:
         branch = trial.params["train.optimizer.name"]
         assert ("train.optimizer.sgd.momentum" in trial.params) == (branch == "sgd")
