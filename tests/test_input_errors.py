@@ -130,6 +130,18 @@ def archive_member_is_a_link(tmp: Path, data: Path) -> list[str]:
     return run_args(write_spec(tmp, "bad", 2, 1), tar_with(tmp, member))
 
 
+def prior_weight_above_one(tmp: Path, data: Path) -> list[str]:
+    return run_args(spec_with(tmp, "  seed: 0\n", "  seed: 0\n  prior: {designs: [design.yaml], weight: 1.5}\n"), data)
+
+
+def prior_design_outside_the_space(tmp: Path, data: Path) -> list[str]:
+    (tmp / "design.yaml").write_text(
+        "model: {num_classes: 3, stem: {width: 8}, stages: [{blocks: 9, width: 8}, {blocks: 1, width: 16}]}\n"
+        "train: {optimizer: {name: sgd, lr: 0.1}}\n"
+    )
+    return run_args(spec_with(tmp, "  seed: 0\n", "  seed: 0\n  prior: {designs: [design.yaml]}\n"), data)
+
+
 CASES: dict[str, tuple[Case, str]] = {
     "typo in a key": (typo_in_a_key, "unknown key (did you mean 'blocks'?)"),
     "a budget no config meets": (budget_no_config_meets, "no config of the space fits (the smallest config found has"),
@@ -146,6 +158,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "an unsafe YAML tag": (unsafe_yaml_tag, "could not determine a constructor for the tag"),
     "an archive member that escapes": (archive_member_escapes, "its path leaves the extraction folder"),
     "an archive member that is a link": (archive_member_is_a_link, "a link, not a plain file or folder"),
+    "a prior weight above 1": (prior_weight_above_one, "study.prior.weight: must be <= 1.0, got 1.5"),
+    "a prior design outside the space": (prior_design_outside_the_space, "study.prior.designs[0]: design.yaml is not"),
 }
 
 

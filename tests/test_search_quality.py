@@ -37,9 +37,9 @@ def a_run(strategy: str, seed: int, values: list[float]) -> SearchRun:
 def test_a_shorter_budget_is_the_prefix_of_a_longer_run() -> None:
     run = a_run("c", 0, [0.3, 0.5, 0.6])  # completes at 3 and 8, prunes at 5 and 10; the 3rd is cut at 12
     assert run.epochs_spent == 12
-    assert run.counts_at(12) == {"complete": 2, "pruned": 2, "rejected": 1, "cut": 1, "failed": 0}
+    assert run.counts_at(12) == {"complete": 2, "pruned": 2, "rejected": 1, "cut": 1, "failed": 0, "repeat": 0}
     # At 6 epochs: the trial that ran from 5 to 8 is cut there; the later ones never started.
-    assert run.counts_at(6) == {"complete": 1, "pruned": 1, "rejected": 1, "cut": 1, "failed": 0}
+    assert run.counts_at(6) == {"complete": 1, "pruned": 1, "rejected": 1, "cut": 1, "failed": 0, "repeat": 0}
     assert [run.best_at(e) for e in (2, 3, 7, 8, 12)] == [None, 0.3, 0.3, 0.5, 0.5]
     assert run.best_params_at(8) == (0.5, {"x": 1})
 

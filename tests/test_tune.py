@@ -188,8 +188,7 @@ def test_the_adapters_drive_the_bridge_as_tune_would(storage: str) -> None:
 def test_every_sampler_samples_the_space(name: str, storage: str) -> None:
     bridge = make_bridge(storage, SPACE.replace("pruner:", f"sampler: {{name: {name}, n_startup_trials: 1}}, pruner:"))
     assert type(bridge.study.sampler) is SAMPLERS[name].cls
-    for _ in range(3):
-        job = bridge.next_job()
+    while (job := bridge.next_job()) is not None:  # a repeat of a trained config is answered, not handed out
         bridge.finish(job.number, {"val_acc": 0.5}, error=False)
     assert sum(is_finished(t) for t in bridge.study.trials) == 3
 

@@ -16,7 +16,7 @@ from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge
 from search.engine.samplers import create_study
 from search.engine.trainable import TrialJob
-from search.study.keys import ERROR, trial_status
+from search.study.keys import ERROR, REPEAT_OF, trial_status
 from search.train import EpochMetrics
 
 from .records import CUT, SearchRun
@@ -34,7 +34,8 @@ class Running:
 
 
 class Rejections:
-    """Records, into the run, the over-budget samples the bridge told the study about."""
+    """Records, into the run, the samples the bridge told the study about without training them:
+    over-budget ones, and repeats of trained configs answered from the record."""
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
@@ -45,6 +46,8 @@ class Rejections:
         for trial in trials[self.seen :]:
             if trial_status(trial) == "rejected":
                 run.ended(run.epochs_spent, "rejected")
+            elif REPEAT_OF in trial.user_attrs:
+                run.ended(run.epochs_spent, "repeat")
         self.seen = len(trials)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OUTCOMES = ("complete", "pruned", "rejected", "cut", "failed")
+OUTCOMES = ("complete", "pruned", "rejected", "cut", "failed", "repeat")  # repeat: answered from the record
 CUT = "the benchmark's compute budget ran out during the trial"
 
 
@@ -17,7 +17,7 @@ class SearchRun:
         completions: ``[epochs spent when it completed, final validation accuracy, params]``
             for every trial that ran its full epochs, in order.
         outcomes: ``[epochs spent when it started, when it ended, outcome]`` for every trial
-            (``rejected`` ones start and end at once); a shorter budget's counts are read
+            (``rejected`` and ``repeat`` ones start and end at once); a shorter budget's counts are read
             from them (a trial running across it is cut there).
     """
 

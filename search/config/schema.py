@@ -201,10 +201,34 @@ PrunerConfig = Union[MedianPruner, PercentilePruner, SuccessiveHalvingPruner, Hy
 
 
 @dataclass(frozen=True)
+class PriorConfig:
+    """Designs the user believes in, sampled near while the study's evidence is thin (PriorBand).
+
+    ``designs`` are fixed spec files (relative to this spec) mapped onto the space as
+    ``enqueue`` maps them. A trial samples near one of them with probability ``weight``,
+    times ``half_life / (half_life + finished trials)``, times how often the trials drawn
+    near the designs are among the best quarter against their share of all trials (at most 1).
+    Near: a number is drawn from a normal around the design's value (on the log scale where
+    the range is) whose spread is ``spread`` of the range; a choice keeps the design's
+    option with probability ``1 - spread``.
+    """
+
+    designs: tuple[str, ...] = ()
+    weight: float = bounded(0.5, ge=0.0, le=1.0)
+    half_life: float = bounded(10.0, gt=0.0, le=1_000_000.0)
+    spread: float = bounded(0.15, gt=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        if not self.designs:
+            raise InvalidValue("designs", "needs at least one spec file of a fixed design")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """The Optuna study: its name (also the default storage file), objectives and search policy.
 
-    ``enqueue`` lists fixed spec files (relative to this spec) whose configs are tried first.
+    ``enqueue`` lists fixed spec files (relative to this spec) whose configs are tried first;
+    ``prior`` samples near such designs, less as evidence accumulates (:class:`PriorConfig`).
     ``max_rejections`` ends a run after that many over-budget samples in a row. ``timeout``
     (``90s``, ``30m``, ``2h``, ``1d`` or seconds) ends a run: no trial starts after it, and
     running ones stop at their next epoch report.
@@ -217,6 +241,7 @@ class StudyConfig:
     pruner: PrunerConfig = MedianPruner()
     seed: int | None = bounded(0, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit
     enqueue: tuple[str, ...] = ()
+    prior: PriorConfig | None = None
     max_rejections: int = bounded(1000, ge=1)
     timeout: float | str | None = None
 

@@ -32,6 +32,7 @@ from search.engine.trainable import TrialJob
 from search.models import build_model
 from search.models.geometry import check_fits
 from search.study.keys import (
+    CONFIG_KEY,
     EPOCHS_RUN,
     ERROR,
     FLOPS,
@@ -51,6 +52,7 @@ from search.study.keys import (
     trial_status,
 )
 from search.study.notes import write_trial_note
+from search.study.repeats import TrainedConfigs, answer_repeat, config_key, data_identity
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Tally:
     failed: int = 0
     rejected: int = 0
     interrupted: int = 0  # by the time budget
+    repeats: int = 0  # answered from the record of a trained trial (:mod:`search.study.repeats`)
 
 
 class StudyBridge:
@@ -147,11 +150,13 @@ class StudyBridge:
         self.deployment = DeploymentBudget(study, spec, image_size, measure=reference_check, log=log)
         self.rungs: tuple[Rung, ...] = getattr(spec.study.pruner, "rungs", ())
         check_rungs(self.rungs, image_size, spec.source)
+        self.trained = TrainedConfigs(study.get_trials(deepcopy=False))  # earlier runs' trials answer repeats too
+        self.data_identity = data_identity(study, spec, image_size)
 
     @property
     def remaining(self) -> int:
         """Trials still to send to Ray for this run to reach its target."""
-        return self.target - self.finished_before - self.launched
+        return self.target - self.finished_before - self.launched - self.tally.repeats
 
     # ---- sampling and the budget
 
@@ -176,6 +181,8 @@ class StudyBridge:
                 continue
             self.rejections_in_a_row = 0
             self._record_counts(trial, counts)
+            if self._answered_from_record(trial, config):
+                continue
             trial.set_user_attr(RAY_TRIAL_ID, ray_trial_id)
             self.running[trial.number] = RunningTrial(trial, counts, time.monotonic(), config.train.epochs)
             self.launched += 1
@@ -234,6 +241,21 @@ class StudyBridge:
         if uses_constraints(self.study.sampler):
             for key, value in zip(("params", "flops"), constraint_values(counts, self.spec.budget)):
                 trial.set_constraint(key, value)
+
+    def _answered_from_record(self, trial: optuna.Trial, config: TrialConfig) -> bool:
+        """A config the study trained already is answered from its record, at no cost
+        (:mod:`search.study.repeats`); any other keeps its key, to answer its own repeats."""
+        key = config_key(config, self.data_identity)
+        original = self.trained.original(key)
+        if original is None:
+            trial.set_user_attr(CONFIG_KEY, key)
+            return False
+        answer_repeat(self.study, trial, self._frozen(original))
+        self.tally.repeats += 1
+        frozen = self._frozen(trial.number)
+        write_trial_note(self.study, frozen, self.spec)
+        self.notify("trial_ended", TrialEnd(trial.number, trial_status(frozen), frozen, at=time.monotonic()))
+        return True
 
     def _reject(self, trial: optuna.Trial, reason: str, counts: Counts | None) -> None:
         if counts is not None:
@@ -353,6 +375,7 @@ class StudyBridge:
             self.tally.done += 1
         # Its note in optuna-dashboard, live, from its own record: the cost does not grow with the study.
         frozen = self._frozen(number)
+        self.trained.add(frozen)
         write_trial_note(self.study, frozen, self.spec)
         self.notify("trial_ended", TrialEnd(number, trial_status(frozen), frozen, result, time.monotonic()))
 

@@ -58,7 +58,7 @@ from search.engine.samplers import create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.engine.trainable import run_trial
-from search.study.keys import REJECTED, is_finished
+from search.study.keys import REJECTED, REPEAT_OF, is_finished
 from search.study.lease import DriverLease
 from search.study.records import kept_models, recorded_data, study_data
 from search.study.retrying import RetryingStorage
@@ -85,6 +85,7 @@ class SearchSummary:
     trials_run: int = 0  # trials this run sent to Ray
     startup: StartUp | None = None  # what this run's trials paid before their first step
     nothing_to_run: str | None = None  # the one line of a run that had nothing to do
+    repeats: int = 0  # trials of the study answered from a trained trial's record (``repeat_of``), not trained
 
     @property
     def overhead(self) -> float | None:
@@ -442,12 +443,13 @@ def _summary(
     if startup is not None:  # what runs measure beats a probe: the next new study's estimate starts from it
         source = f"a run of study {study.study_name}: {startup.source.replace('this run', 'it')}"
         record_startup(machine_key(probe_device(bridge.spec), slots), replace(startup, source=source))
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and REPEAT_OF not in t.user_attrs]
     return SearchSummary(
         study_name=study.study_name,
         storage=mask_secrets(storage_url),
         finished=sum(is_finished(t) for t in trials),
         rejected=sum(REJECTED in t.user_attrs for t in trials),
+        repeats=sum(REPEAT_OF in t.user_attrs for t in trials),
         wall_time_s=wall,
         trial_time_s=bridge.train_seconds,
         slots=slots,

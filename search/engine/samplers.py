@@ -15,6 +15,7 @@ import optuna
 from search.config import PrunerConfig, SamplerConfig, Spec, SpecError, load_spec, random_samples
 from search.config.schema import HyperbandPruner, MedianPruner, NoPruner, PercentilePruner, SuccessiveHalvingPruner
 from search.config.secrets import mask_secrets
+from search.engine.prior import PriorSampler
 from search.engine.rungs import RungHalvingPruner
 from search.study.keys import SPEC_SOURCE, SPEC_TEXT
 from search.study.storage import open_storage
@@ -55,7 +56,9 @@ SAMPLERS: dict[str, SamplerKind] = {
     ),
     "gp": SamplerKind(
         optuna.samplers.GPSampler,
-        lambda c, seed: optuna.samplers.GPSampler(n_startup_trials=c.n_startup_trials, seed=seed),
+        lambda c, seed: optuna.samplers.GPSampler(
+            n_startup_trials=c.n_startup_trials, seed=seed, warn_independent_sampling=False
+        ),
         False,
         True,
     ),
@@ -107,8 +110,25 @@ def make_sampler(config: SamplerConfig, seed: int | None) -> optuna.samplers.Bas
     return SAMPLERS[config.name].make(config, seed)
 
 
+def study_sampler(spec: Spec, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, drawing near the designs of ``study.prior`` where it has one
+    (:class:`~search.engine.prior.PriorSampler`).
+
+    Raises:
+        SpecError: a prior design is not a fixed config of this space.
+    """
+    sampler = make_sampler(spec.study.sampler, seed)
+    prior = spec.study.prior
+    if prior is None:
+        return sampler
+    return PriorSampler(sampler, design_params(spec, prior.designs, "study.prior.designs"), prior, seed)
+
+
 def sampler_kind(sampler: optuna.samplers.BaseSampler) -> SamplerKind | None:
-    """The table's entry of ``sampler``'s class; ``None`` for a sampler no spec can name."""
+    """The table's entry of ``sampler``'s class (through a prior, that of the sampler it wraps);
+    ``None`` for a sampler no spec can name."""
+    if isinstance(sampler, PriorSampler):
+        sampler = sampler.base
     return next((kind for kind in SAMPLERS.values() if isinstance(sampler, kind.cls)), None)
 
 
@@ -150,7 +170,7 @@ def create_study(
         storage=storage,
         load_if_exists=True,
         directions=[o.direction for o in objectives],
-        sampler=make_sampler(spec.study.sampler, seed),
+        sampler=study_sampler(spec, seed),
         pruner=make_pruner(spec.study.pruner, max_resource or max_epochs(spec)),
     )
     stored = study.user_attrs.get(SPEC_TEXT)
@@ -186,12 +206,22 @@ def warm_start_params(spec: Spec) -> list[dict]:
     Raises:
         SpecError: an enqueued file is not a fixed config of this space.
     """
+    return design_params(spec, spec.study.enqueue, "study.enqueue")
+
+
+def design_params(spec: Spec, files: tuple[str, ...], key: str) -> list[dict]:
+    """The Optuna parameters of each fixed spec file of ``files`` (relative to the spec), mapped
+    into the spec's space: ``study.enqueue``'s warm starts and ``study.prior``'s designs.
+
+    Raises:
+        SpecError: a file is not a fixed config of this space (``key[i]`` names it).
+    """
     base = Path(spec.source).parent
     out = []
-    for index, name in enumerate(spec.study.enqueue):
+    for index, name in enumerate(files):
         config = load_spec(base / name).fixed()
         try:
             out.append(spec.space.params_of(config))
         except ValueError as error:
-            raise SpecError(spec.source, f"study.enqueue[{index}]", f"{name} is not in this space: {error}") from None
+            raise SpecError(spec.source, f"{key}[{index}]", f"{name} is not in this space: {error}") from None
     return out

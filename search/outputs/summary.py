@@ -16,8 +16,9 @@ def summary_table(summary: SearchSummary) -> str:
         return s.nothing_to_run
     overhead = f", search overhead {s.overhead:.1%} of it" if s.overhead is not None else ": no trial ran"
     startup = [s.startup.line()] if s.startup else []
+    repeats = f", {s.repeats} repeats of trained configs answered from the record" if s.repeats else ""
     lines = [
-        f"study {s.study_name}: {s.finished} finished trials, {s.rejected} samples rejected for the budget",
+        f"study {s.study_name}: {s.finished} finished trials, {s.rejected} samples rejected for the budget{repeats}",
         f"wall time {format_duration(s.wall_time_s)}{overhead}",
         *startup,
         *([s.ended_by, "a rerun with a larger --timeout (or --n-trials) continues the study"] if s.ended_by else []),

@@ -30,6 +30,9 @@ ACTIVATION_KB = "activation_kb"  # peak activation memory at inference, batch 1,
 MODEL_KB = "model_kb"  # the weights inference reads, at the budget's precision
 LATENCY_MS = "latency_ms"  # the measured median latency (its record: the study attribute LATENCY_KEY names)
 LATENCY_KEY = "latency_key"  # the study attribute holding the trial's latency measurement
+CONFIG_KEY = "config_key"  # a hash of what the trial trains: its whole config (seed included) and the data
+REPEAT_OF = "repeat_of"  # the number of the trained trial whose record answered this one (never trained)
+PRIOR_DESIGN = "prior_design"  # the index in study.prior.designs of the design the trial was sampled near
 
 # --- on the study (user attributes)
 SPEC_TEXT = "spec"  # the spec's YAML: the space every trial's parameters belong to

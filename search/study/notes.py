@@ -19,6 +19,7 @@ from search.study.keys import (
     MODEL_KB,
     PARAMS,
     REJECTED,
+    REPEAT_OF,
     TRAIN_TIME_S,
     metric_names,
     trial_status,
@@ -62,6 +63,7 @@ def trial_note(study: optuna.Study, trial: FrozenTrial, spec: Spec | None) -> st
         (REJECTED, "rejected for the budget, never trained"),
         (ERROR, "error"),
         (INTERRUPTED, "interrupted"),
+        (REPEAT_OF, "a repeat, never trained, answered from the record of trial"),
     ):
         if key in attrs:
             lines.append(f"{label}: {attrs[key]}")

@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Spec, TrialConfig, UserError, parse_spec
 from search.config.secrets import mask_secrets
-from search.study.keys import INTERRUPTED, RETRY_OF, SPEC_SOURCE, SPEC_TEXT, status_counts
+from search.study.keys import INTERRUPTED, REPEAT_OF, RETRY_OF, SPEC_SOURCE, SPEC_TEXT, status_counts
 from search.study.storage import open_existing_storage
 
 
@@ -64,7 +64,8 @@ def trial_config(spec: Spec, trial: FrozenTrial) -> TrialConfig:
 def ranked_trials(study: optuna.Study, top: int, pareto: bool = False) -> list[FrozenTrial]:
     """The best ``top`` COMPLETE trials by the first objective, or the whole Pareto front.
 
-    Rejected, pruned and failed trials never qualify: only COMPLETE ones have results.
+    Rejected, pruned and failed trials never qualify: only COMPLETE ones have results; nor
+    do repeats (``repeat_of``): their trained original stands for them.
 
     Raises:
         UserError: ``top`` < 1, no complete trial, or ``pareto`` on a single-objective study.
@@ -72,14 +73,14 @@ def ranked_trials(study: optuna.Study, top: int, pareto: bool = False) -> list[F
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and REPEAT_OF not in t.user_attrs]
     if not complete:
         counts = ", ".join(f"{n} {s}" for s, n in status_counts(trials).items() if n) or "no trials"
         raise UserError(f"study {study.study_name} has no complete trial yet ({counts})")
     if pareto:
         if len(study.directions) < 2:
             raise UserError(f"study {study.study_name} has one objective: --pareto needs a multi-objective study")
-        return sorted(study.best_trials, key=lambda t: t.number)
+        return sorted((t for t in study.best_trials if REPEAT_OF not in t.user_attrs), key=lambda t: t.number)
     return sorted(complete, key=lambda t: (sort_sign(study) * t.values[0], t.number))[:top]
 
 
