@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import load_spec, parse_spec
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 from search.engine.trainable import TrialJob
 from search.outputs.export import export_best
@@ -81,7 +81,7 @@ def run_study(storage: str, text: str, fit: Callable[[TrialJob, Report], dict]) 
     spec = parse_spec(text, "tiny.yaml")
     study = create_study(spec, storage)
     study.enqueue_trial({"model.stages.0.width": 96})  # over the budget: the first sample is rejected
-    bridge = StudyBridge(study, spec, image_size=32, data_dir=None, use_gpu=False, threads=1)
+    bridge = StudyBridge(study, spec, TrialSetup(32))
     while (job := bridge.next_job()) is not None:
         final = fit(job, lambda result: bridge.report(job.number, result))
         bridge.finish(job.number, final, error=False)
