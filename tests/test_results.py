@@ -125,7 +125,7 @@ def fifty_study(workdir: Path) -> tuple[str, optuna.Study]:
 def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Path) -> tuple[str, optuna.Study]:
     """A real study whose trials really train (2 epochs) on the tiny image folder."""
     from search.data import load_dataset
-    from search.train import train
+    from search.train import TrainOptions, train
 
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse cache fixture is not active yet
         patch.setenv("RESNET_SEARCH_CACHE", str(_session_data_cache))
@@ -138,7 +138,7 @@ def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Pa
             last.update(epoch=m.epoch, val_acc=m.val_acc, val_loss=m.val_loss)
             return report(dict(last))
 
-        result = train(job.trial, data, callback=on_epoch)
+        result = train(job.trial, data, TrainOptions(callback=on_epoch))
         if result.status == "stopped":
             return last
         return {

@@ -58,7 +58,7 @@ def run_trial(config: dict) -> None:
     import torch
     from ray import tune
 
-    from search.train import train
+    from search.train import TrainOptions, train
     from search.train.warm_start import resolve_init
 
     job: TrialJob = config["job"]
@@ -76,7 +76,7 @@ def run_trial(config: dict) -> None:
 
     try:
         data = worker_data(job)
-        result = train(trial, data, device=device, callback=on_epoch)
+        result = train(trial, data, TrainOptions(device=device, callback=on_epoch))
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
         return

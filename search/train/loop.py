@@ -23,6 +23,7 @@ from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
 from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.options import TrainOptions
 from search.train.recipe import (
     build_optimizer,
     build_scheduler,
@@ -61,16 +62,10 @@ class _Run:
 def train(
     trial: TrialConfig,
     data: ImageDataset,
+    options: TrainOptions | None = None,
     *,
     augment: Augment | None = None,
-    device: str | torch.device = "cpu",
     epochs: int | None = None,
-    callback: Callable[[EpochMetrics], bool | None] | None = None,
-    checkpoint_path: Path | None = None,
-    resume: bool = False,
-    evaluate_test: bool = False,
-    train_split: TensorSplit | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``trial.model`` with ``trial.train`` on ``data`` and evaluate it every epoch.
 
@@ -80,20 +75,12 @@ def train(
     Args:
         trial: The model and the recipe.
         data: Train/val/test splits as uint8 tensors, with class names, mean and std.
+        options: Where it trains, the per-epoch callback, the checkpoint and resuming, the
+            test evaluation, another training split, the log (:class:`TrainOptions`);
+            default: all defaults (the CPU, no callback, no checkpoint).
         augment: Overrides ``trial.train.augment``, the whole-batch augmentation
             applied on the device.
-        device: Where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``).
         epochs: Overrides ``trial.train.epochs`` (short trials); the LR schedule spans it.
-        callback: Called with each epoch's metrics; returning True stops the run
-            (status ``stopped``). Exceptions it raises (e.g. a pruning signal) propagate.
-        checkpoint_path: If given, the full training state is written there atomically
-            after every epoch (not after a non-finite one).
-        resume: Continue from ``checkpoint_path`` at the epoch after the saved one; a
-            missing file starts afresh. The result equals an uninterrupted run's.
-        evaluate_test: Evaluate the final weights on the test split.
-        train_split: Trains on this instead of ``data.train`` (final retraining on
-            train+val; the per-epoch validation is then not held out).
-        log: Receives the line on weights loaded from ``model.init_from``.
 
     Returns:
         The :class:`TrainResult`; a non-finite loss ends the run with status ``nan``.
@@ -104,12 +91,14 @@ def train(
         ValueError: Empty training split, or no trainable parameter.
     """
     cfg = trial.train
-    dev = torch.device(device)
+    options = options or TrainOptions()
+    dev = torch.device(options.device)
     epochs = cfg.epochs if epochs is None else epochs
-    split = data.train if train_split is None else train_split
+    split = data.train if options.train_split is None else options.train_split
     _check(trial, data, split)
-    state, fmt = _set_up(trial, data, split, dev, epochs, log)
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+    state, fmt = _set_up(trial, data, split, dev, epochs, options.log)
+    checkpoint_path = options.checkpoint_path
+    if options.resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = TrainState.load(Path(checkpoint_path), state)
     run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data)
     status: Status = "completed"
@@ -123,11 +112,11 @@ def train(
             break
         if checkpoint_path is not None:
             state.save(Path(checkpoint_path))
-        if callback is not None and callback(metrics):
+        if options.callback is not None and options.callback(metrics):
             status, reason = "stopped", f"stopped by the callback after epoch {epoch}"
             break
     result = _result(state, status, reason, data.classes)
-    if evaluate_test and status != "nan" and data.test.labels.numel():
+    if options.evaluate_test and status != "nan" and data.test.labels.numel():
         _add_test_metrics(result, state.eval_model, _to(data.test, dev), run)
     return result
 
