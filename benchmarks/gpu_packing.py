@@ -30,7 +30,7 @@ from common import DEFAULT_ARCHIVE, REPO
 
 from search.config import TrialConfig, load_spec
 from search.data import TensorSplit, load_dataset
-from search.train import train
+from search.train import TrainOptions, train
 
 SPECS = {"quickstart": "benchmarks/quickstart_before.yaml", "resnet20": "spaces/resnet20.yaml"}
 TARGET_RATIO = 2.0
@@ -55,7 +55,7 @@ def worker(model: str, seeds: list[int], args: argparse.Namespace, start: mp.Bar
     images = 0
     for seed in seeds:
         trial = with_seed(spec.fixed(), seed, args.epochs, args.cuda_graph)
-        result = train(trial, data, device=device, train_split=split)
+        result = train(trial, data, TrainOptions(device=device, train_split=split))
         batch = min(trial.train.batch_size, len(split.labels))  # every step is a full batch
         images += result.epochs_run * (len(split.labels) // batch) * batch
     out.put((began, time.time(), images))

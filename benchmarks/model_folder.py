@@ -29,7 +29,7 @@ from search.data import load_dataset
 from search.data.fingerprint import fingerprint, source_location
 from search.outputs.export_model import export_model
 from search.outputs.model import load_model
-from search.train import train
+from search.train import TrainOptions, train
 from search.train.model_folder import FolderContents, ModelSource, write_model_folder
 
 SPEC = REPO / "spaces" / "paper_se_443.yaml"
@@ -45,7 +45,7 @@ def make_folder(folder: Path, data_dir: str, device: str) -> tuple[Path, object]
     trial = replace(trial, train=replace(trial.train, epochs=1))
     data = load_dataset(spec.data, data_dir=data_dir, download=False)
     started = time.perf_counter()
-    result = train(trial, data, device=device)
+    result = train(trial, data, TrainOptions(device=device))
     print(f"trained 1 epoch on {SUBSET} images in {time.perf_counter() - started:.1f} s on {device}")
     record = fingerprint(data, source_location(spec.data, data_dir))
     write_model_folder(folder, result, FolderContents(spec, trial, data, ModelSource(data=record), device))

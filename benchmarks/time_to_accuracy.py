@@ -57,7 +57,7 @@ from common import DEFAULT_ARCHIVE, REPO, machine_load
 from search.config import Spec, Tta, parse_spec
 from search.data import ImageDataset, TensorSplit, load_dataset
 from search.models import build_model
-from search.train import BatchFormat, EpochMetrics, evaluate, train
+from search.train import BatchFormat, EpochMetrics, TrainOptions, evaluate, train
 
 NEW_QUICKSTART = REPO / "spaces" / "quickstart.yaml"
 OLD_QUICKSTART = REPO / "benchmarks" / "quickstart_before.yaml"
@@ -199,7 +199,7 @@ def quickstart_part(args: argparse.Namespace) -> None:
 
 def train_and_test(spec: Spec, data: ImageDataset, epochs: int | None = None, checkpoint: Path | None = None) -> Any:
     """Train a fixed spec's config on ``data.train`` and test it (its checkpoint written if asked)."""
-    return train(spec.fixed(), data, epochs=epochs, evaluate_test=True, checkpoint_path=checkpoint)
+    return train(spec.fixed(), data, TrainOptions(evaluate_test=True, checkpoint_path=checkpoint), epochs=epochs)
 
 
 def seconds(result: Any) -> float:
@@ -285,7 +285,7 @@ def race(spec: Spec, data_dir: str, targets: tuple[float, ...]) -> dict[float, f
     """Train on train + val, test every epoch, on CUDA; seconds to each target (NaN: not reached)."""
     data = load_dataset(spec.data, data_dir=data_dir, download=False)
     on_test = replace(data, val=data.test)
-    result = train(spec.fixed(), on_test, device="cuda", train_split=data.train_plus_val())
+    result = train(spec.fixed(), on_test, TrainOptions(device="cuda", train_split=data.train_plus_val()))
     seconds = {}
     for target in targets:
         hit = first_reaching(result.history, target)
@@ -314,7 +314,7 @@ def gpu_part(args: argparse.Namespace) -> None:
     data = load_dataset(load_with(NEW_QUICKSTART, {}).data, data_dir=args.data_dir, download=False)
     for graph in (False, True):
         spec = load_with(NEW_QUICKSTART, {"train.cuda_graph": graph, "train.epochs": 3})
-        result = train(spec.fixed(), data, device="cuda")
+        result = train(spec.fixed(), data, TrainOptions(device="cuda"))
         print(f"  quickstart model, cuda_graph {graph}: {result.history[-1].images_per_s:,.0f} images/s (epoch 3)")
 
 

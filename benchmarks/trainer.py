@@ -52,7 +52,7 @@ from search.budget import fast_count
 from search.config import Augment, DataConfig, TrialConfig, load_spec
 from search.data import ImageDataset, TensorSplit, dataset_root, load_dataset
 from search.models import build_model
-from search.train import EpochMetrics, lr_factor, train
+from search.train import EpochMetrics, TrainOptions, lr_factor, train
 
 TARGET_SPEEDUP = 1.5
 
@@ -129,7 +129,7 @@ def time_ours(
         if metrics.epoch == 1:
             on_warm()
 
-    result = train(trial, small, device=device, epochs=2, train_split=split, callback=at_epoch_end)
+    result = train(trial, small, TrainOptions(device=device, train_split=split, callback=at_epoch_end), epochs=2)
     return result.history[-1].images_per_s
 
 
@@ -398,7 +398,7 @@ def compare_accuracy(args: argparse.Namespace, data: ImageDataset, device: torch
     ours, theirs = [], []
     for seed in args.seeds:
         trial = replace(base, train=replace(base.train, seed=seed))
-        ours.append(train(trial, data, device=device, train_split=split).final_val_acc)
+        ours.append(train(trial, data, TrainOptions(device=device, train_split=split)).final_val_acc)
         loop = PlainLoop(trial, steps_per_epoch, args.accuracy_epochs, device)
         batches = loader(train_set, trial.train.batch_size, args.workers, seed, shuffle=True, device=device)
         for _ in range(args.accuracy_epochs):

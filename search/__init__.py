@@ -6,7 +6,7 @@ The public Python API, what the CLI itself calls::
 
     spec = search.load_spec("spaces/smoke.yaml")
     print(search.count_spec(spec).table())
-    summary = search.run_search(spec, data_dir="data/cifar10")
+    summary = search.run_search(spec, search.RunOptions(data_dir="data/cifar10"))
     study = search.load_study("sqlite:///studies/smoke.db", "smoke")
     board = search.retrain(study, top=1, seeds=(0, 1))
     model = search.load_model("runs/smoke/retrain/trial3/seed0")
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from search.config import Spec, UserError, load_spec, parse_spec
     from search.data import load_dataset
     from search.engine.events import RunObserver
+    from search.engine.options import RunOptions
     from search.engine.plan import plan_search
     from search.engine.run import SearchSummary, run_search
     from search.models import build_model
@@ -59,6 +60,7 @@ _API = {
     "run_search": "search.engine.run",
     "SearchSummary": "search.engine.run",
     "RunObserver": "search.engine.events",
+    "RunOptions": "search.engine.options",
     "plan_search": "search.engine.plan",
     "summary_table": "search.outputs.summary",
     "export_best": "search.outputs.export",

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.config import load_spec
+from search.engine.options import RunOptions
 from search.engine.run import run_search
 from search.engine.trainable import TrialJob, run_trial
 
@@ -73,9 +74,8 @@ def main(spec: str, data_dir: str, address: str, faults: str, markers: str) -> N
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the cluster cannot import tests/
     injected = {int(number): fault for number, fault in json.loads(faults).items()}
-    summary = run_search(
-        load_spec(spec), data_dir=data_dir, address=address, trainable=faulty_trainable(injected, Path(markers))
-    )
+    options = RunOptions(data_dir=data_dir, address=address, trainable=faulty_trainable(injected, Path(markers)))
+    summary = run_search(load_spec(spec), options)
     print(f"finished {summary.finished}, interrupted {summary.interrupted}")
 
 

@@ -34,7 +34,7 @@ from search.config import (
     parse_spec,
 )
 from search.config.blocks import BLOCK_TYPES
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 from search.models import VARIANTS, build_model
 from search.outputs.figures import latency_sections
@@ -144,7 +144,7 @@ def make_bridge(
     storage: str, limit: float, widths: str = "[8]", objectives: str = "{metric: val_acc, direction: maximize}"
 ) -> StudyBridge:
     spec = parse_spec(SPACE.format(limit=limit, widths=widths, objectives=objectives), "fast.yaml")
-    return StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    return StudyBridge(create_study(spec, storage), spec, TrialSetup(16))
 
 
 @pytest.fixture
@@ -193,11 +193,11 @@ def test_the_cache_measures_an_architecture_once_per_study(storage: str) -> None
     spec = parse_spec(
         SPACE.format(limit=1e6, widths="[8]", objectives="{metric: val_acc}").replace("n_trials: 3", "n_trials: 5")
     )
-    again = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    again = StudyBridge(create_study(spec, storage), spec, TrialSetup(16))
     assert again.next_job() is not None and again.deployment.measured == 0
     # A cache entry that is not a measurement (stored data is untrusted) is measured again.
     first.study.set_user_attr(cached[0], {"median_ms": float("nan")})
-    third = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    third = StudyBridge(create_study(spec, storage), spec, TrialSetup(16))
     assert third.next_job() is not None and third.deployment.measured == 1
 
 
@@ -231,9 +231,7 @@ def test_the_report_plots_the_result_against_latency_with_the_pareto_front(stora
 
 def test_a_rehearsal_measures_nothing(storage: str) -> None:
     spec = parse_spec(SPACE.format(limit=0.000001, widths="[8]", objectives="{metric: val_acc}"), "fast.yaml")
-    bridge = StudyBridge(
-        create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1, reference_check=False
-    )
+    bridge = StudyBridge(create_study(spec, storage), spec, TrialSetup(16), reference_check=False)
     assert bridge.next_job() is not None and bridge.deployment.measured == 0
 
 
@@ -347,14 +345,13 @@ def test_measure_on_worker_measures_in_a_task_on_a_worker_node(ray_cluster, tmp_
     code = f"""
 import json, ray
 from search.config import parse_spec
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.deployment import on_worker
 from search.engine.samplers import create_study
 ray.init(address={ray_cluster.address!r}, logging_level="ERROR")
 spec = parse_spec('''{SPACE.format(limit=1e6, widths="[8]", objectives="{metric: val_acc}")}'''
                   .replace("repeats: 3", "repeats: 3, measure_on: worker"))
-bridge = StudyBridge(create_study(spec, "sqlite:///{tmp_path}/w.db"), spec, image_size=16, data_dir=None,
-                     use_gpu=False, threads=1)
+bridge = StudyBridge(create_study(spec, "sqlite:///{tmp_path}/w.db"), spec, TrialSetup(16))
 job = bridge.next_job()
 ran = on_worker(lambda: ray.get_runtime_context().get_node_id(), spec.budget.latency_settings)
 print(json.dumps({{"job": job is not None, "measured": bridge.deployment.measured,
@@ -432,7 +429,7 @@ def test_a_latency_image_size_the_model_does_not_fit_is_the_specs_error_or_a_rej
     )
     text = text.replace("stem: {width: 8}", "stem: {width: 8}\n  pool_kernel: 16")
     parsed = parse_spec(text, "fast.yaml")
-    bridge = StudyBridge(create_study(parsed, storage), parsed, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    bridge = StudyBridge(create_study(parsed, storage), parsed, TrialSetup(16))
     assert bridge.next_job() is None
     assert all(
         t.user_attrs[REJECTED].startswith("budget.latency.image_size: 8px does not fit") for t in bridge.study.trials

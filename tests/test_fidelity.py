@@ -34,7 +34,7 @@ from search.engine.progress import RunProgress
 from search.engine.rungs import RungHalvingPruner
 from search.models import build_model
 from search.study.keys import FULL_EPOCHS
-from search.train import EpochMetrics, train
+from search.train import EpochMetrics, TrainOptions, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,7 +64,7 @@ def tiny_trial(epochs: int = 2, resize: ProgressiveResize | None = None) -> Tria
 
 def run(trial: TrialConfig, rungs: tuple[Rung, ...] = ()) -> tuple[list[EpochMetrics], object]:
     reports: list[EpochMetrics] = []
-    result = train(trial, make_data(), callback=lambda m: reports.append(m) and None, rungs=rungs)
+    result = train(trial, make_data(), TrainOptions(callback=lambda m: reports.append(m) and None, rungs=tuple(rungs)))
     return reports, result
 
 
@@ -144,7 +144,9 @@ def test_a_low_resolution_rung_trains_at_its_size_and_validates_at_full_size():
 def test_a_trial_stopped_at_a_rung_ends_there():
     reports: list[EpochMetrics] = []
     result = train(
-        tiny_trial(), make_data(), callback=lambda m: reports.append(m) or m.rung == 0, rungs=(Rung(fraction=0.5),)
+        tiny_trial(),
+        make_data(),
+        TrainOptions(callback=lambda m: reports.append(m) or m.rung == 0, rungs=(Rung(fraction=0.5),)),
     )
     assert result.status == "stopped" and result.history == [] and len(reports) == 1
 

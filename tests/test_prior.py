@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from search.config import PriorConfig, SpecError, load_spec, parse_spec
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.prior import PriorSampler, prior_weight
 from search.engine.samplers import create_study, learns_from_rejections
 from search.study.keys import PRIOR_DESIGN, is_finished
@@ -151,7 +151,7 @@ def test_gp_searches_a_conditional_categorical_space_end_to_end(tmp_path: Path) 
     spec = parse_spec(GP_SPACE, "gp.yaml")
     study = create_study(spec, f"sqlite:///{tmp_path / 'gp.db'}")
     assert isinstance(study.sampler, optuna.samplers.GPSampler)
-    bridge = StudyBridge(study, spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    bridge = StudyBridge(study, spec, TrialSetup(image_size=16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # GP's independent-sampling warnings would flood a run's log
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -40,6 +40,7 @@ from search.models import build_model
 from search.train import (
     BatchFormat,
     StepOutput,
+    TrainOptions,
     TrainStep,
     WeightEma,
     evaluate,
@@ -95,7 +96,9 @@ def same_weights(a: dict, b: dict) -> bool:
 def test_ema_weights_differ_from_the_raw_ones_and_are_evaluated_and_saved(tmp_path):
     data = make_data()
     ckpt = tmp_path / "ckpt.pt"
-    result = train(trial(ema=Ema(decay=0.9, warmup_steps=2)), data, checkpoint_path=ckpt, evaluate_test=True)
+    result = train(
+        trial(ema=Ema(decay=0.9, warmup_steps=2)), data, TrainOptions(checkpoint_path=ckpt, evaluate_test=True)
+    )
     saved = torch.load(ckpt, weights_only=True)
     raw, averaged = saved["model"], saved["ema"]["module"]
     assert saved["ema"]["updates"] == 2 * 4  # one update per step: 64 images in batches of 16, 2 epochs
@@ -131,8 +134,8 @@ def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
     cfg = trial(ema=Ema(decay=0.8, warmup_steps=3), optimizer=SGD(nesterov=True))
     whole = train(cfg, make_data())
     ckpt = tmp_path / "ckpt.pt"
-    train(cfg, make_data(), checkpoint_path=ckpt, callback=lambda m: True)
-    resumed = train(cfg, make_data(), checkpoint_path=ckpt, resume=True)
+    train(cfg, make_data(), TrainOptions(checkpoint_path=ckpt, callback=lambda m: True))
+    resumed = train(cfg, make_data(), TrainOptions(checkpoint_path=ckpt, resume=True))
     assert curve(resumed) == curve(whole)
     assert same_weights(resumed.model.state_dict(), whole.model.state_dict())
 
@@ -359,7 +362,7 @@ def model_input_sides(cfg: TrialConfig, data: ImageDataset, device: str = "cpu")
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        train(cfg, data, device=device)
+        train(cfg, data, TrainOptions(device=device))
     finally:
         handle.remove()
     return seen[True], seen[False]
@@ -407,8 +410,8 @@ def test_cuda_graph_falls_back_to_the_eager_step_off_cuda():
 def test_graphed_step_trains_as_the_eager_step_on_cuda():
     # fp32, so that the graph's kernels compute what the eager ones do.
     cfg = {"epochs": 3, "ema": Ema(0.9, 2), "precision": "fp32", "scheduler": Constant()}
-    eager = train(trial(**cfg), make_data(), device="cuda")
-    graphed = train(trial(cuda_graph=True, **cfg), make_data(), device="cuda")
+    eager = train(trial(**cfg), make_data(), TrainOptions(device="cuda"))
+    graphed = train(trial(cuda_graph=True, **cfg), make_data(), TrainOptions(device="cuda"))
     assert [m.lr for m in graphed.history] == pytest.approx([m.lr for m in eager.history])
     assert [m.train_loss for m in graphed.history] == pytest.approx([m.train_loss for m in eager.history], rel=1e-2)
     assert [m.val_acc for m in graphed.history] == pytest.approx([m.val_acc for m in eager.history], abs=0.07)
@@ -417,8 +420,8 @@ def test_graphed_step_trains_as_the_eager_step_on_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the graph is captured on CUDA only)")
 def test_graphed_step_captures_again_when_progressive_resize_changes_the_shape():
     cfg = {"epochs": 3, "precision": "fp32", "scheduler": Constant(), "progressive_resize": ProgressiveResize(8, 1)}
-    eager = train(trial(**cfg), make_data(), device="cuda")
-    graphed = train(trial(cuda_graph=True, **cfg), make_data(), device="cuda")
+    eager = train(trial(**cfg), make_data(), TrainOptions(device="cuda"))
+    graphed = train(trial(cuda_graph=True, **cfg), make_data(), TrainOptions(device="cuda"))
     assert [m.train_loss for m in graphed.history] == pytest.approx([m.train_loss for m in eager.history], rel=1e-2)
 
 

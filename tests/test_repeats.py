@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from searching import load, run_cli, sqlite_url
 
 from search.config import parse_spec
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 from search.study.keys import CONFIG_KEY, RAY_TRIAL_ID, REJECTED, REPEAT_OF, TRAIN_TIME_S, is_finished
 from search.study.repeats import TrainedConfigs, answers_repeats, config_key
@@ -46,7 +46,7 @@ def space(n_trials: int = 8, epochs: int = 2, seed: int = 0) -> str:
 
 def bridge_for(storage: str, text: str) -> StudyBridge:
     spec = parse_spec(text, "repeats.yaml")
-    return StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    return StudyBridge(create_study(spec, storage), spec, TrialSetup(image_size=16))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import load_spec, parse_spec
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 from search.engine.trainable import TrialJob
 from search.outputs.export import export_best
@@ -81,7 +81,7 @@ def run_study(storage: str, text: str, fit: Callable[[TrialJob, Report], dict]) 
     spec = parse_spec(text, "tiny.yaml")
     study = create_study(spec, storage)
     study.enqueue_trial({"model.stages.0.width": 96})  # over the budget: the first sample is rejected
-    bridge = StudyBridge(study, spec, image_size=32, data_dir=None, use_gpu=False, threads=1)
+    bridge = StudyBridge(study, spec, TrialSetup(32))
     while (job := bridge.next_job()) is not None:
         final = fit(job, lambda result: bridge.report(job.number, result))
         bridge.finish(job.number, final, error=False)
@@ -125,7 +125,7 @@ def fifty_study(workdir: Path) -> tuple[str, optuna.Study]:
 def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Path) -> tuple[str, optuna.Study]:
     """A real study whose trials really train (2 epochs) on the tiny image folder."""
     from search.data import load_dataset
-    from search.train import train
+    from search.train import TrainOptions, train
 
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse cache fixture is not active yet
         patch.setenv("RESNET_SEARCH_CACHE", str(_session_data_cache))
@@ -138,7 +138,7 @@ def trained_study(workdir: Path, tiny_imagefolder: Path, _session_data_cache: Pa
             last.update(epoch=m.epoch, val_acc=m.val_acc, val_loss=m.val_loss)
             return report(dict(last))
 
-        result = train(job.trial, data, callback=on_epoch)
+        result = train(job.trial, data, TrainOptions(callback=on_epoch))
         if result.status == "stopped":
             return last
         return {

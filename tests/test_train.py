@@ -39,6 +39,7 @@ from search.models import build_model
 from search.train import (
     EpochMetrics,
     ProgressPrinter,
+    TrainOptions,
     TrainResult,
     chain_callbacks,
     cpu_channels_last_is_safe,
@@ -162,8 +163,8 @@ def test_cosine_lr_reaches_min_after_the_last_step():
     result = train(
         trial(scheduler=Cosine(warmup_epochs=1, min_lr_ratio=0.2), optimizer=SGD(lr=0.4)),
         make_data(),
+        TrainOptions(callback=lambda m: seen.append(m.lr)),
         augment=AUGMENT,
-        callback=lambda m: seen.append(m.lr),
     )
     assert seen[0] == pytest.approx(0.4)  # the last warm-up step runs at the peak
     assert result.history[-1].lr == pytest.approx(0.4 * lr_factor(Cosine(warmup_epochs=1, min_lr_ratio=0.2), 7, 4, 8))
@@ -254,11 +255,11 @@ def test_clipping_changes_the_run():
 
 def test_callback_receives_every_epoch_and_can_stop():
     seen: list[EpochMetrics] = []
-    result = train(trial(epochs=3), make_data(), augment=AUGMENT, callback=seen.append)
+    result = train(trial(epochs=3), make_data(), TrainOptions(callback=seen.append), augment=AUGMENT)
     assert [m.epoch for m in seen] == [1, 2, 3] and result.status == "completed"
     assert all(isinstance(m, EpochMetrics) and m.images_per_s > 0 and m.elapsed_s > 0 for m in seen)
 
-    result = train(trial(epochs=3), make_data(), augment=AUGMENT, callback=lambda m: m.epoch == 1)
+    result = train(trial(epochs=3), make_data(), TrainOptions(callback=lambda m: m.epoch == 1), augment=AUGMENT)
     assert result.status == "stopped" and result.epochs_run == 1 and "epoch 1" in result.reason
 
 
@@ -278,7 +279,10 @@ def test_non_finite_loss_ends_the_run_cleanly(monkeypatch, tmp_path):
     seen = []
     ckpt = tmp_path / "ckpt.pt"
     result = train(
-        trial(), make_data(), augment=AUGMENT, callback=seen.append, checkpoint_path=ckpt, evaluate_test=True
+        trial(),
+        make_data(),
+        TrainOptions(callback=seen.append, checkpoint_path=ckpt, evaluate_test=True),
+        augment=AUGMENT,
     )
     assert result.status == "nan" and result.epochs_run == 1
     assert "non-finite loss in epoch 1" in result.reason
@@ -306,10 +310,10 @@ def test_resume_from_epoch_1_equals_an_uninterrupted_run(tmp_path):
     whole = train(cfg, make_data(), augment=AUGMENT)
 
     ckpt = tmp_path / "run" / "ckpt.pt"
-    first = train(cfg, make_data(), augment=AUGMENT, checkpoint_path=ckpt, callback=lambda m: True)
+    first = train(cfg, make_data(), TrainOptions(checkpoint_path=ckpt, callback=lambda m: True), augment=AUGMENT)
     assert first.status == "stopped" and ckpt.exists() and not ckpt.with_name("ckpt.pt.tmp").exists()
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
-    resumed = train(cfg, make_data(), augment=AUGMENT, checkpoint_path=ckpt, resume=True)
+    resumed = train(cfg, make_data(), TrainOptions(checkpoint_path=ckpt, resume=True), augment=AUGMENT)
     assert resumed.status == "completed" and resumed.epochs_run == 2
     assert curve(resumed) == curve(whole)
     assert same_weights(resumed.model, whole.model)
@@ -317,10 +321,10 @@ def test_resume_from_epoch_1_equals_an_uninterrupted_run(tmp_path):
 
 def test_resume_without_a_checkpoint_starts_afresh_and_a_foreign_one_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    fresh = train(trial(), make_data(), augment=AUGMENT, checkpoint_path=ckpt, resume=True)
+    fresh = train(trial(), make_data(), TrainOptions(checkpoint_path=ckpt, resume=True), augment=AUGMENT)
     assert fresh.epochs_run == 2 and ckpt.exists()
     with pytest.raises(UserError, match="trial"):
-        train(trial(seed=9), make_data(), augment=AUGMENT, checkpoint_path=ckpt, resume=True)
+        train(trial(seed=9), make_data(), TrainOptions(checkpoint_path=ckpt, resume=True), augment=AUGMENT)
 
 
 def test_num_classes_mismatch_is_a_user_error():
@@ -331,7 +335,7 @@ def test_num_classes_mismatch_is_a_user_error():
 def test_train_split_overrides_the_training_data():
     data = make_data()
     # train + val: 96 images in batches of 16 are 6 steps per epoch (train alone: 4).
-    result = train(trial(scheduler=Cosine()), data, augment=AUGMENT, train_split=data.train_plus_val())
+    result = train(trial(scheduler=Cosine()), data, TrainOptions(train_split=data.train_plus_val()), augment=AUGMENT)
     assert [m.lr for m in result.history] == pytest.approx([0.1 * lr_factor(Cosine(), s, 6, 12) for s in (5, 11)])
 
 
@@ -341,7 +345,10 @@ def test_train_split_overrides_the_training_data():
 def test_learns_a_learnable_dataset_and_evaluates_test():
     data = make_data(n_train=128, learnable=True)
     result = train(
-        trial(epochs=4, optimizer=Adam(lr=1e-2), scheduler=Cosine()), data, augment=AUGMENT, evaluate_test=True
+        trial(epochs=4, optimizer=Adam(lr=1e-2), scheduler=Cosine()),
+        data,
+        TrainOptions(evaluate_test=True),
+        augment=AUGMENT,
     )
     assert result.status == "completed"
     assert result.final_val_acc >= 0.9 and result.test_acc >= 0.9  # chance is 0.25
@@ -353,7 +360,7 @@ def test_learns_a_learnable_dataset_and_evaluates_test():
 
 
 def test_write_outputs_writes_the_three_files(tmp_path):
-    result = train(trial(), make_data(), augment=AUGMENT, evaluate_test=True)
+    result = train(trial(), make_data(), TrainOptions(evaluate_test=True), augment=AUGMENT)
     write_outputs(result, tmp_path / "out", config_dict={"model": {"name": "resnet"}}, params=1234)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in (
@@ -434,8 +441,9 @@ def test_thin_strided_projections_train_contiguous_on_the_cpu():
     # torch aborts the process when channels_last meets such a layer, so train in a child process.
     code = (
         "import torch; torch.set_num_threads(1); "  # as a search trial with resources.cpu 1 runs
-        "from test_train import THIN, make_data, trial, train; "
-        "r = train(trial(THIN, channels_last='on', batch_size=32, epochs=3), make_data(128), device='cpu'); "
+        "from test_train import THIN, TrainOptions, make_data, trial, train; "
+        "r = train(trial(THIN, channels_last='on', batch_size=32, epochs=3), make_data(128), "
+        "TrainOptions(device='cpu')); "
         "print(r.status)"
     )
     result = subprocess.run(

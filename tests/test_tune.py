@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.config import parse_spec
 from search.engine.adapters import OptunaPruningScheduler, OptunaSearcher
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import PRUNERS, SAMPLERS, create_study, make_pruner
 from search.study.keys import ERROR, INTERRUPTED, REJECTED, is_finished
 from search.study.trials import recover_interrupted
@@ -39,7 +39,7 @@ def storage(tmp_path) -> str:
 def make_bridge(storage: str, text: str = SPACE) -> StudyBridge:
     spec = parse_spec(text, "bridge.yaml")
     study = create_study(spec, storage)
-    return StudyBridge(study, spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    return StudyBridge(study, spec, TrialSetup(16))
 
 
 def epoch(n: int, val_acc: float) -> dict:
@@ -107,7 +107,7 @@ def test_interrupted_trials_are_failed_and_enqueued_again(storage: str) -> None:
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert {t.user_attrs["retry_of"] for t in waiting} == {second.number, third.number}
     assert trials[first.number].state == TrialState.COMPLETE  # nothing finished is touched
-    resumed = StudyBridge(study, parse_spec(SPACE), image_size=16, data_dir=None, use_gpu=False, threads=1)
+    resumed = StudyBridge(study, parse_spec(SPACE), TrialSetup(16))
     assert resumed.finished_before == 1
     retry = resumed.next_job()
     assert retry.trial == second.trial  # the interrupted config runs again, under a new number
@@ -134,7 +134,7 @@ def test_warm_start_configs_are_tried_first(tmp_path, storage: str) -> None:
     from search.config import load_spec
 
     spec = load_spec(spec_file)
-    bridge = StudyBridge(create_study(spec, storage), spec, image_size=16, data_dir=None, use_gpu=False, threads=1)
+    bridge = StudyBridge(create_study(spec, storage), spec, TrialSetup(16))
     job = bridge.next_job()
     assert job.trial.train.optimizer.lr == 0.05
 

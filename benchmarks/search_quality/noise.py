@@ -24,7 +24,7 @@ import yaml
 
 from search.config import parse_spec
 from search.data import load_dataset
-from search.train import train
+from search.train import TrainOptions, train
 
 from .settings import DEFAULT_ARCHIVE, DEFAULT_OUT, FULL, REPO, VAL_IMAGES
 
@@ -48,7 +48,7 @@ def measure(config_name: str, model_update: dict, seeds: Sequence[int], data_dir
     trial = spec.fixed()
     val, test = [], []
     for seed in seeds:
-        result = train(replace(trial, train=replace(trial.train, seed=seed)), data, evaluate_test=True)
+        result = train(replace(trial, train=replace(trial.train, seed=seed)), data, TrainOptions(evaluate_test=True))
         val.append(result.final_val_acc)
         assert result.test_acc is not None  # evaluate_test, and CIFAR-10 has a test split
         test.append(result.test_acc)

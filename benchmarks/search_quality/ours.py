@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import optuna
 
 from search.data import ImageDataset, load_dataset
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 from search.engine.trainable import TrialJob
 from search.study.keys import ERROR, REPEAT_OF, trial_status
@@ -57,7 +57,7 @@ def search_with_bridge(settings: Settings, strategy: Strategy, seed: int, budget
     spec = strategy_spec(settings, strategy, seed, budget)
     data = load_dataset(spec.data, data_dir=settings.data_dir, download=False)
     study = create_study(spec, optuna.storages.InMemoryStorage())
-    bridge = StudyBridge(study, spec, image_size=data.image_size, data_dir=settings.data_dir, use_gpu=False, threads=1)
+    bridge = StudyBridge(study, spec, TrialSetup(data.image_size, settings.data_dir))
     run = SearchRun(strategy.key, seed, budget)
     drive(bridge, data, run, slots=strategy.concurrency, epochs=full_trial_epochs(spec))
     run.wall_s = time.monotonic() - start

@@ -31,7 +31,7 @@ import optuna
 from search.config import Spec
 from search.config.distributions import Branches, Categorical, Fixed, Node, Range, Sequence, Struct
 from search.data import load_dataset
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
 
 from .ours import Rejections, Running, end_trial, epoch_report, final_report
@@ -152,9 +152,7 @@ class PeerEvaluator:
         self.spec = replace(spec, study=replace(spec.study, max_rejections=1, n_trials=1_000_000))
         self.data = load_dataset(self.spec.data, data_dir=settings.data_dir, download=False)
         self.study = create_study(self.spec, optuna.storages.InMemoryStorage())
-        self.bridge = StudyBridge(
-            self.study, self.spec, image_size=self.data.image_size, data_dir=settings.data_dir, use_gpu=False, threads=1
-        )
+        self.bridge = StudyBridge(self.study, self.spec, TrialSetup(self.data.image_size, settings.data_dir))
         self.rejections = Rejections(self.study)
         self.run = SearchRun(strategy.key, seed, budget)
         self.epochs = full_trial_epochs(self.spec)

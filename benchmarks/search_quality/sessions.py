@@ -18,7 +18,7 @@ from collections.abc import Hashable
 
 from search.config import TrialConfig
 from search.data import ImageDataset
-from search.train import EpochMetrics, TrainResult, train
+from search.train import EpochMetrics, TrainOptions, TrainResult, train
 
 _GO, _STOP, _EPOCH, _DONE = "go", "stop", "epoch", "done"
 
@@ -78,7 +78,7 @@ class EpochSession:
     def _run(self) -> None:
         self._commands.get()  # the first go
         try:
-            self.result = train(self.config, self.data, callback=self._pause)
+            self.result = train(self.config, self.data, TrainOptions(callback=self._pause))
         except Exception as error:  # reported to the driver, which records the trial FAIL
             self.error = error
         self._events.put(_DONE)

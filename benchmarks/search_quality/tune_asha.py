@@ -17,7 +17,7 @@ import optuna
 from search.budget import check_budget, fast_count
 from search.config import Spec
 from search.data import load_dataset
-from search.train import train
+from search.train import TrainOptions, train
 
 from .records import SearchRun
 from .settings import Settings, Strategy, full_trial_epochs, strategy_spec
@@ -36,7 +36,7 @@ def train_for_tune(config: dict, *, spec: Spec, data_dir: str | None) -> None:
         tune.report({"val_acc": 0.0, "over_budget": True})
         return
     data = load_dataset(spec.data, data_dir=data_dir, download=False)
-    train(trial, data, callback=lambda m: tune.report({"epoch": m.epoch, "val_acc": m.val_acc}))
+    train(trial, data, TrainOptions(callback=lambda m: tune.report({"epoch": m.epoch, "val_acc": m.val_acc})))
 
 
 def sample_space(trial: optuna.Trial, *, spec: Spec) -> None:

@@ -111,6 +111,7 @@ def train(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from search.config import load_spec
     from search.engine.checks import with_device
+    from search.engine.options import RunOptions
     from search.engine.plan import plan_search
     from search.engine.run import run_search
     from search.outputs.summary import summary_table
@@ -125,19 +126,19 @@ def run(args: argparse.Namespace) -> int:
         mlflow=args.mlflow or spec.tracking.mlflow,
     )
     with _progress_view() as view:
-        summary = run_search(
-            replace(spec, tracking=tracking),
+        options = RunOptions(
             storage=args.storage,
             data_dir=args.data_dir,
-            address=args.address,
             download=not args.no_download,
-            log=to_stderr,
+            address=args.address,
+            device=args.device,
             timeout=args.timeout,
             n_trials=args.n_trials,
-            observers=[view],
             keep=args.keep,
-            device=args.device,
+            observers=[view],
+            log=to_stderr,
         )
+        summary = run_search(replace(spec, tracking=tracking), options)
     print(summary_table(summary))
     if summary.interrupted:
         print(INTERRUPTED_HINT, file=sys.stderr)

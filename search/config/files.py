@@ -10,6 +10,12 @@ refuse anything but a regular file; every command that writes checks its path wi
 place). An image's size is in its header: :func:`default_pixel_limit` bounds it before its
 pixels are decoded.
 
+A study name names its default storage file (``studies/<name>.db``) and its folder
+(``studies/<name>/``), so it must stay one plain path component: no separators, no ``..``,
+nothing empty (:func:`study_name_problem`). The spec's ``study.name`` is checked when the spec
+is read; names that come from elsewhere (``--study``, a storage made by another tool) are
+checked by :func:`search.study.storage.safe_study_name`, which uses the same rule.
+
 Light on purpose (no torch): the commands that only write reports import it.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -27,6 +34,9 @@ MAX_PIXELS_VARIABLE = "RESNET_SEARCH_MAX_PIXELS"
 # Above a 108-megapixel phone photo; at most 300 MB of RGB. A PNG of 169 megapixels can be 0.5 MB.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+STUDY_NAME_ALLOWED = "1 to 100 letters, digits, '_', '-' or '.', starting with a letter or digit"
+
 REGULAR_FILE, FOLDER = "a regular file", "a folder"
 _KINDS = (
     (stat.S_ISREG, REGULAR_FILE),
@@ -36,6 +46,20 @@ _KINDS = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
+
+
+def study_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a study name, or ``None`` when it is safe.
+
+    Args:
+        name: A candidate study name.
+
+    Returns:
+        A message naming what is allowed, or ``None``.
+    """
+    if isinstance(name, str) and STUDY_NAME_PATTERN.fullmatch(name):
+        return None
+    return f"{name!r} cannot name a study's file and folder; use {STUDY_NAME_ALLOWED}"
 
 
 def kind_of_mode(mode: int) -> str:

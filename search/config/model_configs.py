@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from search.config.blocks import BlockName
-from search.config.bounds import bounded
 from search.config.errors import InvalidValue
+from search.config.parsing import bounded
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ bounds, ranges); a fixed section is built into its dataclass at once so that che
 across fields run at load time too. It reads the configs' type hints only: scalars,
 ``Literal``, ``Optional``, tuples, ``dict[str, ...]``, dataclasses and unions of dataclasses
 told apart by their ``name`` field, with numeric bounds in field metadata (``ge``, ``gt``,
-``le``). A field without a default is required: a file that leaves it out is refused (the
-spec's schema gives every field a default; what tools write back, such as a model folder's
-``model.json``, has required fields).
+``le``; the configs declare them with :func:`bounded` and :func:`required`). A field without a
+default is required: a file that leaves it out is refused (the spec's schema gives every field
+a default; what tools write back, such as a model folder's ``model.json``, has required fields).
 """
 
 from __future__ import annotations
@@ -22,9 +22,21 @@ from typing import Any, Literal, Union
 from search.config.distributions import Branches, Categorical, Fixed, Loc, Node, Range, Sequence, Struct, display_path
 from search.config.errors import InvalidValue
 
-__all__ = ["ParseError", "parse", "convert_scalar", "check_keys"]
+__all__ = ["ParseError", "parse", "convert_scalar", "check_keys", "bounded", "required"]
 
 PRIMITIVES = (type(None), bool, int, float, str)
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A dataclass field with a default and numeric bounds (``ge``, ``gt``, ``le``, ``lt``), kept in
+    its metadata so that the parser checks fixed values and distribution ranges alike; the
+    bounds of a tuple field hold for each of its items."""
+    return dataclasses.field(default=default, metadata=bounds)
+
+
+def required(**bounds: float) -> Any:
+    """A dataclass field without a default (a file must give it), with numeric bounds as :func:`bounded`."""
+    return dataclasses.field(metadata=bounds)
 
 
 class ParseError(Exception):

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from search.config.bounds import bounded
 from search.config.distributions import Node
 from search.config.errors import InvalidValue, SpecError
+from search.config.files import study_name_problem
 from search.config.model_configs import ModelConfig
-from search.config.names import study_name_problem
+from search.config.parsing import bounded
 from search.config.train_configs import TrainConfig
 from search.config.units import parse_duration
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from search.config.bounds import bounded
 from search.config.errors import InvalidValue
+from search.config.parsing import bounded
 
 
 @dataclass(frozen=True)

@@ -89,69 +89,89 @@ class Tally:
     repeats: int = 0  # answered from the record of a trained trial (:mod:`search.study.repeats`)
 
 
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a run trains with besides its config, handed to each trial's job.
+
+    Attributes:
+        image_size: Input size the budget is counted at (the side every trial trains at).
+        data_dir: Where the workers load the data (the ``--data-dir`` given, or the data the
+            study recorded); None: where the spec says.
+        use_gpu: Whether trials get a GPU.
+        threads: Torch threads per trial.
+    """
+
+    image_size: int
+    data_dir: str | None = None
+    use_gpu: bool = False
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class RunGoal:
+    """When a run is done.
+
+    Attributes:
+        target: The finished trials the study has when this run is done (``run --n-trials N``:
+            those finished before plus N); None: ``study.n_trials``, the study's total.
+        deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
+            their next epoch report (the run's time budget); None: no deadline.
+    """
+
+    target: int | None = None
+    deadline: float | None = None
+
+
 class StudyBridge:
     """The driver's side of the study: the only process that writes to it.
 
     Args:
         study: The Optuna study (its sampler and pruner already set).
         spec: The parsed spec.
-        image_size: Input size the budget is counted at.
-        data_dir: The ``--data-dir`` given by the user, passed on to the workers.
-        use_gpu: Whether trials get a GPU.
-        threads: Torch threads per trial.
+        setup: What every trial trains with besides its config (input size, data, GPU, threads).
+        goal: When the run is done (its target of finished trials, its deadline).
+        observers: Told of every trial's start, epoch reports and end (the live view, trackers).
         log: Where progress lines go.
         reference_check: Count configs that pass the fast check with fvcore too (the budget's
             final word), and measure their latency where the spec asks; off only for
             rehearsals, which train nothing.
-        observers: Told of every trial's start, epoch reports and end (the live view, trackers).
-        deadline: ``time.monotonic()`` after which no trial starts and running ones stop at
-            their next epoch report (the run's time budget); None: no deadline.
-        target: The finished trials the study has when this run is done (``run --n-trials N``:
-            those finished before plus N); default ``study.n_trials``, the study's total.
     """
 
     def __init__(
         self,
         study: optuna.Study,
         spec: Spec,
+        setup: TrialSetup,
         *,
-        image_size: int,
-        data_dir: str | None,
-        use_gpu: bool,
-        threads: int,
+        goal: RunGoal = RunGoal(),
+        observers: Sequence[RunObserver] = (),
         log: Log = ignore,
         reference_check: bool = True,
-        observers: Sequence[RunObserver] = (),
-        deadline: float | None = None,
-        target: int | None = None,
     ) -> None:
         self.study = study
         self.reference_check = reference_check
         self.spec = spec
-        self.image_size = image_size
-        self.data_dir = data_dir
-        self.use_gpu = use_gpu
-        self.threads = threads
+        self.setup = setup
         self.log = log
         self.multi_objective = len(spec.study.objectives) > 1
         self.running: dict[int, RunningTrial] = {}
         self.tally = Tally()
         self.finished_before = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
-        self.target = spec.study.n_trials if target is None else target
+        self.target = spec.study.n_trials if goal.target is None else goal.target
         self.launched = 0
         self.rejections_in_a_row = 0
         self.retry_sampler = optuna.samplers.RandomSampler(seed=spec.study.seed)
         self.stop_reason: str | None = None
         self.train_seconds = 0.0  # the trials' own training time, as they report it
         self.observers = list(observers)
-        self.deadline = deadline
+        self.deadline = goal.deadline
         self.out_of_time = False  # the deadline passed: the run ends when the running trials stop
         self.startup_measured: set[int] = set()  # trials of this run whose start-up is stored
-        self.deployment = DeploymentBudget(study, spec, image_size, measure=reference_check, log=log)
+        self.deployment = DeploymentBudget(study, spec, setup.image_size, measure=reference_check, log=log)
         self.rungs: tuple[Rung, ...] = getattr(spec.study.pruner, "rungs", ())
-        check_rungs(self.rungs, image_size, spec.source)
+        check_rungs(self.rungs, setup.image_size, spec.source)
         self.trained = TrainedConfigs(study.get_trials(deepcopy=False))  # earlier runs' trials answer repeats too
-        self.data_identity = data_identity(study, spec, image_size)
+        self.data_identity = data_identity(study, spec, setup.image_size)
 
     @property
     def remaining(self) -> int:
@@ -191,14 +211,15 @@ class StudyBridge:
                 "trial_started",
                 TrialStart(trial.number, trial.params, counts.params, counts.flops or 0, config.train.epochs),
             )
+            setup = self.setup
             return TrialJob(
                 trial.number,
                 config,
                 self.spec.data,
-                self.data_dir,
+                setup.data_dir,
                 counts,
-                self.use_gpu,
-                self.threads,
+                setup.use_gpu,
+                setup.threads,
                 rungs=self.rungs,
             )
         return None
@@ -218,9 +239,9 @@ class StudyBridge:
             trial = self.study.ask()
             try:
                 config = self.spec.space.sample(trial)
-                for side in {self.image_size, *(r.image_size for r in self.rungs if r.image_size)}:
+                for side in {self.setup.image_size, *(r.image_size for r in self.rungs if r.image_size)}:
                     check_fits(config, side)  # a sample that does not fit its input (or a rung's) is rejected
-                return trial, (config, fast_count(config.model, self.image_size))
+                return trial, (config, fast_count(config.model, self.setup.image_size))
             except (InvalidSample, InvalidValue) as error:
                 return trial, str(error)
         finally:
@@ -232,7 +253,8 @@ class StudyBridge:
         model_config = config.model
         if isinstance(model_config, TorchvisionResNetConfig):
             model_config = replace(model_config, weights=None)
-        return count_model(build_model(model_config, self.image_size), self.image_size, _in_channels(config))
+        size = self.setup.image_size
+        return count_model(build_model(model_config, size), size, _in_channels(config))
 
     def _record_counts(self, trial: optuna.Trial, counts: Counts) -> None:
         trial.set_user_attr(PARAMS, counts.params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import optuna
 
 from search.config import Spec, UserError
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.checks import require_space, trial_image_size
 from search.engine.cost import local_resources, probe_cost, trial_concurrency
 from search.engine.samplers import create_study
@@ -90,9 +90,7 @@ def rehearse_budget(spec: Spec, image_size: int, max_epochs: int) -> list[int]:
         has learned the budget when these fall to zero.
     """
     study = create_study(spec, optuna.storages.InMemoryStorage(), max_epochs)
-    bridge = StudyBridge(
-        study, spec, image_size=image_size, data_dir=None, use_gpu=False, threads=1, reference_check=False
-    )
+    bridge = StudyBridge(study, spec, TrialSetup(image_size), reference_check=False)
     rejected_before: list[int] = []
     while (job := bridge.next_job()) is not None:
         rejected_before.append(bridge.tally.rejected - sum(rejected_before))

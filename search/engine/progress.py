@@ -1,8 +1,12 @@
-"""A run's progress as its events tell it: the trials running now (epoch, last validation
-accuracy, images/s), the counts, the best so far, and the time left, estimated from the
-epoch times measured in this run. :class:`PlainProgress` prints it as plain lines (CI, a
-pipe, a log file); the live table of a terminal (:mod:`search.outputs.live`) draws the same
-state.
+"""A run's progress as its events tell it (:class:`RunProgress`, the model every view draws):
+the trials running now (epoch, last validation accuracy, images/s), the counts, the best so
+far, and the time left, estimated from the epoch times measured in this run.
+
+:class:`PlainProgress` is the run's own progress log: the plain lines a run writes to its
+``log`` when no view is given (the Python API's default; the CLI's off a terminal: CI, a
+pipe, a log file). It stays in the engine because a run without a view must still say how it
+goes, and the engine never imports :mod:`search.outputs`. Views that draw the same state
+otherwise are outputs the CLI picks: the live table of a terminal (:mod:`search.outputs.live`).
 
 The time left is counted in full-epoch equivalents (an epoch at full image size is 1; one
 at half the side about a quarter; half an epoch a half: :mod:`search.budget.compute`), as
@@ -254,7 +258,7 @@ def trial_line(event: TrialEnd, metric: str) -> str:
 
 
 class PlainProgress(RunProgress):
-    """Plain lines for a log: the pre-run block, one line per finished trial (with the totals),
+    """The run's progress log, plain lines: the pre-run block, one line per finished trial (with the totals),
     and at most one progress line per ``every_s`` seconds while trials train.
 
     Args:

@@ -30,7 +30,7 @@ from search.config.secrets import mask_secrets, without_secrets
 from search.config.units import format_duration
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord, load_recorded
-from search.engine.bridge import StudyBridge
+from search.engine.bridge import RunGoal, StudyBridge, TrialSetup
 from search.engine.checks import (
     absolute_data_paths,
     check_against_data,
@@ -50,14 +50,14 @@ from search.engine.cost import (
     trial_threads,
 )
 from search.engine.events import Log, RunEnd, RunObserver, RunStart, Trainable, ignore
-from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
+from search.engine.keep import ModelKeeper, record_run_data
+from search.engine.options import RunOptions
 from search.engine.preflight import RunPlan, preflight_lines
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
 from search.engine.samplers import create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
-from search.engine.trainable import run_trial
 from search.study.keys import REJECTED, REPEAT_OF, is_finished
 from search.study.lease import DriverLease
 from search.study.records import kept_models, recorded_data, study_data
@@ -95,23 +95,9 @@ class SearchSummary:
         return 1 - self.trial_time_s / capacity if capacity and self.trials_run else None
 
 
-def run_search(
-    spec: Spec,
-    *,
-    storage: str | None = None,
-    data_dir: str | None = None,
-    address: str | None = None,
-    download: bool = True,
-    log: Log = print,
-    trainable: Trainable = run_trial,
-    timeout: float | str | None = None,
-    n_trials: int | None = None,
-    observers: Sequence[RunObserver] | None = None,
-    keep: int = DEFAULT_KEEP,
-    device: str | None = None,
-) -> SearchSummary:
+def run_search(spec: Spec, options: RunOptions | None = None) -> SearchSummary:
     """Run (or continue) the spec's study: to ``study.n_trials`` finished trials in all, or
-    ``n_trials`` more in this run; the time budget may end it first.
+    ``options.n_trials`` more in this run; the time budget may end it first.
 
     Everything that can be wrong with the input is checked before the study is written to:
     the space, weights, the storage, the study's folder, the data, the budget, the cluster's
@@ -119,20 +105,9 @@ def run_search(
 
     Args:
         spec: A parsed spec with a search space.
-        storage: An Optuna storage URL; default ``sqlite:///studies/<name>.db``.
-        data_dir: Data location (beats the data the study recorded, and ``data.root``).
-        address: A Ray cluster to join (``ray start --head``); default: a local Ray of our own.
-        download: Whether a known dataset found nowhere may be downloaded.
-        log: Where progress lines go.
-        trainable: The Tune trainable (default :func:`run_trial`; tests wrap it to inject faults).
-        timeout: A time budget from now (seconds, or ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``;
-            beats ``study.timeout``): no trial starts after it and running trials stop at
-            their next epoch report (FAIL, ``interrupted``; the next run trains them again).
-        n_trials: Finished trials to add in this run (Optuna's ``optimize(n_trials=...)``);
-            default: up to the study's total, ``study.n_trials``.
-        observers: Told of every trial's events (default: progress lines to ``log``), with the spec's trackers.
-        keep: The best ``keep`` complete trials keep their weights (:mod:`~search.engine.keep`); 0: none.
-        device: ``cpu`` or ``cuda`` (required) for every trial, whatever ``resources.gpu`` says (:func:`with_device`).
+        options: Where and how this run goes (storage, data, Ray, device, time budget, trials,
+            weights kept, observers; :class:`~search.engine.options.RunOptions`); default: all
+            defaults.
 
     Returns:
         A summary of the run.
@@ -142,33 +117,37 @@ def run_search(
             fits the budget, a tracker not installed or not answering, data the study recorded
             that moved or changed, or another driver running the same study.
     """
+    options = options or RunOptions()
+    log = options.log
     started = time.monotonic()
-    spec = with_device(with_budgets(spec, timeout, n_trials), device)
+    spec = with_device(with_budgets(spec, options.timeout, options.n_trials), options.device)
     require_space(spec)
     check_weights(spec, configs := sample_space(spec))  # the run's one sample of its space; all read it
-    told = [*(observers if observers is not None else [PlainProgress(log)]), *tracking_observers(spec)]
+    views = options.observers if options.observers is not None else [PlainProgress(log)]
+    told = [*views, *tracking_observers(spec)]
     spec = without_secrets(spec)  # the study and Ray get masked URIs; the trackers hold the real ones
-    storage_url = storage or default_storage(spec.study.name)
+    storage_url = options.storage or default_storage(spec.study.name)
     opened = RetryingStorage(  # a wrong URL or password fails here
         open_storage(storage_url), on_retry=log, still_there=storage_gone_check(storage_url)
     )
-    earlier, before, target = _goal(opened, spec, n_trials)
+    earlier, before, target = _goal(opened, spec, options.n_trials)
     if target <= before:
         return _nothing_to_run(spec, storage_url, before)
-    ready = _prepare(spec, earlier, data_dir, download, configs)
+    ready = _prepare(spec, earlier, options, configs)
     spec = ready.spec
-    with logs_to(ready.out_dir / "ray.log"), ray_session(address) as cluster:
-        use_gpu = check_resources(spec, cluster, log, require_gpu=device == "cuda")
+    with logs_to(ready.out_dir / "ray.log"), ray_session(options.address) as cluster:
+        use_gpu = check_resources(spec, cluster, log, require_gpu=options.device == "cuda")
         concurrency = trial_concurrency(spec, cluster, use_gpu)
         study = create_study(spec, opened, ready.survey.max_epochs)
         with DriverLease(study):
             _recover(study, log)
-            keeper = ModelKeeper(study, spec, ready.out_dir, keep, record_run_data(study, ready.record, log), log)
-            bridge = _bridge(study, ready, use_gpu, log, told, started, target)
+            kept = record_run_data(study, ready.record, log)
+            keeper = ModelKeeper(study, spec, ready.out_dir, options.keep, kept, log)
+            bridge = _bridge(study, ready, use_gpu, options, told, RunGoal(target, _deadline(spec, started)))
             bridge.notify("run_started", _run_start(bridge, ready, storage_url, cluster, concurrency, started))
             start = time.monotonic()
             try:
-                _fit(bridge, ready.out_dir, trainable, keeper, concurrency.slots)  # returns early on Ctrl-C
+                _fit(bridge, ready.out_dir, options.trainable, keeper, concurrency.slots)  # returns early on Ctrl-C
             finally:
                 stopped = bridge.close_open_trials(STOPPED)
                 keeper.settle()
@@ -249,16 +228,15 @@ class _Ready:
     probe_error: str | None
 
 
-def _prepare(
-    spec: Spec, earlier: optuna.Study | None, data_dir: str | None, download: bool, configs: Sequence[TrialConfig]
-) -> _Ready:
-    """Check the study's folder, load the data (the study's recorded data unless ``data_dir``
-    names other), check the budget against it, and probe the cost, as ``run --dry-run`` does.
-    The probe runs before Ray starts: the processes Ray starts would slow it."""
+def _prepare(spec: Spec, earlier: optuna.Study | None, options: RunOptions, configs: Sequence[TrialConfig]) -> _Ready:
+    """Check the study's folder, load the data (the study's recorded data unless
+    ``options.data_dir`` names other), check the budget against it, and probe the cost, as
+    ``run --dry-run`` does. The probe runs before Ray starts: the processes Ray starts would slow it."""
     out_dir = study_dir(spec.study.name).resolve()
     check_writable(out_dir)
-    spec, data_dir = absolute_data_paths(spec, data_dir)
-    data, record, data_dir = run_data(spec, earlier, data_dir, download)  # once, before any trial: builds the cache
+    spec, data_dir = absolute_data_paths(spec, options.data_dir)
+    # Loaded once, before any trial: this builds the cache.
+    data, record, data_dir = run_data(spec, earlier, data_dir, options.download)
     image_size, survey = check_against_data(spec, data_dir, data, configs)  # the dry run asks the same trial_image_size
     local = trial_concurrency(spec, local_resources(), use_gpu=probe_device(spec) == "cuda")
     trials = earlier.get_trials(deepcopy=False) if earlier is not None else ()
@@ -305,30 +283,18 @@ def _recover(study: optuna.Study, log: Log) -> None:
 
 
 def _bridge(
-    study: optuna.Study,
-    ready: _Ready,
-    use_gpu: bool,
-    log: Log,
-    observers: list[RunObserver],
-    started: float,
-    target: int,
+    study: optuna.Study, ready: _Ready, use_gpu: bool, options: RunOptions, observers: list[RunObserver], goal: RunGoal
 ) -> StudyBridge:
-    """The run's bridge to its study, with its observers, its target of finished trials and
-    the deadline of its time budget."""
-    spec = ready.spec
+    """The run's bridge to its study, with its observers and its goal: its target of finished
+    trials and the deadline of its time budget."""
+    setup = TrialSetup(ready.image_size, ready.data_dir, use_gpu, trial_threads(ready.spec))
+    return StudyBridge(study, ready.spec, setup, goal=goal, observers=observers, log=options.log)
+
+
+def _deadline(spec: Spec, started: float) -> float | None:
+    """The ``time.monotonic()`` at which the run's time budget is spent; None: no budget."""
     timeout_s = spec.study.timeout_s
-    return StudyBridge(
-        study,
-        spec,
-        image_size=ready.image_size,
-        data_dir=ready.data_dir,
-        use_gpu=use_gpu,
-        threads=trial_threads(spec),
-        log=log,
-        observers=observers,
-        deadline=None if timeout_s is None else started + timeout_s,
-        target=target,
-    )
+    return None if timeout_s is None else started + timeout_s
 
 
 def _run_start(
@@ -343,7 +309,7 @@ def _run_start(
         target=bridge.target,
         to_run=max(0, bridge.remaining),
         cluster=cluster,
-        use_gpu=bridge.use_gpu,
+        use_gpu=bridge.setup.use_gpu,
         concurrency=concurrency,
         n_train=len(ready.data.train.labels),
         class_counts=ready.data.train_counts(),
@@ -408,7 +374,7 @@ def _tuner(bridge: StudyBridge, out_dir: Path, trainable: Trainable, keeper: Mod
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: the progress lines are ours
     resources = bridge.spec.resources
     return tune.Tuner(
-        tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu if bridge.use_gpu else 0}),
+        tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu if bridge.setup.use_gpu else 0}),
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearcher(bridge, keeper.output),
             scheduler=OptunaPruningScheduler(bridge),

@@ -61,7 +61,7 @@ def run_trial(config: dict) -> None:
     import torch
     from ray import tune
 
-    from search.train import train
+    from search.train import TrainOptions, train
     from search.train.warm_start import resolve_init
 
     job: TrialJob = config["job"]
@@ -79,7 +79,7 @@ def run_trial(config: dict) -> None:
 
     try:
         data = worker_data(job)
-        result = train(trial, data, device=device, callback=on_epoch, rungs=job.rungs)
+        result = train(trial, data, TrainOptions(device=device, callback=on_epoch, rungs=job.rungs))
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
         return

@@ -3,7 +3,9 @@ size, epoch, last validation accuracy and images/s, under the totals, the best s
 elapsed time and the time left. It is redrawn on every epoch report of every trial (and each
 second, for the clock); the lines of finished trials and the pre-run block scroll above it.
 
-Not a terminal (CI, a pipe, a log file): :class:`~search.engine.progress.PlainProgress`.
+It draws the engine's progress model (:class:`~search.engine.progress.RunProgress`). Not a
+terminal (CI, a pipe, a log file): the run's own progress log,
+:class:`~search.engine.progress.PlainProgress`, which is also what a run writes with no view given.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.config import UserError
-from search.config.names import study_name_problem
+from search.config.files import study_name_problem
 from search.config.secrets import mask_secrets
 
 STUDIES_DIR = Path("studies")
@@ -25,7 +25,8 @@ URL_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 
 
 def safe_study_name(name: str) -> str:
-    """``name``, if it may name a file and a folder under ``studies/`` (see :mod:`search.config.names`).
+    """``name``, if it may name a file and a folder under ``studies/``
+    (see :func:`search.config.files.study_name_problem`).
 
     Raises:
         UserError: the name is empty, has a path separator or ``..``, or other characters.

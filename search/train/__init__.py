@@ -15,7 +15,8 @@ The modules, each importing only those above it:
 - :mod:`~search.train.balance`: class weights and the class-balanced batch order.
 - :mod:`~search.train.step`: the training step, eager or replayed as a CUDA graph.
 - :mod:`~search.train.epoch`: one training epoch, one evaluation (with test-time views).
-- :mod:`~search.train.loop`: :func:`train`, the loop over epochs.
+- :mod:`~search.train.loop`: :func:`train`, the loop over epochs, with its :class:`TrainOptions`
+  (:mod:`~search.train.options`).
 - :mod:`~search.train.run_files`, :mod:`~search.train.epoch_lines`: files and epoch callbacks.
 - :mod:`~search.train.seeds`: :func:`train_spec`, one seed's run (:func:`train_seed`).
 """
@@ -24,6 +25,7 @@ from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch, tta_views
 from search.train.epoch_lines import ProgressPrinter, chain_callbacks
 from search.train.loop import train
+from search.train.options import TrainOptions
 from search.train.recipe import (
     CHANNELS_LAST_ON_CPU,
     build_optimizer,
@@ -70,6 +72,7 @@ __all__ = [
     "resolve_channels_last",
     "scaled_lr",
     "train",
+    "TrainOptions",
     "train_epoch",
     "train_spec",
     "tta_views",

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from search.config import Augment, ResNetConfig, Rung, TrainConfig, TrialConfig, UserError
+from search.config import Augment, ResNetConfig, TrainConfig, TrialConfig, UserError
 from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
 from search.train.balance import BatchOrder, loss_weights
 from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, EpochPart, Evaluation, TrainedEpoch, evaluate, train_epoch
 from search.train.fidelity import Fidelity, merge_parts, plan_fidelity
+from search.train.options import TrainOptions
 from search.train.recipe import (
     build_optimizer,
     build_scheduler,
@@ -70,17 +71,10 @@ Callback = Callable[[EpochMetrics], bool | None]
 def train(
     trial: TrialConfig,
     data: ImageDataset,
+    options: TrainOptions | None = None,
     *,
     augment: Augment | None = None,
-    device: str | torch.device = "cpu",
     epochs: int | None = None,
-    callback: Callback | None = None,
-    checkpoint_path: Path | None = None,
-    resume: bool = False,
-    evaluate_test: bool = False,
-    train_split: TensorSplit | None = None,
-    log: Callable[[str], None] | None = None,
-    rungs: Sequence[Rung] = (),
 ) -> TrainResult:
     """Train ``trial.model`` with ``trial.train`` on ``data`` and evaluate it every epoch.
 
@@ -90,22 +84,12 @@ def train(
     Args:
         trial: The model and the recipe.
         data: Train/val/test splits as uint8 tensors, with class names, mean and std.
+        options: Where it trains, the per-epoch callback, the checkpoint and resuming, the
+            test evaluation, another training split, the log (:class:`TrainOptions`);
+            default: all defaults (the CPU, no callback, no checkpoint).
         augment: Overrides ``trial.train.augment``, the whole-batch augmentation
             applied on the device.
-        device: Where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``).
         epochs: Overrides ``trial.train.epochs`` (short trials); the LR schedule spans it.
-        callback: Called with each epoch's metrics; returning True stops the run
-            (status ``stopped``). Exceptions it raises (e.g. a pruning signal) propagate.
-        checkpoint_path: If given, the full training state is written there atomically
-            after every epoch (not after a non-finite one).
-        resume: Continue from ``checkpoint_path`` at the epoch after the saved one; a
-            missing file starts afresh. The result equals an uninterrupted run's.
-        evaluate_test: Evaluate the final weights on the test split.
-        train_split: Trains on this instead of ``data.train`` (final retraining on
-            train+val; the per-epoch validation is then not held out).
-        log: Receives the line on weights loaded from ``model.init_from``.
-        rungs: ``study.pruner.rungs``: the callback gets a report at each (within an epoch
-            too); the steps up to one train at its ``image_size`` (:mod:`.fidelity`).
 
     Returns:
         The :class:`TrainResult`; a non-finite loss ends the run with status ``nan``.
@@ -116,14 +100,18 @@ def train(
         ValueError: Empty training split, or no trainable parameter.
     """
     cfg = trial.train
-    dev = torch.device(device)
+    options = options or TrainOptions()
+    dev = torch.device(options.device)
     epochs = cfg.epochs if epochs is None else epochs
-    split = data.train if train_split is None else train_split
+    split = data.train if options.train_split is None else options.train_split
     _check(trial, data, split)
-    state, fmt = _set_up(trial, data, split, dev, epochs, log)
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+    state, fmt = _set_up(trial, data, split, dev, epochs, options.log)
+    checkpoint_path = options.checkpoint_path
+    if options.resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = TrainState.load(Path(checkpoint_path), state)
-    fidelity = plan_fidelity(trial, data.image_size, len(split) // min(cfg.batch_size, len(split)), epochs, rungs)
+    fidelity = plan_fidelity(
+        trial, data.image_size, len(split) // min(cfg.batch_size, len(split)), epochs, options.rungs
+    )
     run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data, fidelity)
     status: Status = "completed"
     reason: str | None = None
@@ -131,7 +119,7 @@ def train(
     for epoch in range(first, epochs + 1):
         # This process's first compiled step compiles (resumed or not): it is timed apart.
         metrics, finite = _run_epoch(
-            state, run, epoch, time_first_step=cfg.compile and epoch == first, callback=callback
+            state, run, epoch, time_first_step=cfg.compile and epoch == first, callback=options.callback
         )
         if metrics is None or not finite:  # stopped at a rung within the epoch, or a non-finite loss
             status, reason = (
@@ -140,11 +128,11 @@ def train(
             break
         if checkpoint_path is not None:
             state.save(Path(checkpoint_path))
-        if callback is not None and callback(metrics):
+        if options.callback is not None and options.callback(metrics):
             status, reason = "stopped", f"stopped by the callback after epoch {epoch}"
             break
     result = _result(state, status, reason, data.classes)
-    if evaluate_test and status != "nan" and data.test.labels.numel():
+    if options.evaluate_test and status != "nan" and data.test.labels.numel():
         _add_test_metrics(result, state.eval_model, _to(data.test, dev), run)
     return result
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from search.config import InvalidValue, LatencyConfig, UserError, to_plain
-from search.config.bounds import required
 from search.config.distributions import Loc
 from search.config.errors import one_line
-from search.config.names import study_name_problem
-from search.config.parsing import ParseError, parse
+from search.config.files import study_name_problem
+from search.config.parsing import ParseError, parse, required
 from search.data.fingerprint import SPLITS, DataRecord
 from search.data.fit import RESIZE_TEXTS, ImageFit
 

@@ -19,6 +19,7 @@ from search.models.geometry import check_fits
 from search.train.epoch_lines import ProgressPrinter
 from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, FolderContents, ModelSource, write_run
+from search.train.options import TrainOptions
 from search.train.recipe import default_device
 from search.train.result import TrainResult
 from search.train.warm_start import check_channels, check_fits_data, check_init
@@ -164,20 +165,18 @@ def train_seed(run: SeedRun, log: Callable[[str], None] = print) -> TrainResult:
         The finished run.
     """
     config = run.config
-    result = train(
-        config,
-        run.data,
+    options = TrainOptions(
         device=run.device,
-        epochs=run.epochs,
         callback=ProgressPrinter(
             run.epochs or config.train.epochs, log=log, prefix=run.prefix, held_out=run.train_split is None
         ),
-        evaluate_test=True,
-        train_split=run.train_split,
         checkpoint_path=run.folder / "checkpoint.pt" if run.checkpoint else None,
         resume=run.resume,
+        evaluate_test=True,
+        train_split=run.train_split,
         log=log,
     )
+    result = train(config, run.data, options, epochs=run.epochs)
     write_run(run.folder, result, FolderContents(run.spec, config, run.data, run.source, run.device))
     return result
 
