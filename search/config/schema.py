@@ -39,7 +39,10 @@ class DataConfig:
     ``train_subset``/``val_subset`` take balanced subsets of those for cheap trials.
     ``mean``/``std`` unset are computed from the training images and cached.
     ``image_size`` resizes every image; unset, CIFAR is 32 and an image folder must
-    hold images of one size.
+    hold images of one size. ``on_device`` says whether the training set is copied whole to
+    the training device (``true``), streamed to it batch by batch from the memory-mapped cache
+    (``false``) or, ``auto``, copied when it fits ``device_memory_budget_mb`` (unset: half of the
+    device's free memory divided by the trials packed on it; on a CPU, host RAM).
     """
 
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
@@ -51,6 +54,8 @@ class DataConfig:
     mean: tuple[float, float, float] | None = bounded(None, ge=0.0, le=1.0)  # of the [0, 1] pixel scale
     std: tuple[float, float, float] | None = bounded(None, gt=0.0, le=1.0)  # normalizing divides by it
     split_seed: int = bounded(0, ge=0, le=2**32 - 1)
+    on_device: Literal["auto", True, False] = "auto"
+    device_memory_budget_mb: float | None = bounded(None, gt=0.0, le=2.0**40)  # per trial, for the training set
 
     @property
     def input_size(self) -> int | None:

@@ -8,9 +8,10 @@ from search.config import DataConfig, UserError
 from search.data.archives import materialize
 from search.data.cache import Tensors, load_or_build, tensor_path
 from search.data.layout import Layout
+from search.data.placement import Placement
 from search.data.readers import build, fingerprint
 from search.data.sources import locate
-from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take
+from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take, take_mapped
 
 
 def load_dataset(config: DataConfig, data_dir: str | Path | None = None, download: bool = True) -> ImageDataset:
@@ -40,13 +41,15 @@ def load_dataset(config: DataConfig, data_dir: str | Path | None = None, downloa
         raise UserError(
             f"data.val_fraction {config.val_fraction} holds out no image of the {len(labels)} training images"
         )
-    train = take(images, labels, balanced(train_idx, config.train_subset, "train_subset", classes))
+    # The training split stays in the mapped cache: the trainer copies it whole or streams it.
+    train = take_mapped(images, labels, balanced(train_idx, config.train_subset, "train_subset", classes))
     val = take(images, labels, balanced(val_idx, config.val_subset, "val_subset", classes))
     test = TensorSplit(tensors["test_images"], tensors["test_labels"])
 
     mean = tuple(config.mean) if config.mean is not None else tuple(tensors["mean"])
     std = tuple(config.std) if config.std is not None else tuple(tensors["std"])
-    return ImageDataset(train, val, test, classes, mean, std)  # type: ignore[arg-type]
+    placement = Placement(config.on_device, config.device_memory_budget_mb)
+    return ImageDataset(train, val, test, classes, mean, std, placement)  # type: ignore[arg-type]
 
 
 def load_tensors(layout: Layout, image_size: int | None) -> Tensors:
