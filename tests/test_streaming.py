@@ -1,0 +1,87 @@
+"""The training set streamed from the memory-mapped cache (``data.on_device: false``) against
+the same set copied to the device whole: the same batches, the same weights; ``auto`` streams
+what exceeds the budget. Generated images, CPU, a few seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import TINY, same_weights, trial
+
+from search.config import DataConfig
+from search.data import load_dataset
+from search.data.placement import Decision, Placement
+from search.data.splits import MappedSplit
+from search.train import train
+from search.train.feed import TrainFeed
+
+CPU = torch.device("cpu")
+FOLDER = DataConfig(dataset="imagefolder", val_fraction=0.25)
+
+
+@pytest.fixture
+def mapped(tiny_imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RESNET_SEARCH_CACHE", str(tmp_path / "cache"))
+    return load_dataset(FOLDER, data_dir=tiny_imagefolder)
+
+
+def feeds(data) -> tuple[TrainFeed, TrainFeed]:
+    return (
+        TrainFeed(data.train, CPU, Decision(True, "forced")),
+        TrainFeed(data.train, CPU, Decision(False, "forced")),
+    )
+
+
+def test_the_training_split_stays_in_the_mapped_cache(mapped) -> None:
+    assert isinstance(mapped.train, MappedSplit)
+    assert mapped.train.nbytes == len(mapped.train) * 3 * 32 * 32
+    rows = torch.tensor([3, 0, 7])
+    assert torch.equal(mapped.train.read(rows), mapped.train.images[rows])
+
+
+def test_streaming_gives_the_same_batches_in_the_same_order(mapped) -> None:
+    whole, streamed = feeds(mapped)
+    perm = torch.randperm(len(whole), generator=torch.Generator().manual_seed(1))
+    a, b = list(whole.batches(perm, 5)), list(streamed.batches(perm, 5))
+    assert len(a) == len(b) == len(perm) // 5
+    for (ia, xa, ya), (ib, xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a[0][1], a[1][1])  # different batches, not one batch repeated
+
+
+@pytest.mark.parametrize("flip", [True, "alternating"])
+def test_streaming_trains_the_same_weights_as_on_device(mapped, flip) -> None:
+    tiny = dataclasses.replace(TINY, num_classes=3)
+    config = trial(tiny, epochs=1, batch_size=8, augment=dataclasses.replace(trial().train.augment, flip=flip))
+    lines: list[str] = []
+    on = train(config, dataclasses.replace(mapped, placement=Placement(on_device=True)), log=lines.append)
+    off = train(config, dataclasses.replace(mapped, placement=Placement(on_device=False)), log=lines.append)
+    assert same_weights(on.model, off.model)
+    assert on.history[0].train_loss == off.history[0].train_loss
+    assert lines == [f"training set: streamed ({mapped.train.nbytes / 2**20:,.1f} MB; data.on_device: false)"]
+
+
+def test_auto_streams_what_exceeds_the_budget(mapped) -> None:
+    nbytes = mapped.train.nbytes
+    over = Placement("auto", budget_mb=nbytes / 2 / 2**20).decide(nbytes, CPU)
+    under = Placement("auto", budget_mb=nbytes * 2 / 2**20).decide(nbytes, CPU)
+    assert not over.on_device and "over the budget" in over.why and "device_memory_budget_mb" in over.why
+    assert under.on_device and "fits the budget" in under.why
+    # Unset: half the measured free memory, split between the trials sharing the device.
+    measured = Placement("auto").decide(nbytes, CPU)
+    assert measured.on_device and "host RAM available" in measured.why
+    packed = Placement("auto").shared_by(4).decide(nbytes, CPU)
+    assert "/ 4 trials" in packed.why
+
+
+def test_the_budget_is_read_from_the_spec(tiny_imagefolder: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RESNET_SEARCH_CACHE", str(tmp_path / "cache"))
+    config = dataclasses.replace(FOLDER, device_memory_budget_mb=0.01)
+    data = load_dataset(config, data_dir=tiny_imagefolder)
+    assert data.placement == Placement("auto", 0.01)
+    lines: list[str] = []
+    train(trial(dataclasses.replace(TINY, num_classes=3), epochs=1, batch_size=8), data, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("training set: streamed") and "over the budget of 0.0 MB" in lines[0]
