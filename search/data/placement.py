@@ -15,6 +15,7 @@ batch by batch from the mapped file instead of being copied into the trial's mem
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -107,3 +108,10 @@ def host_available() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def trials_per_device(gpu: float) -> int:
+    """The trials that share one device when each asks for ``gpu`` GPUs: ``1 / gpu`` of a
+    fractional GPU (0.25: four); one otherwise (a CPU trial measures the host RAM still
+    available when it starts, after the trials already running took theirs)."""
+    return max(1, math.floor(1 / gpu + 1e-9)) if 0 < gpu < 1 else 1

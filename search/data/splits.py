@@ -57,7 +57,7 @@ class MappedSplit(TensorSplit):
         object.__setattr__(self, "rows", rows)
         object.__setattr__(self, "labels", labels)
 
-    @property  # type: ignore[override]
+    @property
     def images(self) -> torch.Tensor:
         return self.source.index_select(0, self.rows)
 
@@ -66,7 +66,8 @@ class MappedSplit(TensorSplit):
         return tuple(self.source.shape[1:])
 
     def read(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.index_select(self.source, 0, self.rows[rows], out=out) if out is not None else self.source[self.rows[rows]]
+        picked = self.rows[rows]
+        return torch.index_select(self.source, 0, picked, out=out) if out is not None else self.source[picked]
 
     def __repr__(self) -> str:
         return f"MappedSplit({len(self)} rows of {tuple(self.source.shape)})"

@@ -51,7 +51,7 @@ from search.engine.cost import (
 )
 from search.engine.events import Log, RunEnd, RunObserver, RunStart, Trainable, ignore
 from search.engine.keep import DEFAULT_KEEP, ModelKeeper, record_run_data
-from search.engine.preflight import RunPlan, preflight_lines
+from search.engine.preflight import RunPlan, preflight_lines, training_set_placement
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
 from search.engine.samplers import create_study
@@ -347,6 +347,7 @@ def _run_start(
         n_train=len(ready.data.train.labels),
         cost=cost,
         probe_error=ready.probe_error,
+        training_set=training_set_placement(spec, ready.data, bridge.use_gpu),
     )
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return RunStart(

@@ -16,8 +16,8 @@ from torch import nn
 
 from search.config import Augment, Tta
 from search.data import TensorSplit, augment_batch, downscale, normalize
-from search.train.state import TrainState
 from search.train.feed import TrainFeed
+from search.train.state import TrainState
 from search.train.step import TrainStep
 
 
@@ -135,9 +135,9 @@ def train_epoch(
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
     t_step = time.perf_counter()
-    for step, (idx, images, y) in enumerate(feed.batches(perm, batch_size)):
+    for step, (idx, batch, y) in enumerate(feed.batches(perm, batch_size)):
         mask = None if flips is None else flips[idx]
-        x = fmt.prepare(augment_batch(images, augment, state.generator, flip_mask=mask))
+        x = fmt.prepare(augment_batch(batch, augment, state.generator, flip_mask=mask))
         if size is not None:
             x = downscale(x, size, fmt.channels_last)
         out = step_fn(x, y)

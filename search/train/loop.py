@@ -24,8 +24,8 @@ from search.config import Augment, ResNetConfig, TrainConfig, TrialConfig, UserE
 from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
 from search.train.ema import WeightEma
-from search.train.feed import TrainFeed
 from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.feed import TrainFeed
 from search.train.recipe import (
     build_optimizer,
     build_scheduler,
