@@ -398,11 +398,12 @@ def test_flipped_bytes_in_the_cache_are_detected_and_the_cache_rebuilt(
     config = DataConfig(dataset="imagefolder")
     first = load_dataset(config, data_dir=tiny_imagefolder)
     (cached,) = (tmp_path / "cache" / "tensors").glob("*.pt")
-    data = bytearray(cached.read_bytes())
+    images = cached.with_suffix(".u8")
+    data = bytearray(images.read_bytes())
     middle = len(data) // 2  # inside the training images' bytes
     data[middle : middle + 4096] = bytes(4096)  # zeroed, as a bad sector reads
     data[middle + 5000] ^= 0xFF  # and one flipped byte
-    cached.write_bytes(bytes(data))
+    images.write_bytes(bytes(data))
     capsys.readouterr()
 
     again = load_dataset(config, data_dir=tiny_imagefolder)

@@ -59,4 +59,4 @@ def load_tensors(layout: Layout, image_size: int | None) -> Tensors:
     tensors are not cached yet.
     """
     path = tensor_path(layout.root, fingerprint(layout), image_size)
-    return load_or_build(path, lambda: build(materialize(layout), image_size))
+    return load_or_build(path, lambda writer: build(materialize(layout), image_size, writer))

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from search.config import UserError
-from search.data.cache import CACHE_FORMAT, Tensors, cache_dir
-from search.data.decode import decode_images, resize_tensor, to_nchw
+from search.data.cache import CACHE_FORMAT, ImageWriter, Tensors, cache_dir
+from search.data.decode import decode_into, resize_tensor
 from search.data.layout import ARCHIVE_SUFFIXES, TORCHVISION_FOLDERS, Layout, class_dirs, entries, image_files
-from search.data.splits import channel_stats, stratified_split
+from search.data.progress import Progress
+from search.data.splits import stratified_split
 
 # A one-tree class folder loses 1/6 of each class to the test split (CIFAR's 50k/10k ratio),
 # chosen with a fixed seed so the test set never moves when data.split_seed changes.
@@ -32,8 +33,8 @@ from search.data.splits import channel_stats, stratified_split
 TREE_TEST_FRACTION = 1 / 6
 TREE_TEST_SEED = 0
 
-# Four tensors, train then test: uint8 images N x 3 x H x W and int64 labels N, and class names.
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+# The labels (int64, train then test) of the images a format wrote, and the class names.
+Labels = tuple[torch.Tensor, torch.Tensor, list[str]]
 # Image files and labels, train then test, and class names.
 FileLists = tuple[list[Path], list[int], list[Path], list[int], list[str]]
 
@@ -55,8 +56,8 @@ class DataFormat:
         """The files and folders whose size and mtime identify the data (the cache key)."""
         raise NotImplementedError
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
-        """Train and test images and labels, and the classes.
+    def read(self, root: Path, image_size: int | None, writer: ImageWriter) -> Labels:
+        """Write the train images, then the test images, to ``writer``; their labels and the classes.
 
         Raises:
             UserError: What is unreadable or does not make a classification dataset.
@@ -74,28 +75,26 @@ def register_format(data_format: DataFormat) -> DataFormat:
     return data_format
 
 
-def build(layout: Layout, image_size: int | None) -> Tensors:
-    """Decode a source into the cache's dict: uint8 images, int64 labels, classes, mean/std.
+def build(layout: Layout, image_size: int | None, writer: ImageWriter) -> Tensors:
+    """Decode a source into the cache: its uint8 images to ``writer`` (train, then test), and
+    the rest of the cache's dict returned: int64 labels, classes, how many images are training ones.
 
     Args:
         layout: An unpacked layout (not ``archive``).
         image_size: Resize images to this square side; ``None`` keeps them as they are.
+        writer: The cache's images file.
 
     Raises:
         UserError: An unreadable pickle or image, fewer than two classes, test classes
             unknown to train, or mixed image sizes without ``image_size``.
     """
-    train_x, train_y, test_x, test_y, classes = FORMATS[layout.kind].read(layout.root, image_size)
-    mean, std = channel_stats(train_x)
+    train_y, test_y, classes = FORMATS[layout.kind].read(layout.root, image_size, writer)
     return {
         "format": CACHE_FORMAT,
-        "train_images": train_x,
+        "train_count": len(train_y),
         "train_labels": train_y,
-        "test_images": test_x,
         "test_labels": test_y,
         "classes": list(classes),
-        "mean": mean,
-        "std": std,
     }
 
 
@@ -179,13 +178,16 @@ class CifarPickles(DataFormat):
     def identity(self, root: Path) -> list[Path]:
         return [root / name for name in (*self.train_names, self.test_name)]
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
+    def read(self, root: Path, image_size: int | None, writer: ImageWriter) -> Labels:
         classes = _load_pickle(root / self.meta_file)[self.meta_key]
-        train_x, train_y = _cifar_split(root, self.train_names, self.label_key)
-        test_x, test_y = _cifar_split(root, [self.test_name], self.label_key)
-        if image_size is not None and image_size != train_x.shape[-1]:
-            train_x, test_x = resize_tensor(train_x, image_size), resize_tensor(test_x, image_size)
-        return train_x, train_y, test_x, test_y, list(classes)
+        labels = []
+        for names, train in ((self.train_names, True), ([self.test_name], False)):
+            images, split_labels = _cifar_split(root, names, self.label_key)
+            if image_size is not None and image_size != images.shape[-1]:
+                images = resize_tensor(images, image_size)
+            writer.append(images, train=train)
+            labels.append(split_labels)
+        return labels[0], labels[1], list(classes)
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
@@ -224,8 +226,8 @@ class ClassFolders(DataFormat):
         """
         raise NotImplementedError
 
-    def read(self, root: Path, image_size: int | None) -> Splits:
-        return _decode_folders(root, self.list_images(root), image_size)
+    def read(self, root: Path, image_size: int | None, writer: ImageWriter) -> Labels:
+        return _decode_folders(root, self.list_images(root), image_size, writer)
 
 
 class SplitFolders(ClassFolders):
@@ -284,26 +286,28 @@ register_format(SplitFolders())
 register_format(ClassTree())
 
 
-def _decode_folders(root: Path, files: FileLists, image_size: int | None) -> Splits:
-    """Decode the images of a class-folder dataset, announced on stderr (it is the slow step)."""
+def _decode_folders(root: Path, files: FileLists, image_size: int | None, writer: ImageWriter) -> Labels:
+    """Decode the images of a class-folder dataset chunk by chunk into ``writer``, announced on
+    stderr with a progress bar (it is the slow step)."""
     train_files, train_labels, test_files, test_labels, classes = files
+    total = len(train_files) + len(test_files)
     print(
-        f"resnet-search: decoding {len(train_files) + len(test_files)} images from {root} "
-        f"(once; cached in {cache_dir() / 'tensors'})",
+        f"resnet-search: decoding {total} images from {root} (once; cached in {cache_dir() / 'tensors'})",
         file=sys.stderr,
     )
-    train, test = decode_images(train_files, image_size), decode_images(test_files, image_size)
-    _report_skipped(train.skipped + test.skipped, len(train_files) + len(test_files))
-    train_x, test_x = to_nchw(train.images), to_nchw(test.images)
-    if len(test.kept) and train_x.shape[1:] != test_x.shape[1:]:
+    with Progress(total, "decoding") as progress:
+        train = decode_into(train_files, image_size, writer, train=True, progress=progress)
+        test = decode_into(test_files, image_size, writer, train=False, progress=progress)
+    _report_skipped(train.skipped + test.skipped, total)
+    if train.shape is not None and test.shape is not None and test.shape != train.shape:
         raise UserError(
-            f"train images are {train_x.shape[-1]}px but test images are {test_x.shape[-1]}px "
+            f"train images are {train.shape[-1]}px but test images are {test.shape[-1]}px "
             f"in {root}; set data.image_size to resize both on load"
         )
     train_y = torch.tensor([train_labels[i] for i in train.kept], dtype=torch.int64)
     test_y = torch.tensor([test_labels[i] for i in test.kept], dtype=torch.int64)
     _require_images_per_class(root, classes, train_y, len(train.skipped))
-    return train_x, train_y, test_x, test_y, classes
+    return train_y, test_y, classes
 
 
 def _report_skipped(skipped: list[tuple[Path, str]], total: int) -> None:
