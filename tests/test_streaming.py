@@ -85,3 +85,13 @@ def test_the_budget_is_read_from_the_spec(tiny_imagefolder: Path, tmp_path: Path
     lines: list[str] = []
     train(trial(dataclasses.replace(TINY, num_classes=3), epochs=1, batch_size=8), data, log=lines.append)
     assert len(lines) == 1 and lines[0].startswith("training set: streamed") and "over the budget of 0.0 MB" in lines[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_streaming_through_pinned_memory_gives_the_same_batches_on_cuda(mapped) -> None:
+    cuda = torch.device("cuda")
+    whole = TrainFeed(mapped.train, cuda, Decision(True, "forced"))
+    streamed = TrainFeed(mapped.train, cuda, Decision(False, "forced"))
+    perm = torch.randperm(len(whole), device=cuda, generator=torch.Generator(cuda).manual_seed(1))
+    for (ia, xa, ya), (ib, xb, yb) in zip(whole.batches(perm, 5), streamed.batches(perm, 5), strict=True):
+        assert xb.device.type == "cuda" and torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)

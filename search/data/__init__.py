@@ -3,9 +3,8 @@
 The airbench way: the whole dataset is one ``N x 3 x H x W`` uint8 tensor that is moved to
 the training device once (or, when it does not fit there, streamed batch by batch from the
 memory-mapped cache: :mod:`~search.data.placement`); augmentation and normalization are
-tensor ops on a whole batch,
-never a per-image Python loop, so the GPU (or the CPU's vector units) is never waiting on a
-``DataLoader``.
+tensor ops on a whole batch, never a per-image Python loop, so the GPU (or the CPU's vector
+units) is never waiting on a ``DataLoader``.
 
 Sources (see :func:`locate`): torchvision's CIFAR-10/100 python pickles, class-folder trees
 (``train/<class>/*`` + ``test/<class>/*``, or one tree of ``<class>/*`` folders that is split
