@@ -95,3 +95,32 @@ def test_streaming_through_pinned_memory_gives_the_same_batches_on_cuda(mapped) 
     perm = torch.randperm(len(whole), device=cuda, generator=torch.Generator(cuda).manual_seed(1))
     for (ia, xa, ya), (ib, xb, yb) in zip(whole.batches(perm, 5), streamed.batches(perm, 5), strict=True):
         assert xb.device.type == "cuda" and torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_the_pre_run_block_says_where_the_training_set_goes(mapped) -> None:
+    from search.config import parse_spec
+    from search.engine.preflight import training_set_placement
+
+    text = (
+        "study: {name: s}\ndata: {dataset: imagefolder, device_memory_budget_mb: 0.01}\n"
+        "resources: {gpu: 0.25}\nmodel: {name: resnet, num_classes: 3}\n"
+    )
+    spec = parse_spec(text)
+    data = dataclasses.replace(mapped, placement=Placement("auto", spec.data.device_memory_budget_mb))
+    line = training_set_placement(spec, data, use_gpu=False).line()
+    assert line.startswith("training set: streamed (") and "over the budget of 0.0 MB" in line
+    streamed_anyway = dataclasses.replace(mapped, placement=Placement("auto").shared_by(4))
+    assert training_set_placement(spec, streamed_anyway, use_gpu=False).on_device  # CPU: 1 trial per device
+
+
+def test_a_long_build_reports_progress_in_a_log(capsys: pytest.CaptureFixture) -> None:
+    from search.data.progress import LOG_MIN, Progress
+
+    with Progress(LOG_MIN * 2, "decoding") as progress:
+        for _ in range(20):
+            progress.advance(LOG_MIN // 10)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith(f"resnet-search: decoding {LOG_MIN * 2:,}/{LOG_MIN * 2:,}")
+    with Progress(LOG_MIN - 1, "decoding") as quiet:
+        quiet.advance(LOG_MIN - 1)
+    assert capsys.readouterr().err == ""
