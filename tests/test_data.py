@@ -91,10 +91,10 @@ def test_second_load_reads_the_cache_without_decoding(
     first = load_dataset(FOLDER, data_dir=tiny_imagefolder)
     assert list((fresh_cache / "tensors").glob("*.pt"))
 
-    def no_decode(*args: object) -> None:
+    def no_decode(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(readers, "decode_images", no_decode)
+    monkeypatch.setattr(readers, "decode_into", no_decode)
     second = load_dataset(FOLDER, data_dir=tiny_imagefolder)
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
     assert first.mean == second.mean and first.std == second.std

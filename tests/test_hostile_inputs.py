@@ -396,19 +396,21 @@ def test_flipped_bytes_in_the_cache_are_detected_and_the_cache_rebuilt(
 ) -> None:
     monkeypatch.setenv("RESNET_SEARCH_CACHE", str(tmp_path / "cache"))
     config = DataConfig(dataset="imagefolder")
-    first = load_dataset(config, data_dir=tiny_imagefolder)
+    # A copy: the training split reads the mapped file, which the damage below rewrites in place.
+    first = load_dataset(config, data_dir=tiny_imagefolder).train.images.clone()
     (cached,) = (tmp_path / "cache" / "tensors").glob("*.pt")
-    data = bytearray(cached.read_bytes())
+    images = cached.with_suffix(".u8")
+    data = bytearray(images.read_bytes())
     middle = len(data) // 2  # inside the training images' bytes
     data[middle : middle + 4096] = bytes(4096)  # zeroed, as a bad sector reads
     data[middle + 5000] ^= 0xFF  # and one flipped byte
-    cached.write_bytes(bytes(data))
+    images.write_bytes(bytes(data))
     capsys.readouterr()
 
     again = load_dataset(config, data_dir=tiny_imagefolder)
     err = capsys.readouterr().err
     assert f"the data cache {cached} is damaged" in err and "rebuilding it" in err
-    assert torch.equal(again.train.images, first.train.images)  # rebuilt from the images, not the damage
+    assert torch.equal(again.train.images, first)  # rebuilt from the images, not the damage
     load_dataset(config, data_dir=tiny_imagefolder)
     assert "damaged" not in capsys.readouterr().err  # the rebuilt file passes its check
 

@@ -51,6 +51,14 @@ def nothing_to_search(tmp: Path, data: Path) -> list[str]:
     return run_args(spec, data)
 
 
+def on_device_not_a_choice(tmp: Path, data: Path) -> list[str]:
+    return run_args(spec_with(tmp, "val_fraction: 0.25}", "val_fraction: 0.25, on_device: yes please}"), data)
+
+
+def a_zero_memory_budget(tmp: Path, data: Path) -> list[str]:
+    return run_args(spec_with(tmp, "val_fraction: 0.25}", "val_fraction: 0.25, device_memory_budget_mb: 0}"), data)
+
+
 def empty_data_folder(tmp: Path, data: Path) -> list[str]:
     (tmp / "empty").mkdir()
     return run_args(write_spec(tmp, "bad", 2, 1), tmp / "empty")
@@ -147,6 +155,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "a budget no config meets": (budget_no_config_meets, "no config of the space fits (the smallest config found has"),
     "a space with nothing to search": (nothing_to_search, "nothing to search"),
     "an empty data folder": (empty_data_folder, "holds no dataset"),
+    "data.on_device not a choice": (on_device_not_a_choice, "data.on_device: 'yes please' is not one of"),
+    "a zero device memory budget": (a_zero_memory_budget, "data.device_memory_budget_mb"),
     "a class of corrupt images": (corrupt_images, "class 'red' in"),
     "a corrupt archive": (corrupt_archive, "cannot be read"),
     "class folders with one class": (one_class, "has 1 class folder (red); a classifier needs at least 2"),

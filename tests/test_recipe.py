@@ -36,6 +36,7 @@ from search.config import (
     parse_spec,
 )
 from search.data import ImageDataset, TensorSplit, augment_batch, downscale
+from search.data.placement import Decision
 from search.models import build_model
 from search.train import (
     BatchFormat,
@@ -50,6 +51,7 @@ from search.train import (
     tta_views,
     whiten_stem,
 )
+from search.train.feed import TrainFeed
 from search.train.loop import _flip_bits
 from search.train.whiten import patch_covariance, stem_conv
 
@@ -217,7 +219,8 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
         step = _Recording()
         flips = bits if epoch % 2 else ~bits  # as the training loop passes them
         augment = Augment(crop_padding=0, flip="alternating")
-        train_epoch(state, step, split, FLAT, augment=augment, batch_size=8, flips=flips)  # type: ignore[arg-type]
+        feed = TrainFeed(split, torch.device("cpu"), Decision(True, "test"))
+        train_epoch(state, step, feed, FLAT, augment=augment, batch_size=8, flips=flips)  # type: ignore[arg-type]
         seen.append(_flipped_per_image(step.batches))
     assert sorted(seen[0]) == list(range(32))
     assert 8 <= sum(seen[0].values()) <= 24  # a random half, roughly

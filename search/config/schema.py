@@ -57,6 +57,10 @@ class DataConfig:
     two, or both agreeing). ``channels``: 3 decodes every image as RGB, 1 as grayscale
     (luma), ``auto`` takes 1 when every image of the source is single-channel (grayscale,
     16-bit grayscale, bilevel), else 3; ``model.in_channels`` must match what the data has.
+    ``on_device`` says whether the training set is copied whole to the training device
+    (``true``), streamed to it batch by batch from the memory-mapped cache (``false``) or,
+    ``auto``, copied when it fits ``device_memory_budget_mb`` (unset: half of the device's free
+    memory divided by the trials packed on it; on a CPU, host RAM).
     """
 
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
@@ -70,6 +74,8 @@ class DataConfig:
     split_seed: int = bounded(0, ge=0, le=2**32 - 1)
     resize: Resize | None = None
     channels: Literal[3, 1, "auto"] = 3
+    on_device: Literal["auto", True, False] = "auto"
+    device_memory_budget_mb: float | None = bounded(None, gt=0.0, le=2.0**40)  # per trial, for the training set
 
     def __post_init__(self) -> None:
         if self.resize is not None:

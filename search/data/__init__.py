@@ -1,9 +1,10 @@
 """Images in, uint8 tensors out: find a dataset, decode it once, split it, augment whole batches.
 
 The airbench way: the whole dataset is one ``N x 3 x H x W`` uint8 tensor that is moved to
-the training device once; augmentation and normalization are tensor ops on a whole batch,
-never a per-image Python loop, so the GPU (or the CPU's vector units) is never waiting on a
-``DataLoader``.
+the training device once (or, when it does not fit there, streamed batch by batch from the
+memory-mapped cache: :mod:`~search.data.placement`); augmentation and normalization are
+tensor ops on a whole batch, never a per-image Python loop, so the GPU (or the CPU's vector
+units) is never waiting on a ``DataLoader``.
 
 Sources (see :func:`locate`): torchvision's CIFAR-10/100 python pickles, class-folder trees
 (``train/<class>/*`` + ``test/<class>/*``, or one tree of ``<class>/*`` folders that is split
@@ -18,8 +19,11 @@ Modules, each importing only those above it:
 
 - :mod:`~search.data.layout`: a dataset found on disk (:class:`Layout`), folders by name.
 - :mod:`~search.data.cache`: the user cache folder, cache keys, the tensor files, locks.
+- :mod:`~search.data.placement`: whether a trial copies the training set to its device or
+  streams it (``data.on_device``).
 - :mod:`~search.data.splits`: :class:`TensorSplit`, :class:`ImageDataset`, splits, channel stats.
 - :mod:`~search.data.images`: one image to RGB pixels, the decoding ``predict`` shares.
+- :mod:`~search.data.progress`: the progress bar (or log lines) of a long cache build.
 - :mod:`~search.data.decode`: image decoding in a process pool, resizing.
 - :mod:`~search.data.readers`: the formats (:data:`FORMATS`: CIFAR pickles, class folders),
   each recognised, fingerprinted and read into the cache's dict; a new format registers here.

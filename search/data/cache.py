@@ -1,12 +1,18 @@
 """The user cache and its uint8 tensor files: where they live, their key, reading, writing, locking.
 
-A source is decoded once; the result is saved with :func:`torch.save` under
-``<cache>/tensors/<slug>-<key>.pt``, the key hashing the cache format, the source's path, its
-:func:`fingerprint` (sizes and mtimes) and how images are fitted (size, resize mode,
-channels). Every later load (every trial, every Ray worker) maps that file and takes a fraction of a second.
+A source is decoded once, into two files under ``<cache>/tensors/``: ``<slug>-<key>.u8``, the
+raw uint8 ``N x C x H x W`` images (train then test), and ``<slug>-<key>.pt`` (:func:`torch.save`)
+with the labels, classes, mean/std and the images' shape. The key hashes the cache format, the
+source's path, its :func:`fingerprint` (sizes and mtimes) and how images are fitted (size,
+resize mode, channels). Every later load (every trial, every Ray worker) maps the images file
+and takes a fraction of a second.
 
-Each file carries a CRC-32 of its tensors' bytes and of the rest of its contents, written with
-it and checked on every load (about 35 ms for CIFAR-10's 180 MB): a damaged file (bytes
+The images are written chunk by chunk as they are decoded (:class:`ImageWriter`), straight to
+the file: building the cache of 100,000 images holds one chunk in memory, not the whole set
+(twice, as a list and then its concatenation).
+
+The ``.pt`` file carries a CRC-32 of the images' bytes and of the rest of its contents, written
+with it and checked on every load (about 35 ms for CIFAR-10's 180 MB): a damaged file (bytes
 zeroed or flipped on disk) is rebuilt with a one-line warning, never trained on.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -31,8 +38,11 @@ from search.data.layout import ARCHIVE_SUFFIXES
 
 # Bump when the layout of the tensor cache, the one-tree test split or the decoding changes:
 # old cache files are then simply never looked up again.
-CACHE_FORMAT = 2  # 2: with a checksum
+CACHE_FORMAT = 3  # 2: with a checksum; 3: the images in a raw file beside it, written in chunks
 CHECKSUM_KEY = "checksum"
+IMAGES_SUFFIX = ".u8"
+STATS_PIXELS = 1 << 22  # uint8 values per float64 chunk of the channel sums
+CRC_BLOCK = 16 << 20  # bytes read at a time to check the images file
 
 Tensors = dict[str, Any]
 
@@ -58,15 +68,70 @@ def tensor_path(root: Path, identity: list[Any], fit_key: Any) -> Path:
     return cache_dir() / "tensors" / f"{slug(root)}-{key[:16]}.pt"
 
 
-def load_or_build(path: Path, build: Callable[[], Tensors]) -> Tensors:
+class ImageWriter:
+    """The cache's images file as it is written: uint8 ``n x C x H x W`` chunks appended in order,
+    their CRC-32 and the training images' channel sums kept as they pass.
+
+    Attributes:
+        path: The file being written (a temporary name; :func:`write_cache` renames it).
+        shape: ``C x H x W`` of the images, set by the first chunk.
+        count: Images written so far.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.shape: tuple[int, ...] | None = None
+        self.count = 0
+        self.crc = 0
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._train = 0
+        self._sums = torch.zeros(0, dtype=torch.float64)
+        self._squares = torch.zeros(0, dtype=torch.float64)
+
+    def append(self, images: torch.Tensor, *, train: bool) -> None:
+        """Write ``images`` (uint8, of the first chunk's image shape) after those already written."""
+        if not len(images):
+            return
+        if self.shape is None:
+            self.shape = tuple(images.shape[1:])
+            self._sums = self._squares = torch.zeros(self.shape[0], dtype=torch.float64)
+        data = images.contiguous().numpy().data
+        self._file.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.count += len(images)
+        if train:
+            self._train += len(images)
+            # float64 a few MB at a time: 1,000 images of 224 px would be 1.2 GB of it at once.
+            for chunk in images.split(max(1, STATS_PIXELS // math.prod(images.shape[1:]))):
+                x = chunk.to(torch.float64)
+                self._sums = self._sums + x.sum(dim=(0, 2, 3))
+                self._squares = self._squares + x.square().sum(dim=(0, 2, 3))
+
+    def stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images on the [0, 1] scale (as :func:`channel_stats`)."""
+        if not self._train or self.shape is None:
+            channels = 3 if self.shape is None else self.shape[0]
+            return [0.5] * channels, [0.25] * channels
+        n = self._train * self.shape[1] * self.shape[2]
+        mean = self._sums / n
+        std = (self._squares / n - mean.square()).clamp_min(0).sqrt()
+        return (mean / 255).tolist(), (std / 255).tolist()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def load_or_build(path: Path, build: Callable[[ImageWriter], Tensors]) -> Tensors:
     """The cache file at ``path``, made by ``build()`` first if it is missing or unreadable.
 
     Args:
         path: The cache file (see :func:`tensor_path`).
-        build: Decodes the source into the dict to cache; called at most once, under a lock.
+        build: Decodes the source, writing its images (train, then test) to the writer it is
+            given, and returns the rest of the cache's dict (``train_count``: how many of the
+            images are training images); called at most once, under a lock.
 
     Returns:
-        The cached dict (memory-mapped when read from disk).
+        The cached dict, its ``train_images`` and ``test_images`` memory-mapped.
 
     Raises:
         UserError: on a miss, the cache folder cannot be made or written.
@@ -82,9 +147,23 @@ def load_or_build(path: Path, build: Callable[[], Tensors]) -> Tensors:
         cached = read_cache(path) if path.exists() else None
         if cached is not None:
             return cached
-        tensors = build()
-        write_cache(path, tensors)
-    return tensors
+        with _writable(path.parent):
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=IMAGES_SUFFIX, dir=path.parent)
+            os.close(fd)
+        try:
+            writer = ImageWriter(Path(tmp))
+            try:
+                rest = build(writer)
+            finally:
+                writer.close()
+            write_cache(path, rest, writer)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    cached = read_cache(path)
+    if cached is None:
+        raise UserError(f"the data cache {path} cannot be read back after writing it; delete it and retry")
+    return cached
 
 
 def read_cache(path: Path) -> Tensors | None:
@@ -94,8 +173,7 @@ def read_cache(path: Path) -> Tensors | None:
     (one line): the caller rebuilds it.
     """
     try:
-        # mmap: the pages come from the page cache on demand and are shared between workers.
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
         _warn_damaged(path, f"unreadable: {type(error).__name__}")
         return None
@@ -104,7 +182,45 @@ def read_cache(path: Path) -> Tensors | None:
     if data.get(CHECKSUM_KEY) != checksum(data):
         _warn_damaged(path, "its checksum does not match its contents")
         return None
-    return data
+    try:
+        images = _map_images(path.with_suffix(IMAGES_SUFFIX), data)
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        _warn_damaged(path, f"its images file is unreadable: {error}")
+        return None
+    if _file_crc(path.with_suffix(IMAGES_SUFFIX)) != data["images_crc"]:
+        _warn_damaged(path, "its images' checksum does not match them")
+        return None
+    n_train = int(data["train_count"])
+    return {**data, "train_images": images[:n_train], "test_images": images[n_train:]}
+
+
+def _file_crc(path: Path) -> int:
+    """CRC-32 of a file read block by block: through the page cache, not the mapping, so that
+    checking a 15 GB images file does not make every page of it part of the process's memory."""
+    crc = 0
+    buffer = bytearray(CRC_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        while n := f.readinto(buffer):
+            crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _map_images(raw: Path, data: Tensors) -> torch.Tensor:
+    """The images file mapped (copy-on-write: the pages come from the page cache on demand and
+    are shared between workers), checked to be as long as the shape recorded says.
+
+    Raises:
+        ValueError: the file's length differs from the recorded shape's.
+    """
+    shape = [int(n) for n in data["images_shape"]]
+    count = math.prod(shape)
+    size = raw.stat().st_size
+    if size != count:
+        raise ValueError(f"{size:,} bytes, not {count:,}")
+    if count == 0:
+        return torch.zeros(shape, dtype=torch.uint8)
+    return torch.from_file(str(raw), shared=False, size=count, dtype=torch.uint8).view(shape)
 
 
 def _warn_damaged(path: Path, why: str) -> None:
@@ -131,18 +247,23 @@ def checksum(tensors: Tensors) -> int:
     return crc
 
 
-def write_cache(path: Path, tensors: Tensors) -> None:
-    """Save ``tensors`` with their checksum to ``path`` atomically: a reader sees the old file,
-    no file, or the whole new one.
+def write_cache(path: Path, rest: Tensors, writer: ImageWriter) -> None:
+    """Save the images ``writer`` wrote and ``rest`` (labels, classes...) with their checksums, atomically:
+    the images file is renamed into place first, then the ``.pt`` file that vouches for it, so a
+    reader sees no file, the old pair or the new one (a mismatched pair fails its checksum).
 
     Raises:
         UserError: the cache folder cannot be written (read-only, full, not a folder).
     """
+    shape = [writer.count, *(writer.shape or (3, 1, 1))]
+    mean, std = writer.stats()
+    entries = {"mean": mean, "std": std, **rest, "images_shape": shape, "images_crc": writer.crc}
     with _writable(path.parent):
+        os.replace(writer.path, path.with_suffix(IMAGES_SUFFIX))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save({**tensors, CHECKSUM_KEY: checksum(tensors)}, f)
+                torch.save({**entries, CHECKSUM_KEY: checksum(entries)}, f)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -10,8 +10,9 @@ which is why it happens once per source (see :mod:`search.data.cache`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import torch.nn.functional as F
 
 from search.config import UserError
 from search.config.files import default_pixel_limit
+from search.data.cache import ImageWriter
 from search.data.fit import Fitting, ImageFit, as_fit
 from search.data.images import Undecodable, read_image
+from search.data.progress import Progress
 
 # Below this many images a process pool costs more to start than it saves.
 POOL_MIN_IMAGES = 2000
@@ -44,8 +47,26 @@ class Decoded:
     skipped: list[tuple[Path, str]]
 
 
-def decode_images(paths: Sequence[Path], fitting: Fitting, max_pixels: int | None = None) -> Decoded:
-    """Decode image files into one uint8 ``N x H x W x C`` array, in a process pool when many.
+@dataclass(frozen=True)
+class Written:
+    """What :func:`decode_into` wrote: which files (indices into its list), which it skipped, and
+    the images' ``C x H x W`` (None when none was readable)."""
+
+    kept: list[int]
+    skipped: list[tuple[Path, str]]
+    shape: tuple[int, ...] | None
+
+
+def decode_into(
+    paths: Sequence[Path],
+    fit: ImageFit,
+    writer: ImageWriter,
+    *,
+    train: bool,
+    progress: Progress | None = None,
+) -> Written:
+    """Decode image files chunk by chunk, each chunk appended to ``writer`` as ``N x C x H x W``
+    as soon as it is decoded (in order): only a few chunks are ever held in memory.
 
     Processes, not threads: Pillow holds the GIL for much of a small JPEG's decode, and
     measured threads were slower than one core here. A file that cannot be decoded is
@@ -53,10 +74,58 @@ def decode_images(paths: Sequence[Path], fitting: Fitting, max_pixels: int | Non
 
     Args:
         paths: The image files, in the order wanted.
-        fitting: How images are fitted (:class:`ImageFit`; a bare side: shorter side, then
-            centre crop, RGB); no size requires all images square and of one size. With
-            ``channels: None`` a grayscale image among colour ones is made RGB.
-        max_pixels: Skip an image of more pixels; default :func:`default_pixel_limit`.
+        fit: How images are fitted (:class:`ImageFit`), with its channels decided (the
+            file layout is fixed by the first chunk): no size requires all images square
+            and of one size.
+        writer: The cache's images file.
+        train: Whether these are training images (their channel sums make the mean/std).
+        progress: Advanced by each chunk's file count.
+
+    Raises:
+        UserError: Sizes differ without ``image_size``; a bad ``RESNET_SEARCH_MAX_PIXELS``.
+    """
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    first: tuple[list[Path], np.ndarray] | None = None
+    for offset, chunk, part in _decoded_chunks(paths, fit, default_pixel_limit()):
+        if len(part.kept):
+            if first is None:
+                first = (chunk, part.images)
+            _check_chunks_agree([first[0], chunk], [first[1], part.images])
+            writer.append(to_nchw(part.images), train=train)
+        kept += [offset + k for k in part.kept]
+        skipped += part.skipped
+        if progress is not None:
+            progress.advance(len(chunk))
+    shape = None if first is None else (first[1].shape[3], *first[1].shape[1:3])
+    return Written(kept, skipped, shape)
+
+
+def _decoded_chunks(paths: Sequence[Path], fit: ImageFit, max_pixels: int) -> Iterator[tuple[int, list[Path], Decoded]]:
+    """``(offset, files, decoded)`` of each chunk of ``paths``, in order: in a process pool when
+    there are many, with at most two chunks per worker in flight (the rest wait to be submitted)."""
+    chunks = [list(paths[i : i + DECODE_CHUNK]) for i in range(0, len(paths), DECODE_CHUNK)]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(chunks), cpus)
+    if len(paths) < POOL_MIN_IMAGES or workers < 2:
+        for i, chunk in enumerate(chunks):
+            yield i * DECODE_CHUNK, chunk, decode_chunk(chunk, fit, max_pixels)
+        return
+    import multiprocessing
+
+    # fork: the workers need only Pillow and numpy, and start in milliseconds.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending: deque[Future[Decoded]] = deque()
+        for i in range(len(chunks)):
+            while len(pending) < 2 * workers and i + len(pending) < len(chunks):
+                pending.append(pool.submit(decode_chunk, chunks[i + len(pending)], fit, max_pixels))
+            yield i * DECODE_CHUNK, chunks[i], pending.popleft().result()
+
+
+def decode_images(paths: Sequence[Path], fitting: Fitting, max_pixels: int | None = None) -> Decoded:
+    """Decode image files into one uint8 ``N x H x W x C`` array (see :func:`decode_into`, which
+    the data cache uses and which writes each chunk out instead of keeping them all).
 
     Returns:
         The images (``0 x S x S x C`` for none; ``S`` is the size or 1), which files they
@@ -67,18 +136,12 @@ def decode_images(paths: Sequence[Path], fitting: Fitting, max_pixels: int | Non
     """
     fit = as_fit(fitting)
     limit = max_pixels if max_pixels is not None else default_pixel_limit()
-    chunks = [list(paths[i : i + DECODE_CHUNK]) for i in range(0, len(paths), DECODE_CHUNK)]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(len(chunks), cpus)
-    if len(paths) < POOL_MIN_IMAGES or workers < 2:
-        parts = [decode_chunk(c, fit, limit) for c in chunks]
-    else:
-        parts = _decode_in_pool(chunks, fit, limit, workers)
-    decoded = [(chunk, part) for chunk, part in zip(chunks, parts, strict=True) if len(part.kept)]
+    parts = list(_decoded_chunks(paths, fit, limit))
+    decoded = [(chunk, part) for _, chunk, part in parts if len(part.kept)]
     arrays = same_channels([part.images for _, part in decoded])
     _check_chunks_agree([chunk for chunk, _ in decoded], arrays)
-    kept = [i * DECODE_CHUNK + k for i, part in enumerate(parts) for k in part.kept]
-    skipped = [s for part in parts for s in part.skipped]
+    kept = [offset + k for offset, _, part in parts for k in part.kept]
+    skipped = [s for _, _, part in parts for s in part.skipped]
     if not decoded:
         return _no_images(fit, kept, skipped)
     return Decoded(np.concatenate(arrays), kept, skipped)
@@ -104,16 +167,6 @@ def _as_channels(array: np.ndarray, channels: int) -> np.ndarray:
     if not array.size:
         return np.zeros((*array.shape[:-1], channels), dtype=array.dtype)
     return np.repeat(array, channels, axis=-1)
-
-
-def _decode_in_pool(chunks: list[list[Path]], fit: ImageFit, max_pixels: int, workers: int) -> list[Decoded]:
-    """:func:`decode_chunk` of every chunk in a pool of ``workers`` processes, in order."""
-    import multiprocessing
-
-    # fork: the workers need only Pillow and numpy, and start in milliseconds.
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(decode_chunk, chunks, [fit] * len(chunks), [max_pixels] * len(chunks)))
 
 
 def _check_chunks_agree(chunks: list[list[Path]], arrays: list[np.ndarray]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,25 @@ def read_image(path: Path, fitting: Fitting, max_pixels: int) -> np.ndarray:
                     f"(raise it with --max-pixels or {MAX_PIXELS_VARIABLE})"
                 )
             return _fitted(opened, as_fit(fitting))
+
+
+def stored_channels(paths: Sequence[Path]) -> int:
+    """What ``data.channels: auto`` decodes ``paths`` to: 1 when every readable file is
+    single-channel (alpha aside), else 3. Only headers are read; an unreadable file decides
+    nothing here (decoding skips it and says why)."""
+    for path in paths:
+        try:
+            if file_kind(path) != REGULAR_FILE:
+                continue
+            with _opened(path) as file, _decoding():
+                from PIL import Image
+
+                with Image.open(file) as opened:
+                    if opened.mode not in _SINGLE_CHANNEL_MODES:
+                        return 3
+        except Undecodable:
+            continue
+    return 1
 
 
 def image_array(image: Image.Image, fitting: Fitting) -> np.ndarray:

@@ -9,9 +9,10 @@ from search.data.archives import materialize
 from search.data.cache import Tensors, load_or_build, tensor_path
 from search.data.fit import ImageFit
 from search.data.layout import Layout
+from search.data.placement import Placement
 from search.data.readers import build, fingerprint
 from search.data.sources import locate
-from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take
+from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take, take_mapped
 
 
 def load_dataset(config: DataConfig, data_dir: str | Path | None = None, download: bool = True) -> ImageDataset:
@@ -41,14 +42,16 @@ def load_dataset(config: DataConfig, data_dir: str | Path | None = None, downloa
         raise UserError(
             f"data.val_fraction {config.val_fraction} holds out no image of the {len(labels)} training images"
         )
-    train = take(images, labels, balanced(train_idx, config.train_subset, "train_subset", classes))
+    # The training split stays in the mapped cache: the trainer copies it whole or streams it.
+    train = take_mapped(images, labels, balanced(train_idx, config.train_subset, "train_subset", classes))
     val = take(images, labels, balanced(val_idx, config.val_subset, "val_subset", classes))
     test = TensorSplit(tensors["test_images"], tensors["test_labels"])
 
     channels = int(images.shape[1])
     mean = _per_channel(config.mean, "mean", channels) or tuple(tensors["mean"])
     std = _per_channel(config.std, "std", channels) or tuple(tensors["std"])
-    return ImageDataset(train, val, test, classes, mean, std)
+    placement = Placement(config.on_device, config.device_memory_budget_mb)
+    return ImageDataset(train, val, test, classes, mean, std, placement)
 
 
 def _per_channel(values: tuple[float, ...] | None, key: str, channels: int) -> tuple[float, ...] | None:
@@ -72,4 +75,4 @@ def load_tensors(layout: Layout, fit: ImageFit) -> Tensors:
     tensors are not cached yet.
     """
     path = tensor_path(layout.root, fingerprint(layout), fit.cache_key())
-    return load_or_build(path, lambda: build(materialize(layout), fit))
+    return load_or_build(path, lambda writer: build(materialize(layout), fit, writer))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 
 from search.config import UserError
-from search.data.cache import CACHE_FORMAT, Tensors, cache_dir
-from search.data.decode import decode_images, resize_tensor, same_channels, to_nchw
+from search.data.cache import CACHE_FORMAT, ImageWriter, Tensors, cache_dir
+from search.data.decode import decode_into, resize_tensor
 from search.data.fit import ImageFit
+from search.data.images import stored_channels
 from search.data.layout import ARCHIVE_SUFFIXES, TORCHVISION_FOLDERS, Layout, class_dirs, entries, image_files
-from search.data.splits import channel_stats, stratified_split
+from search.data.progress import Progress
+from search.data.splits import stratified_split
 
 # A one-tree class folder loses 1/6 of each class to the test split (CIFAR's 50k/10k ratio),
 # chosen with a fixed seed so the test set never moves when data.split_seed changes.
@@ -33,8 +36,8 @@ from search.data.splits import channel_stats, stratified_split
 TREE_TEST_FRACTION = 1 / 6
 TREE_TEST_SEED = 0
 
-# Four tensors, train then test: uint8 images N x 3 x H x W and int64 labels N, and class names.
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+# The labels (int64, train then test) of the images a format wrote, and the class names.
+Labels = tuple[torch.Tensor, torch.Tensor, list[str]]
 # Image files and labels, train then test, and class names.
 FileLists = tuple[list[Path], list[int], list[Path], list[int], list[str]]
 
@@ -56,8 +59,8 @@ class DataFormat:
         """The files and folders whose size and mtime identify the data (the cache key)."""
         raise NotImplementedError
 
-    def read(self, root: Path, fit: ImageFit) -> Splits:
-        """Train and test images and labels, and the classes, fitted as ``fit`` says.
+    def read(self, root: Path, fit: ImageFit, writer: ImageWriter) -> Labels:
+        """Write the train images, then the test images, to ``writer``; their labels and the classes.
 
         Raises:
             UserError: What is unreadable or does not make a classification dataset.
@@ -75,28 +78,26 @@ def register_format(data_format: DataFormat) -> DataFormat:
     return data_format
 
 
-def build(layout: Layout, fit: ImageFit) -> Tensors:
-    """Decode a source into the cache's dict: uint8 images, int64 labels, classes, mean/std.
+def build(layout: Layout, fit: ImageFit, writer: ImageWriter) -> Tensors:
+    """Decode a source into the cache: its uint8 images to ``writer`` (train, then test), and
+    the rest of the cache's dict returned: int64 labels, classes, how many images are training ones.
 
     Args:
         layout: An unpacked layout (not ``archive``).
         fit: The size images are fitted to (``None``: as they are), how, and their channels.
+        writer: The cache's images file.
 
     Raises:
         UserError: An unreadable pickle or image, fewer than two classes, test classes
             unknown to train, or mixed image sizes without ``image_size``.
     """
-    train_x, train_y, test_x, test_y, classes = FORMATS[layout.kind].read(layout.root, fit)
-    mean, std = channel_stats(train_x)
+    train_y, test_y, classes = FORMATS[layout.kind].read(layout.root, fit, writer)
     return {
         "format": CACHE_FORMAT,
-        "train_images": train_x,
+        "train_count": len(train_y),
         "train_labels": train_y,
-        "test_images": test_x,
         "test_labels": test_y,
         "classes": list(classes),
-        "mean": mean,
-        "std": std,
     }
 
 
@@ -180,17 +181,18 @@ class CifarPickles(DataFormat):
     def identity(self, root: Path) -> list[Path]:
         return [root / name for name in (*self.train_names, self.test_name)]
 
-    def read(self, root: Path, fit: ImageFit) -> Splits:
+    def read(self, root: Path, fit: ImageFit, writer: ImageWriter) -> Labels:
         """The pickles' square RGB images: every resize mode is the same plain resize of a square;
         ``channels: 1`` takes their luma (Pillow's ITU-R 601 weights)."""
         classes = _load_pickle(root / self.meta_file)[self.meta_key]
-        train_x, train_y = _cifar_split(root, self.train_names, self.label_key)
-        test_x, test_y = _cifar_split(root, [self.test_name], self.label_key)
-        if fit.size is not None and fit.size != train_x.shape[-1]:
-            train_x, test_x = resize_tensor(train_x, fit.size), resize_tensor(test_x, fit.size)
-        if fit.channels == 1:
-            train_x, test_x = luma(train_x), luma(test_x)
-        return train_x, train_y, test_x, test_y, list(classes)
+        labels = []
+        for names, train in ((self.train_names, True), ([self.test_name], False)):
+            images, split_labels = _cifar_split(root, names, self.label_key)
+            if fit.size is not None and fit.size != images.shape[-1]:
+                images = resize_tensor(images, fit.size)
+            writer.append(luma(images) if fit.channels == 1 else images, train=train)
+            labels.append(split_labels)
+        return labels[0], labels[1], list(classes)
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:
@@ -237,8 +239,8 @@ class ClassFolders(DataFormat):
         """
         raise NotImplementedError
 
-    def read(self, root: Path, fit: ImageFit) -> Splits:
-        return _decode_folders(root, self.list_images(root), fit)
+    def read(self, root: Path, fit: ImageFit, writer: ImageWriter) -> Labels:
+        return _decode_folders(root, self.list_images(root), fit, writer)
 
 
 class SplitFolders(ClassFolders):
@@ -297,26 +299,30 @@ register_format(SplitFolders())
 register_format(ClassTree())
 
 
-def _decode_folders(root: Path, files: FileLists, fit: ImageFit) -> Splits:
-    """Decode the images of a class-folder dataset, announced on stderr (it is the slow step)."""
+def _decode_folders(root: Path, files: FileLists, fit: ImageFit, writer: ImageWriter) -> Labels:
+    """Decode the images of a class-folder dataset chunk by chunk into ``writer``, announced on
+    stderr with a progress bar (it is the slow step)."""
     train_files, train_labels, test_files, test_labels, classes = files
+    total = len(train_files) + len(test_files)
     print(
-        f"resnet-search: decoding {len(train_files) + len(test_files)} images from {root} "
-        f"(once; cached in {cache_dir() / 'tensors'})",
+        f"resnet-search: decoding {total} images from {root} (once; cached in {cache_dir() / 'tensors'})",
         file=sys.stderr,
     )
-    train, test = decode_images(train_files, fit), decode_images(test_files, fit)
-    _report_skipped(train.skipped + test.skipped, len(train_files) + len(test_files))
-    train_x, test_x = map(to_nchw, same_channels([train.images, test.images]))
-    if len(test.kept) and train_x.shape[1:] != test_x.shape[1:]:
+    if fit.channels is None:  # data.channels: auto, decided before the first chunk fixes the layout
+        fit = replace(fit, channels=stored_channels([*train_files, *test_files]))
+    with Progress(total, "decoding") as progress:
+        train = decode_into(train_files, fit, writer, train=True, progress=progress)
+        test = decode_into(test_files, fit, writer, train=False, progress=progress)
+    _report_skipped(train.skipped + test.skipped, total)
+    if train.shape is not None and test.shape is not None and test.shape != train.shape:
         raise UserError(
-            f"train images are {train_x.shape[-1]}px but test images are {test_x.shape[-1]}px "
+            f"train images are {train.shape[-1]}px but test images are {test.shape[-1]}px "
             f"in {root}; set data.image_size to resize both on load"
         )
     train_y = torch.tensor([train_labels[i] for i in train.kept], dtype=torch.int64)
     test_y = torch.tensor([test_labels[i] for i in test.kept], dtype=torch.int64)
     _require_images_per_class(root, classes, train_y, len(train.skipped))
-    return train_x, train_y, test_x, test_y, classes
+    return train_y, test_y, classes
 
 
 def _report_skipped(skipped: list[tuple[Path, str]], total: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from search.config import UserError
+from search.data.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -21,13 +23,63 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """``C x H x W`` of one image, without reading any."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the split's images take, held whole."""
+        return len(self) * math.prod(self.image_shape)
+
+    def read(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The images at ``rows`` (int64 on the CPU), into ``out`` if given."""
+        return torch.index_select(self.images, 0, rows, out=out) if out is not None else self.images[rows]
+
+
+class MappedSplit(TensorSplit):
+    """The rows ``rows`` of ``source`` (the memory-mapped cache) as a split, never copied whole
+    unless asked: :meth:`read` gathers a batch straight from the mapped file, and ``images``
+    (what needs the whole tensor: a copy to the device, a hash) copies every row out.
+
+    Attributes:
+        source: uint8 ``M x 3 x H x W``, memory-mapped.
+        rows: Sorted int64 indices into ``source``.
+        labels: int64 labels of ``rows``, in memory.
+    """
+
+    source: torch.Tensor
+    rows: torch.Tensor
+
+    def __init__(self, source: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> None:
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.source.index_select(0, self.rows)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape[1:])
+
+    def read(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        picked = self.rows[rows]
+        return torch.index_select(self.source, 0, picked, out=out) if out is not None else self.source[picked]
+
+    def __repr__(self) -> str:
+        return f"MappedSplit({len(self)} rows of {tuple(self.source.shape)})"
+
 
 @dataclass(frozen=True)
 class ImageDataset:
     """A loaded dataset: train/val/test splits, class names and the normalization constants.
 
     ``val`` is held out of the source's training images (stratified); ``test`` is the
-    source's own test set and is only for final reports. ``mean``/``std`` are per channel,
+    source's own test set and is only for final reports. ``placement`` says whether a trainer
+    copies ``train`` to its device whole or streams it (:mod:`search.data.placement`). ``mean``/``std`` are per channel,
     in units of the ``[0, 1]`` image scale; computed ones come from all of the source's
     training images (val included), so that one cached pair serves every split.
     """
@@ -38,11 +90,12 @@ class ImageDataset:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    placement: Placement = Placement()
 
     @property
     def image_size(self) -> int:
         """Side of the (square) images in pixels."""
-        return int(self.train.images.shape[-1])
+        return int(self.train.image_shape[-1])
 
     @property
     def channels(self) -> int:
@@ -129,6 +182,11 @@ def take(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> Tenso
     Sorted indices keep source order; ``index_select`` copies out of the memory-mapped cache.
     """
     return TensorSplit(images.index_select(0, idx), labels.index_select(0, idx))
+
+
+def take_mapped(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> MappedSplit:
+    """The images and labels at ``idx`` as a split that reads its images from ``images`` on demand."""
+    return MappedSplit(images, idx, labels.index_select(0, idx))
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

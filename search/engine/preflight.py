@@ -1,7 +1,8 @@
 """What a run says before its first trial: the study and how far it is, the devices found, the
 Ray resources in use and the trials that train at once (capped where the cluster holds fewer
 than ``max_concurrent``), the trials to run, the probe's time per step, epoch and trial, each
-trial's start-up, the estimate for the run, and the time budget. On a CPU-only machine with an
+trial's start-up, the estimate for the run, whether each trial copies the training set to its device or streams
+it (and why), and the time budget. On a CPU-only machine with an
 estimate of over a day it says so plainly and names the ways to bound the run.
 
 The figures come from :mod:`search.engine.cost`, which ``run --dry-run`` uses too.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from search.config import Spec
 from search.config.secrets import mask_secrets
 from search.config.units import format_duration
+from search.data import ImageDataset
+from search.data.placement import Decision, trials_per_device
 from search.engine.cost import Concurrency, TrialCost
 
 LONG_RUN_S = 86_400  # a CPU-only estimate over this gets the warning
@@ -31,6 +34,7 @@ class RunPlan:
     ``cost`` is None where the probe failed (``probe_error`` says why); ``target`` the finished
     trials the study has when the run is done; ``to_run`` the trials this run still sends to Ray;
     ``class_counts`` the training images per class.
+    ``training_set`` whether each trial copies the training set to its device or streams it.
     """
 
     spec: Spec
@@ -45,6 +49,7 @@ class RunPlan:
     cost: TrialCost | None
     probe_error: str | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
+    training_set: Decision | None = None
 
 
 def device_line(cluster: dict) -> str:
@@ -88,6 +93,7 @@ def preflight_lines(plan: RunPlan) -> list[str]:
     total_s = cost.run_s(plan.to_run, plan.concurrency.slots)
     lines += [
         f"trials: {plan.to_run} to run, {cost.epochs} epochs each, {plan.n_train:,} training images per epoch",
+        *([plan.training_set.line()] if plan.training_set is not None else []),
         cost.probe_line(),
         cost.startup.line(),
         cost.estimate_line(plan.to_run, plan.concurrency.slots),
@@ -124,6 +130,17 @@ def imbalance_line(spec: Spec, class_counts: dict[str, int]) -> str | None:
         "optimize balanced_acc or macro_f1 (study.objectives), and consider train.class_weights: balanced "
         "or train.sampler: balanced"
     )
+
+
+def training_set_placement(spec: Spec, data: ImageDataset, use_gpu: bool) -> Decision:
+    """Where each trial puts the training set (:mod:`search.data.placement`), decided here on
+    the driver as the trials will decide it: the same size, rule and trials per device
+    (:func:`trials_per_device`), this machine's free memory (a GPU's when trials use GPUs)."""
+    import torch
+
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    placement = data.placement.shared_by(trials_per_device(spec.resources.gpu if use_gpu else 0.0))
+    return placement.decide(data.train.nbytes, device)
 
 
 def budget_line(timeout_s: float | None) -> str:

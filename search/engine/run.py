@@ -52,7 +52,7 @@ from search.engine.cost import (
 from search.engine.events import Log, RunEnd, RunObserver, RunStart, Trainable, ignore
 from search.engine.keep import ModelKeeper, record_run_data
 from search.engine.options import RunOptions
-from search.engine.preflight import RunPlan, preflight_lines
+from search.engine.preflight import RunPlan, preflight_lines, training_set_placement
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import logs_to, ray_session, stop_if_ray_is_lost
 from search.engine.samplers import create_study
@@ -315,6 +315,7 @@ def _run_start(
         class_counts=ready.data.train_counts(),
         cost=cost,
         probe_error=ready.probe_error,
+        training_set=training_set_placement(spec, ready.data, bridge.setup.use_gpu),
     )
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return RunStart(

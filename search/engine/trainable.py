@@ -78,7 +78,7 @@ def run_trial(config: dict) -> None:
         tune.report({**epoch_report(metrics), **counts, FRESH_WORKER: fresh_worker})
 
     try:
-        data = worker_data(job)
+        data = shared_placement(worker_data(job))
         result = train(trial, data, TrainOptions(device=device, callback=on_epoch, rungs=job.rungs))
     except Exception as error:  # a failed trial is recorded, the search goes on
         tune.report({"final": True, ERROR: failure_line(error), **counts})
@@ -99,6 +99,17 @@ def run_trial(config: dict) -> None:
         report_with_model(final, result, trial, data, job, device)
     else:
         tune.report(final)
+
+
+def shared_placement(data: Any) -> Any:
+    """``data`` placed knowing how many trials share this worker's GPU: Ray assigned the trial
+    its fraction of one (the same count the pre-run block used, from ``resources.gpu``)."""
+    import ray
+
+    from search.data.placement import trials_per_device
+
+    gpu = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    return replace(data, placement=data.placement.shared_by(trials_per_device(gpu)))
 
 
 def worker_data(job: TrialJob) -> Any:

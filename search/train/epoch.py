@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass, on data already on the device.
+"""One training epoch (its batches from a :class:`~search.train.feed.TrainFeed`) and one evaluation pass.
 
 Losses and correct counts accumulate as device tensors and are read once at the end, so
 a GPU never waits for the host inside an epoch or an evaluation.
@@ -17,6 +17,7 @@ from torch import nn
 from search.config import Augment, Tta
 from search.data import TensorSplit, augment_batch, downscale, normalize
 from search.train.class_metrics import balanced_accuracy, macro_f1
+from search.train.feed import TrainFeed
 from search.train.state import TrainState
 from search.train.step import TrainStep
 
@@ -105,7 +106,7 @@ def sync(device: torch.device) -> None:
 def train_epoch(
     state: TrainState,
     step_fn: TrainStep,
-    split: TensorSplit,
+    feed: TrainFeed,
     fmt: BatchFormat,
     *,
     augment: Augment,
@@ -115,7 +116,7 @@ def train_epoch(
     time_first_step: bool = False,
     part: EpochPart | None = None,
 ) -> TrainedEpoch:
-    """Step the optimizer and the LR schedule once per batch of a fresh permutation of ``split``.
+    """Step the optimizer and the LR schedule once per batch of a fresh permutation of the training set.
 
     The last partial batch is dropped (a new permutation every epoch, so no image is
     skipped for long): every step has the same shape, which keeps BatchNorm sane and
@@ -124,10 +125,11 @@ def train_epoch(
     Args:
         state: The model, optimizer, scheduler and generator; the epoch advances them.
         step_fn: One training step (forward, backward, optimizer, schedule, EMA).
-        split: The training images (uint8) and labels, on the device.
+        feed: The training images (uint8) and labels, handed out as device batches
+            (copied to the device whole or streamed: the loop does not know which).
         fmt: How batches enter the model.
         augment: The whole-batch augmentation.
-        batch_size: Images per step, at most ``len(split)``.
+        batch_size: Images per step, at most ``len(feed)``.
         flips: Which training images this epoch mirrors (``flip: alternating``); None
             lets the augmentation draw them.
         size: Train on the augmented batches downscaled to this side
@@ -146,20 +148,19 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     if part is None:
         part = EpochPart(
-            torch.randperm(len(split), device=device, generator=state.generator), 0, len(split) // batch_size
+            torch.randperm(len(feed), device=device, generator=state.generator), 0, len(feed) // batch_size
         )
     perm = part.perm
     steps = part.stop - part.start
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
-    for step in range(part.start, part.stop):
-        t_step = time.perf_counter()
-        idx = perm[step * batch_size : (step + 1) * batch_size]
+    t_step = time.perf_counter()
+    batches = feed.batches(perm, batch_size, part.start, part.stop)
+    for step, (idx, batch, y) in enumerate(batches, start=part.start):
         mask = None if flips is None else flips[idx]
-        x = fmt.prepare(augment_batch(split.images[idx], augment, state.generator, flip_mask=mask))
+        x = fmt.prepare(augment_batch(batch, augment, state.generator, flip_mask=mask))
         if size is not None:
             x = downscale(x, size, fmt.channels_last)
-        y = split.labels[idx]
         out = step_fn(x, y)
         lr = out.lr
         # Device-side sums: the host reads them once, after the epoch. The total loss

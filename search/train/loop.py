@@ -1,6 +1,8 @@
 """Training: one trial's model on one dataset, in one straight loop (airbench style).
 
-The whole uint8 training set moves to the device once. Every epoch draws a seeded
+The uint8 training set moves to the device once, or, when it does not fit the trial's part
+of the device (``data.on_device``), is streamed there batch by batch from the memory-mapped
+cache: a :class:`~search.train.feed.TrainFeed` holds it either way. Every epoch draws a seeded
 permutation, augments and normalizes each batch on the device, and steps the optimizer
 and a per-step LR schedule (:func:`~search.train.epoch.train_epoch`), then validates
 (:func:`~search.train.epoch.evaluate`), records the epoch, checkpoints and asks the
@@ -24,6 +26,7 @@ from search.models import build_model
 from search.train.balance import BatchOrder, loss_weights
 from search.train.ema import WeightEma
 from search.train.epoch import BatchFormat, EpochPart, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.feed import TrainFeed
 from search.train.fidelity import Fidelity, merge_parts, plan_fidelity
 from search.train.options import TrainOptions
 from search.train.recipe import (
@@ -56,7 +59,7 @@ class _Run:
     augment: Augment
     step: TrainStep
     fmt: BatchFormat
-    train: TensorSplit
+    train: TrainFeed
     val: TensorSplit
     batch_size: int
     num_classes: int
@@ -112,7 +115,8 @@ def train(
     fidelity = plan_fidelity(
         trial, data.image_size, len(split) // min(cfg.batch_size, len(split)), epochs, options.rungs
     )
-    run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, split, data, fidelity)
+    feed = _feed(split, data, dev, options.log)
+    run = _make_run(cfg, state, fmt, cfg.augment if augment is None else augment, feed, data, fidelity)
     status: Status = "completed"
     reason: str | None = None
     first = state.epoch + 1
@@ -137,12 +141,20 @@ def train(
     return result
 
 
+def _feed(split: TensorSplit, data: ImageDataset, device: torch.device, log: Callable[[str], None] | None) -> TrainFeed:
+    """The training set placed as ``data.placement`` decides for ``device``, said on ``log``."""
+    feed = TrainFeed(split, device, data.placement.decide(split.nbytes, device))
+    if log is not None and not feed.decision.on_device:
+        log(feed.decision.line())
+    return feed
+
+
 def _make_run(
     cfg: TrainConfig,
     state: TrainState,
     fmt: BatchFormat,
     augment: Augment,
-    split: TensorSplit,
+    feed: TrainFeed,
     data: ImageDataset,
     fidelity: Fidelity,
 ) -> _Run:
@@ -152,23 +164,22 @@ def _make_run(
     tensors it will train.
     """
     device = state.device
-    batch_size = min(cfg.batch_size, len(split))
+    batch_size = min(cfg.batch_size, len(feed))
     net = _compiled(state.model, cfg.compile)
     autocast = fmt.autocast(cache=not cfg.cuda_graph)
-    labels = split.labels.to(device)
-    weight = loss_weights(cfg, labels, data.num_classes)
+    weight = loss_weights(cfg, feed.labels, data.num_classes)
     step = step_class(cfg, state.device)(state, net, cfg, autocast, state.ema, scaled_lr(cfg, batch_size), weight)
     return _Run(
         cfg=cfg,
         augment=augment,
         step=step,
         fmt=fmt,
-        train=_to(split, device),
+        train=feed,
         val=_to(data.val, device),
         batch_size=batch_size,
         num_classes=data.num_classes,
-        flip_bits=_flip_bits(cfg.seed, len(split), device) if augment.flip == "alternating" else None,
-        order=BatchOrder.for_split(cfg.sampler, labels, data.num_classes),
+        flip_bits=_flip_bits(cfg.seed, len(feed), device) if augment.flip == "alternating" else None,
+        order=BatchOrder.for_split(cfg.sampler, feed.labels, data.num_classes),
         fidelity=fidelity,
     )
 
@@ -281,7 +292,7 @@ def _model(
         if log is not None:
             log(line)
     if cfg.whiten_stem != "none":
-        images = normalize(split.images[:WHITEN_IMAGES].to(device), data.mean, data.std)
+        images = normalize(split.read(torch.arange(min(WHITEN_IMAGES, len(split)))).to(device), data.mean, data.std)
         whiten_stem(model, images, freeze=cfg.whiten_stem == "frozen")
     channels_last = resolve_channels_last(cfg, device) and (device.type != "cpu" or cpu_channels_last_is_safe(model))
     if channels_last:
