@@ -15,7 +15,7 @@ from search.config import DataConfig
 from search.data import load_dataset
 from search.data.placement import Decision, Placement
 from search.data.splits import MappedSplit
-from search.train import train
+from search.train import TrainOptions, train
 from search.train.feed import TrainFeed
 
 CPU = torch.device("cpu")
@@ -57,8 +57,10 @@ def test_streaming_trains_the_same_weights_as_on_device(mapped, flip) -> None:
     tiny = dataclasses.replace(TINY, num_classes=3)
     config = trial(tiny, epochs=1, batch_size=8, augment=dataclasses.replace(trial().train.augment, flip=flip))
     lines: list[str] = []
-    on = train(config, dataclasses.replace(mapped, placement=Placement(on_device=True)), log=lines.append)
-    off = train(config, dataclasses.replace(mapped, placement=Placement(on_device=False)), log=lines.append)
+    on = train(config, dataclasses.replace(mapped, placement=Placement(on_device=True)), TrainOptions(log=lines.append))
+    off = train(
+        config, dataclasses.replace(mapped, placement=Placement(on_device=False)), TrainOptions(log=lines.append)
+    )
     assert same_weights(on.model, off.model)
     assert on.history[0].train_loss == off.history[0].train_loss
     assert lines == [f"training set: streamed ({mapped.train.nbytes / 2**20:,.1f} MB; data.on_device: false)"]
@@ -83,7 +85,7 @@ def test_the_budget_is_read_from_the_spec(tiny_imagefolder: Path, tmp_path: Path
     data = load_dataset(config, data_dir=tiny_imagefolder)
     assert data.placement == Placement("auto", 0.01)
     lines: list[str] = []
-    train(trial(dataclasses.replace(TINY, num_classes=3), epochs=1, batch_size=8), data, log=lines.append)
+    train(trial(dataclasses.replace(TINY, num_classes=3), epochs=1, batch_size=8), data, TrainOptions(log=lines.append))
     assert len(lines) == 1 and lines[0].startswith("training set: streamed") and "over the budget of 0.0 MB" in lines[0]
 
 
