@@ -30,6 +30,7 @@ def write_outputs(result: TrainResult, out_dir: Path, *, config_dict: dict[str, 
     """Write a finished run to ``out_dir``: ``metrics.json``, ``history.csv``, ``curves.html``.
 
     ``metrics.json`` holds ``val_acc`` (final epoch), ``best_val_acc``, ``val_loss``,
+    ``balanced_acc`` and ``macro_f1`` (final epoch, validation: the objectives' values),
     ``test_acc``, ``test_loss``, ``params``, ``train_time_s``, ``compile_time_s``,
     ``images_per_s``, ``epochs`` (run), ``status``, ``reason``, ``config``, ``classes``,
     ``per_class_test_acc`` and ``confusion_matrix`` (rows true, columns predicted);
@@ -43,10 +44,13 @@ def write_outputs(result: TrainResult, out_dir: Path, *, config_dict: dict[str, 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    last = result.history[-1] if result.history else None
     metrics = {
         "val_acc": result.final_val_acc,
         "best_val_acc": result.best_val_acc,
         "val_loss": result.final_val_loss,
+        "balanced_acc": last.balanced_acc if last else None,
+        "macro_f1": last.macro_f1 if last else None,
         "test_acc": result.test_acc,
         "test_loss": result.test_loss,
         "params": params,
