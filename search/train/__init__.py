@@ -22,7 +22,16 @@ The modules, each importing only those above it:
 """
 
 from search.train.ema import WeightEma
-from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch, tta_views
+from search.train.epoch import (
+    BatchFormat,
+    EpochPart,
+    EvalSetup,
+    Evaluation,
+    TrainedEpoch,
+    evaluate,
+    train_epoch,
+    tta_views,
+)
 from search.train.epoch_lines import ProgressPrinter, chain_callbacks
 from search.train.loop import train
 from search.train.options import TrainOptions
@@ -49,6 +58,8 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "BatchFormat",
     "EpochMetrics",
+    "EpochPart",
+    "EvalSetup",
     "Evaluation",
     "GraphedStep",
     "ProgressPrinter",
