@@ -34,7 +34,7 @@ from search.train.epoch import (
 )
 from search.train.epoch_lines import ProgressPrinter, chain_callbacks
 from search.train.loop import train
-from search.train.options import TrainOptions
+from search.train.options import SeedOptions, TrainOptions
 from search.train.recipe import (
     CHANNELS_LAST_ON_CPU,
     build_optimizer,
@@ -64,6 +64,7 @@ __all__ = [
     "GraphedStep",
     "ProgressPrinter",
     "RunId",
+    "SeedOptions",
     "Status",
     "StepOutput",
     "TrainResult",
