@@ -57,7 +57,7 @@ from common import DEFAULT_ARCHIVE, REPO, machine_load
 from search.config import Spec, Tta, parse_spec
 from search.data import ImageDataset, TensorSplit, load_dataset
 from search.models import build_model
-from search.train import BatchFormat, EpochMetrics, TrainOptions, evaluate, train
+from search.train import BatchFormat, EpochMetrics, EvalSetup, TrainOptions, evaluate, train
 
 NEW_QUICKSTART = REPO / "spaces" / "quickstart.yaml"
 OLD_QUICKSTART = REPO / "benchmarks" / "quickstart_before.yaml"
@@ -250,7 +250,7 @@ def ablation_part(args: argparse.Namespace, data: ImageDataset) -> None:
 
     def test_acc(model: torch.nn.Module, tta: Tta) -> float:
         model = model.to(memory_format=torch.contiguous_format)
-        return evaluate(model, data.test, fmt, num_classes=data.num_classes, batch_size=1000, tta=tta).acc
+        return evaluate(model, data.test, fmt, EvalSetup(data.num_classes, batch_size=1000, tta=tta)).acc
 
     raw_acc = test_acc(raw, Tta())
     evaluated = {

@@ -8,7 +8,7 @@ The public Python API, what the CLI itself calls::
     print(search.count_spec(spec).table())
     summary = search.run_search(spec, search.RunOptions(data_dir="data/cifar10"))
     study = search.load_study("sqlite:///studies/smoke.db", "smoke")
-    board = search.retrain(study, top=1, seeds=(0, 1))
+    board = search.retrain(study, search.SeedOptions(seeds=(0, 1)), top=1)
     model = search.load_model("runs/smoke/retrain/trial3/seed0")
     print(model.predict(["cat.jpg"])[0].label)
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from search.outputs.summary import summary_table
     from search.study.storage import resolve_storage
     from search.study.trials import load_study
-    from search.train import train, train_spec
+    from search.train import SeedOptions, train, train_spec
 
 _API = {
     "load_spec": "search.config",
@@ -55,6 +55,7 @@ _API = {
     "load_dataset": "search.data",
     "train": "search.train",
     "train_spec": "search.train",
+    "SeedOptions": "search.train",
     "load_study": "search.study.trials",
     "resolve_storage": "search.study.storage",
     "run_search": "search.engine.run",

@@ -25,7 +25,7 @@ from search.data import ImageDataset, TensorSplit
 from search.engine.preflight import imbalance_line
 from search.models import build_model
 from search.outputs.evaluate import per_class_scores
-from search.train import BatchFormat, evaluate, train
+from search.train import BatchFormat, EvalSetup, evaluate, train
 from search.train.balance import BatchOrder, balanced_class_weights
 from search.train.class_metrics import balanced_accuracy, macro_f1
 
@@ -166,7 +166,7 @@ def test_the_validation_pass_reports_scikit_learns_values_on_the_models_predicti
     model = build_model(TINY, 16).eval()
     fmt = BatchFormat(torch.device("cpu"), torch.full((3,), 0.5), torch.full((3,), 0.25), False, None)
     imbalanced = TensorSplit(data.train.images[::3], data.train.labels[::3])
-    ev = evaluate(model, imbalanced, fmt, num_classes=2, batch_size=16, confusion=True)
+    ev = evaluate(model, imbalanced, fmt, EvalSetup(num_classes=2, batch_size=16), confusion=True)
     with torch.inference_mode():
         predicted = model(fmt.prepare(imbalanced.images)).argmax(1).numpy()
     truth = imbalanced.labels.numpy()
@@ -175,7 +175,9 @@ def test_the_validation_pass_reports_scikit_learns_values_on_the_models_predicti
         assert ev.balanced_acc == pytest.approx(balanced_accuracy_score(truth, predicted), abs=1e-6)
         assert ev.macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"), abs=1e-6)
     assert ev.acc == pytest.approx(float((predicted == truth).mean()))
-    empty = evaluate(model, TensorSplit(imbalanced.images[:0], imbalanced.labels[:0]), fmt, num_classes=2, batch_size=4)
+    empty = evaluate(
+        model, TensorSplit(imbalanced.images[:0], imbalanced.labels[:0]), fmt, EvalSetup(num_classes=2, batch_size=4)
+    )
     assert math.isnan(empty.balanced_acc) and math.isnan(empty.macro_f1)
 
 

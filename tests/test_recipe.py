@@ -40,6 +40,8 @@ from search.data.placement import Decision
 from search.models import build_model
 from search.train import (
     BatchFormat,
+    EpochPart,
+    EvalSetup,
     StepOutput,
     TrainOptions,
     TrainStep,
@@ -110,8 +112,8 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_evaluated_and_saved(tmp_pa
     model = build_model(TINY, 16)
     for weights, is_evaluated in ((averaged, True), (raw, False)):
         model.load_state_dict(weights)
-        val = evaluate(model, data.val, _format(data), num_classes=4, batch_size=32)
-        test = evaluate(model, data.test, _format(data), num_classes=4, batch_size=32)
+        val = evaluate(model, data.val, _format(data), EvalSetup(num_classes=4, batch_size=32))
+        test = evaluate(model, data.test, _format(data), EvalSetup(num_classes=4, batch_size=32))
         matches = val.loss == pytest.approx(result.final_val_loss) and test.loss == pytest.approx(result.test_loss)
         assert matches is is_evaluated
 
@@ -161,13 +163,13 @@ class _Recorder(nn.Module):
 def test_tta_evaluates_flipped_inputs_and_averages_their_logits():
     split = _split(8, torch.Generator().manual_seed(3))
     model = _Recorder()
-    ev = evaluate(model, split, FLAT, num_classes=4, batch_size=8, tta=Tta(flip=True))
+    ev = evaluate(model, split, FLAT, EvalSetup(num_classes=4, batch_size=8, tta=Tta(flip=True)))
     x = FLAT.prepare(split.images)
     assert len(model.seen) == 2
     assert torch.equal(model.seen[0], x) and torch.equal(model.seen[1], x.flip(-1))
     logits = (model(x) + model(x.flip(-1))) / 2
     assert ev.loss == pytest.approx(F.cross_entropy(logits, split.labels).item(), rel=1e-5)
-    plain = evaluate(model, split, FLAT, num_classes=4, batch_size=8)
+    plain = evaluate(model, split, FLAT, EvalSetup(num_classes=4, batch_size=8))
     assert plain.loss != pytest.approx(ev.loss)
 
 
@@ -220,7 +222,8 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
         flips = bits if epoch % 2 else ~bits  # as the training loop passes them
         augment = Augment(crop_padding=0, flip="alternating")
         feed = TrainFeed(split, torch.device("cpu"), Decision(True, "test"))
-        train_epoch(state, step, feed, FLAT, augment=augment, batch_size=8, flips=flips)  # type: ignore[arg-type]
+        part = EpochPart(torch.randperm(32, generator=state.generator), 0, 4, batch_size=8, flips=flips)
+        train_epoch(state, step, feed, FLAT, part, augment=augment)  # type: ignore[arg-type]
         seen.append(_flipped_per_image(step.batches))
     assert sorted(seen[0]) == list(range(32))
     assert 8 <= sum(seen[0].values()) <= 24  # a random half, roughly

@@ -38,6 +38,7 @@ from search.outputs.studies import list_studies
 from search.study.keys import LEADERBOARD, REJECTED, trial_status
 from search.study.notes import write_trial_note
 from search.study.trials import ranked_trials, study_spec, trial_config
+from search.train.options import SeedOptions
 
 SPEC = """
 study:
@@ -250,16 +251,10 @@ def test_retrain_leaderboard_matches_the_per_seed_metrics(
     trained_study, tiny_imagefolder: Path, tmp_path: Path
 ) -> None:
     _, study = trained_study
-    board = retrain(
-        study,
-        top=2,
-        seeds=(0, 1),
-        epochs=1,
-        data_dir=tiny_imagefolder,
-        out_dir=tmp_path,
-        device="cpu",
-        log=lambda line: None,
+    options = SeedOptions(
+        seeds=(0, 1), epochs=1, data_dir=tiny_imagefolder, out_dir=tmp_path, device="cpu", log=lambda line: None
     )
+    board = retrain(study, options, top=2)
     with board.csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(board.rows) == min(2, sum(t.state == TrialState.COMPLETE for t in study.trials))

@@ -39,6 +39,7 @@ from search.models import build_model
 from search.train import (
     EpochMetrics,
     ProgressPrinter,
+    SeedOptions,
     TrainOptions,
     TrainResult,
     chain_callbacks,
@@ -424,7 +425,7 @@ train: {epochs: 1, batch_size: 16, eval_batch_size: 32}
     monkeypatch.setattr(search.data, "load_dataset", lambda config, data_dir=None, download=True: make_data())
     monkeypatch.setattr(search.train.seeds, "source_location", lambda config, data_dir: tmp_path)  # made-up data
     lines: list[str] = []
-    summary = train_spec(spec, seeds=[0, 1], out_dir=tmp_path, device="cpu", log=lines.append)
+    summary = train_spec(spec, SeedOptions(seeds=[0, 1], out_dir=tmp_path, device="cpu", log=lines.append))
     assert len(lines) == 2 and lines[0].startswith("seed 0: epoch 1/1")
     assert "seed 1: completed" in summary and "test_acc: mean" in summary
     for seed in (0, 1):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from search.engine.samplers import create_study
 from search.outputs.retrain import retrain
+from search.train.options import SeedOptions
 
 from .records import SearchRun
 from .settings import BY_KEY, Settings, strategy_spec
@@ -72,9 +73,7 @@ def retrain_winner(settings: Settings, won: Winner) -> Retrained:
     trial = study.ask()
     spec.space.sample(trial)
     study.tell(trial, won.val_acc)
-    board = retrain(
-        study,
-        top=1,
+    options = SeedOptions(
         seeds=settings.retrain_seeds,
         data_dir=settings.data_dir,
         download=False,
@@ -82,5 +81,6 @@ def retrain_winner(settings: Settings, won: Winner) -> Retrained:
         device="cpu",
         log=lambda line: None,
     )
+    board = retrain(study, options, top=1)
     row = board.rows[0]
     return Retrained(won, row.params, tuple(float(acc) for acc in row.test_acc if acc is not None))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.engine.events import RunObserver
+    from search.train.options import SeedOptions
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -92,20 +93,24 @@ def train(args: argparse.Namespace) -> int:
     from search.config import load_spec
     from search.train import train_spec
 
-    summary = train_spec(
-        load_spec(args.spec),
+    summary = train_spec(load_spec(args.spec), _seed_options(args), resume=args.resume, init_from=args.init)
+    print(summary)
+    return 0
+
+
+def _seed_options(args: argparse.Namespace) -> SeedOptions:
+    """The flags ``train`` and ``retrain`` share, as the library takes them."""
+    from search.train.options import SeedOptions  # torch: only training needs it
+
+    return SeedOptions(
         data_dir=args.data_dir,
         download=not args.no_download,
         epochs=args.epochs,
         seeds=args.seeds,
         out_dir=args.out,
         device=args.device,
-        resume=args.resume,
-        init_from=args.init,
         log=to_stderr,
     )
-    print(summary)
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,17 +237,7 @@ def retrain(args: argparse.Namespace) -> int:
     from search.outputs.retrain import retrain
 
     _, study = _open_study(args)
-    board = retrain(
-        study,
-        top=args.top,
-        seeds=args.seeds,
-        epochs=args.epochs,
-        data_dir=args.data_dir,
-        download=not args.no_download,
-        out_dir=args.out,
-        device=args.device,
-        log=to_stderr,
-    )
+    board = retrain(study, _seed_options(args), top=args.top)
     show(args, {**board.as_dict(), "csv": str(board.csv_path)}, board.table())
     return 0
 

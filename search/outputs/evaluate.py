@@ -20,7 +20,7 @@ from search.data import TensorSplit
 from search.data.fingerprint import load_recorded
 from search.outputs.model import load_model
 from search.train.class_metrics import class_scores
-from search.train.epoch import Evaluation, evaluate
+from search.train.epoch import EvalSetup, Evaluation, evaluate
 
 SPLITS = ("test", "val", "train")
 
@@ -125,15 +125,8 @@ def evaluate_model(
         raise UserError(f"{record.location}: the {split} split is empty; pick another with --split")
     cfg = model.trial.train
     device_split = TensorSplit(chosen.images.to(model.device), chosen.labels.to(model.device))
-    ev = evaluate(
-        model.module,
-        device_split,
-        model.format,
-        num_classes=len(model.classes),
-        batch_size=cfg.eval_batch_size,
-        confusion=True,
-        tta=cfg.tta,
-    )
+    setup = EvalSetup(len(model.classes), cfg.eval_batch_size, cfg.tta)
+    ev = evaluate(model.module, device_split, model.format, setup, confusion=True)
     if not math.isfinite(ev.loss):
         raise UserError(
             f"{owner}: its outputs on the {split} split are not finite (loss {ev.loss}): the weights or "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch loads only once retraining starts
 
     from search.data import ImageDataset
     from search.data.fingerprint import DataRecord
+    from search.train.options import SeedOptions
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,7 @@ CSV_COLUMNS = (
 )
 
 
-def retrain(
-    study: optuna.Study,
-    *,
-    top: int,
-    seeds: Sequence[int] | None = None,
-    epochs: int | None = None,
-    data_dir: str | Path | None = None,
-    download: bool = True,
-    out_dir: str | Path | None = None,
-    device: str | None = None,
-    log: Log = print,
-) -> Leaderboard:
+def retrain(study: optuna.Study, options: SeedOptions | None = None, *, top: int) -> Leaderboard:
     """Retrain the best ``top`` configs from scratch on train+val, once per seed, and test them.
 
     Each run writes a model folder (:mod:`search.train.model_folder`) to
@@ -135,14 +125,11 @@ def retrain(
 
     Args:
         study: A study made by ``resnet-search run``.
+        options: The data, epochs, seeds, output folder, device and log
+            (:class:`~search.train.options.SeedOptions`, the flags ``retrain`` shares with
+            ``train``); default: all defaults (the study's recorded data, each config's own
+            ``train.seed`` and ``train.epochs``, ``runs/<study>/retrain``).
         top: How many of the best COMPLETE trials.
-        seeds: Training seeds (``train.seed``) per config; default each config's own ``train.seed``.
-        epochs: Overrides each config's ``train.epochs``.
-        data_dir: Dataset location (beats the data the study recorded, and ``data.root``).
-        download: Whether a known dataset found nowhere may be downloaded.
-        out_dir: Output folder; default ``runs/<study>/retrain``.
-        device: ``cuda`` or ``cpu``; default CUDA when available.
-        log: Receives one progress line per epoch.
 
     Returns:
         The leaderboard.
@@ -152,15 +139,18 @@ def retrain(
             seeds; data that cannot be found or does not fit; recorded data that moved or changed.
     """
     from search.study.records import study_data
-    from search.train.recipe import default_device  # torch: only retraining needs it
+    from search.train.options import SeedOptions  # torch: only retraining needs it
+    from search.train.recipe import default_device
 
+    options = options or SeedOptions()
+    seeds, epochs, log = options.seeds, options.epochs, options.log
     if seeds is not None and not seeds:
         raise UserError("seeds= needs at least one seed")
-    given = check_output_folder(out_dir) if out_dir is not None else None
+    given = check_output_folder(options.out_dir) if options.out_dir is not None else None
     trials = ranked_trials(study, top)
     spec = study_spec(study)
-    where = default_device(device)
-    data, record = study_data(study, spec, data_dir, download=download, log=log)
+    where = default_device(options.device)
+    data, record = study_data(study, spec, options.data_dir, download=options.download, log=log)
     out = given or Path("runs") / safe_study_name(study.study_name) / "retrain"
     how: dict[str, Any] = {"epochs": epochs, "device": where, "log": log}
     rows = []

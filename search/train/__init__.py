@@ -22,10 +22,19 @@ The modules, each importing only those above it:
 """
 
 from search.train.ema import WeightEma
-from search.train.epoch import BatchFormat, Evaluation, TrainedEpoch, evaluate, train_epoch, tta_views
+from search.train.epoch import (
+    BatchFormat,
+    EpochPart,
+    EvalSetup,
+    Evaluation,
+    TrainedEpoch,
+    evaluate,
+    train_epoch,
+    tta_views,
+)
 from search.train.epoch_lines import ProgressPrinter, chain_callbacks
 from search.train.loop import train
-from search.train.options import TrainOptions
+from search.train.options import SeedOptions, TrainOptions
 from search.train.recipe import (
     CHANNELS_LAST_ON_CPU,
     build_optimizer,
@@ -49,10 +58,13 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "BatchFormat",
     "EpochMetrics",
+    "EpochPart",
+    "EvalSetup",
     "Evaluation",
     "GraphedStep",
     "ProgressPrinter",
     "RunId",
+    "SeedOptions",
     "Status",
     "StepOutput",
     "TrainResult",

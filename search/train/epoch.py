@@ -74,11 +74,43 @@ class TrainedEpoch:
 
 @dataclass(frozen=True)
 class EpochPart:
-    """Steps ``start`` to ``stop`` (excluded) of an epoch whose order is ``perm``."""
+    """Steps ``start`` to ``stop`` (excluded) of an epoch whose order is ``perm``, and the
+    shape of their batches: what :func:`train_epoch` trains.
+
+    Attributes:
+        perm: The epoch's order of the training images (step ``i`` takes
+            ``perm[i * batch_size : (i + 1) * batch_size]``).
+        start: The first step to train.
+        stop: The step to stop before (a whole epoch: ``len(perm) // batch_size``).
+        batch_size: Images per step, at most ``len(perm)``.
+        flips: Which training images this epoch mirrors (``flip: alternating``); None
+            lets the augmentation draw them.
+        size: Train on the augmented batches downscaled to this side
+            (``train.progressive_resize``, a rung's ``image_size``); None keeps the images' size.
+    """
 
     perm: torch.Tensor
     start: int
     stop: int
+    batch_size: int
+    flips: torch.Tensor | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """How a run evaluates a split, the same at every evaluation: what :func:`evaluate` is told
+    besides the model, the split and the batch format.
+
+    Attributes:
+        num_classes: Rows and columns of the confusion matrix.
+        batch_size: Images per forward pass.
+        tta: The views whose logits are averaged (:func:`tta_views`); none by default.
+    """
+
+    num_classes: int
+    batch_size: int
+    tta: Tta = Tta()
 
 
 @dataclass(frozen=True)
@@ -108,19 +140,17 @@ def train_epoch(
     step_fn: TrainStep,
     feed: TrainFeed,
     fmt: BatchFormat,
+    part: EpochPart,
     *,
     augment: Augment,
-    batch_size: int,
-    flips: torch.Tensor | None = None,
-    size: int | None = None,
     time_first_step: bool = False,
-    part: EpochPart | None = None,
 ) -> TrainedEpoch:
-    """Step the optimizer and the LR schedule once per batch of a fresh permutation of the training set.
+    """Step the optimizer and the LR schedule once per batch of ``part``: a whole epoch, or the
+    steps of one up to a successive-halving rung.
 
-    The last partial batch is dropped (a new permutation every epoch, so no image is
-    skipped for long): every step has the same shape, which keeps BatchNorm sane and
-    compiled graphs reused. The order and the augmentation draw from ``state.generator``.
+    The last partial batch of an epoch is dropped (a new permutation every epoch, so no
+    image is skipped for long): every step has the same shape, which keeps BatchNorm sane
+    and compiled graphs reused. The augmentation draws from ``state.generator``.
 
     Args:
         state: The model, optimizer, scheduler and generator; the epoch advances them.
@@ -128,15 +158,10 @@ def train_epoch(
         feed: The training images (uint8) and labels, handed out as device batches
             (copied to the device whole or streamed: the loop does not know which).
         fmt: How batches enter the model.
+        part: The steps to train, in their order, with their batch size, mirrored images
+            and image side.
         augment: The whole-batch augmentation.
-        batch_size: Images per step, at most ``len(feed)``.
-        flips: Which training images this epoch mirrors (``flip: alternating``); None
-            lets the augmentation draw them.
-        size: Train on the augmented batches downscaled to this side
-            (``train.progressive_resize``); None keeps the images' size.
         time_first_step: Time the first step apart (it is mostly compilation).
-        part: Train only these steps of the epoch, in this order (an epoch cut at a
-            successive-halving rung); None draws a permutation and trains all its steps.
 
     Returns:
         The epoch's (or part's) losses, accuracy and LR, read back once.
@@ -146,11 +171,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    if part is None:
-        part = EpochPart(
-            torch.randperm(len(feed), device=device, generator=state.generator), 0, len(feed) // batch_size
-        )
-    perm = part.perm
+    perm, batch_size, flips, size = part.perm, part.batch_size, part.flips, part.size
     steps = part.stop - part.start
     lr = state.optimizer.param_groups[0]["lr"]
     first_step_s = 0.0
@@ -187,11 +208,9 @@ def evaluate(
     model: nn.Module,
     split: TensorSplit,
     fmt: BatchFormat,
+    setup: EvalSetup,
     *,
-    num_classes: int,
-    batch_size: int,
     confusion: bool = False,
-    tta: Tta = Tta(),
     size: int | None = None,
 ) -> Evaluation:
     """Cross-entropy and accuracy of ``model`` in eval mode on ``split``, with test-time augmentation.
@@ -201,10 +220,8 @@ def evaluate(
             and for the odd last batch).
         split: Images (uint8) and labels, on the device.
         fmt: How batches enter the model.
-        num_classes: Rows and columns of the confusion matrix.
-        batch_size: Images per forward pass.
+        setup: The classes, the images per forward pass and the test-time views.
         confusion: Also read back the confusion matrix.
-        tta: The views whose logits are averaged (:func:`tta_views`); none by default.
         size: Validate on the images downscaled to this side (a rung's ``val_image_size``);
             None keeps their size.
 
@@ -212,6 +229,7 @@ def evaluate(
         The mean loss, the accuracy, balanced accuracy, macro-F1 and, if asked, the confusion matrix.
     """
     model.eval()
+    num_classes, batch_size, tta = setup.num_classes, setup.batch_size, setup.tta
     device = split.images.device
     loss_t = torch.zeros((), device=device)
     conf_t = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)

@@ -25,7 +25,7 @@ from search.data import ImageDataset, TensorSplit, normalize
 from search.models import build_model
 from search.train.balance import BatchOrder, loss_weights
 from search.train.ema import WeightEma
-from search.train.epoch import BatchFormat, EpochPart, Evaluation, TrainedEpoch, evaluate, train_epoch
+from search.train.epoch import BatchFormat, EpochPart, EvalSetup, Evaluation, TrainedEpoch, evaluate, train_epoch
 from search.train.feed import TrainFeed
 from search.train.fidelity import Fidelity, merge_parts, plan_fidelity
 from search.train.options import TrainOptions
@@ -47,7 +47,7 @@ from search.train.whiten import WHITEN_IMAGES, whiten_stem
 
 @dataclass(frozen=True)
 class _Run:
-    """What stays fixed through a run: the recipe, the step, the data on the device.
+    """What stays fixed through a run: the recipe, the step, the data on the device, how it is evaluated.
 
     ``flip_bits`` is each training image's mirror state in odd epochs under
     ``flip: alternating`` (even epochs mirror the others), None otherwise. ``order`` draws
@@ -62,7 +62,7 @@ class _Run:
     train: TrainFeed
     val: TensorSplit
     batch_size: int
-    num_classes: int
+    evaluation: EvalSetup
     flip_bits: torch.Tensor | None
     order: BatchOrder
     fidelity: Fidelity
@@ -177,7 +177,7 @@ def _make_run(
         train=feed,
         val=_to(data.val, device),
         batch_size=batch_size,
-        num_classes=data.num_classes,
+        evaluation=EvalSetup(data.num_classes, cfg.eval_batch_size, cfg.tta),
         flip_bits=_flip_bits(cfg.seed, len(feed), device) if augment.flip == "alternating" else None,
         order=BatchOrder.for_split(cfg.sampler, feed.labels, data.num_classes),
         fidelity=fidelity,
@@ -335,8 +335,9 @@ def _run_epoch(
     epoch_rung: int | None = None  # the rung the epoch's own report is
     spent = 0.0
     for stretch, spent in run.fidelity.of_epoch(epoch):
-        part = EpochPart(perm, stretch.start, stretch.stop)
-        parts.append(_train_part(state, run, part, stretch.image_size, flips, time_first_step and not parts))
+        part = EpochPart(perm, stretch.start, stretch.stop, run.batch_size, flips, stretch.image_size)
+        first = time_first_step and not parts
+        parts.append(train_epoch(state, run.step, run.train, run.fmt, part, augment=run.augment, time_first_step=first))
         at_end = stretch.stop == run.fidelity.steps_per_epoch
         for rung in stretch.rungs:
             if at_end and rung == stretch.rungs[-1] and run.fidelity.rungs[rung].val_image_size is None:
@@ -350,35 +351,10 @@ def _run_epoch(
     state.compile_time_s += trained.first_step_s
     t_epoch += trained.first_step_s
     seconds = time.perf_counter() - t_epoch
-    val = evaluate(
-        state.eval_model,
-        run.val,
-        run.fmt,
-        num_classes=run.num_classes,
-        batch_size=run.cfg.eval_batch_size,
-        tta=run.cfg.tta,
-    )
+    val = evaluate(state.eval_model, run.val, run.fmt, run.evaluation)
     metrics = _with(_record(state, epoch, trained, val, seconds, time.perf_counter() - t_epoch), spent, epoch_rung)
     finite = math.isfinite(trained.total_loss) and (val.n == 0 or math.isfinite(val.loss))
     return metrics, finite
-
-
-def _train_part(
-    state: TrainState, run: _Run, part: EpochPart, size: int | None, flips: torch.Tensor | None, time_first: bool
-) -> TrainedEpoch:
-    """Train the steps of ``part`` at ``size`` (None: the images' own)."""
-    return train_epoch(
-        state,
-        run.step,
-        run.train,
-        run.fmt,
-        augment=run.augment,
-        batch_size=run.batch_size,
-        flips=flips,
-        size=size,
-        time_first_step=time_first,
-        part=part,
-    )
 
 
 def _rung_report(
@@ -386,15 +362,7 @@ def _rung_report(
 ) -> EpochMetrics:
     """The report of a rung that is not an epoch's own: the epoch's training so far, validated at
     the rung's ``val_image_size`` (unset: the images' own size)."""
-    val = evaluate(
-        state.eval_model,
-        run.val,
-        run.fmt,
-        num_classes=run.num_classes,
-        batch_size=run.cfg.eval_batch_size,
-        tta=run.cfg.tta,
-        size=run.fidelity.rungs[rung].val_image_size,
-    )
+    val = evaluate(state.eval_model, run.val, run.fmt, run.evaluation, size=run.fidelity.rungs[rung].val_image_size)
     so_far = merge_parts(parts)
     seconds = time.perf_counter() - t_epoch
     return EpochMetrics(
@@ -473,10 +441,7 @@ def _result(state: TrainState, status: Status, reason: str | None, classes: tupl
 
 def _add_test_metrics(result: TrainResult, model: nn.Module, test: TensorSplit, run: _Run) -> None:
     """Evaluate ``model`` on the (non-empty) ``test`` split and fill ``result``'s test fields."""
-    cfg = run.cfg
-    ev = evaluate(
-        model, test, run.fmt, num_classes=run.num_classes, batch_size=cfg.eval_batch_size, confusion=True, tta=cfg.tta
-    )
+    ev = evaluate(model, test, run.fmt, run.evaluation, confusion=True)
     conf = ev.confusion or []
     result.test_loss = ev.loss
     result.test_acc = ev.acc

@@ -1,10 +1,14 @@
 """How one training run goes besides its config and data, as one object: :class:`TrainOptions`
 (where it trains, who hears of each epoch, its checkpoint, what it trains and is tested on).
-:func:`~search.train.loop.train` takes it in place of loose parameters."""
+:func:`~search.train.loop.train` takes it in place of loose parameters.
+
+:class:`SeedOptions` does the same for the commands that train a fixed config once per seed
+(``train``: :func:`~search.train.seeds.train_spec`; ``retrain``:
+:func:`~search.outputs.retrain.retrain`): their shared flags, as one object."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +48,31 @@ class TrainOptions:
     train_split: TensorSplit | None = None
     log: Callable[[str], None] | None = None
     rungs: tuple[Rung, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    """The flags that ``train`` and ``retrain`` share: where the data is, which seeds train for
+    how long, where the model folders go, on which device, and who hears of each epoch. The
+    defaults find the data where the spec (or the study) says, train each config's own
+    ``train.seed`` for its ``train.epochs`` on CUDA when there is one, and print.
+
+    Attributes:
+        data_dir: Where to look for the dataset (beats the data a study recorded, and
+            ``data.root``; see :func:`search.data.load_dataset`).
+        download: Whether a known dataset found nowhere may be downloaded.
+        epochs: Overrides ``train.epochs``.
+        seeds: Seeds to train with (``train.seed``), one run each; default the config's own.
+        out_dir: Output folder; default ``runs/<study name>`` (``train``) or
+            ``runs/<study>/retrain`` (``retrain``).
+        device: ``cuda`` or ``cpu``; default CUDA when available.
+        log: Receives one progress line per epoch.
+    """
+
+    data_dir: str | Path | None = None
+    download: bool = True
+    epochs: int | None = None
+    seeds: Sequence[int] | None = None
+    out_dir: str | Path | None = None
+    device: str | None = None
+    log: Callable[[str], None] = print

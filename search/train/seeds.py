@@ -19,7 +19,7 @@ from search.models.geometry import check_fits
 from search.train.epoch_lines import ProgressPrinter
 from search.train.loop import train
 from search.train.model_folder import WEIGHTS_FILE, FolderContents, ModelSource, write_run
-from search.train.options import TrainOptions
+from search.train.options import SeedOptions, TrainOptions
 from search.train.recipe import default_device
 from search.train.result import TrainResult
 from search.train.warm_start import check_channels, check_fits_data, check_init
@@ -27,16 +27,10 @@ from search.train.warm_start import check_channels, check_fits_data, check_init
 
 def train_spec(
     spec: Spec,
+    options: SeedOptions | None = None,
     *,
-    data_dir: str | Path | None = None,
-    download: bool = True,
-    epochs: int | None = None,
-    seeds: list[int] | None = None,
-    out_dir: str | Path | None = None,
-    device: str | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,
-    log: Callable[[str], None] = print,
 ) -> str:
     """Train a fixed spec's config once per seed and write each run's outputs (``train`` command).
 
@@ -48,15 +42,10 @@ def train_spec(
 
     Args:
         spec: A spec whose every leaf is fixed.
-        data_dir: Where to look for the dataset (see :func:`search.data.load_dataset`).
-        download: Allow downloading a missing standard dataset.
-        epochs: Overrides ``train.epochs``.
-        seeds: Seeds to train with; default the spec's ``train.seed``.
-        out_dir: Output folder; default ``runs/<study name>``.
-        device: ``cuda`` or ``cpu``; default CUDA when available.
+        options: The data, epochs, seeds, output folder, device and log (:class:`SeedOptions`);
+            default: all defaults (the spec's data, seed and epochs, ``runs/<study name>``).
         resume: Continue each seed's run from its checkpoint, where there is one.
         init_from: A model folder to start from (``train --init``); beats ``model.init_from``.
-        log: Receives one progress line per epoch.
 
     Returns:
         A summary: one line per seed, and mean +- std over seeds when there are several.
@@ -67,17 +56,19 @@ def train_spec(
             not fit the model (its class count, or the ``init_from`` folder's classes or input size),
             checked before any training.
     """
+    options = options or SeedOptions()
+    data_dir, log = options.data_dir, options.log
     trial = spec.fixed()
-    out = check_output_folder(out_dir) if out_dir is not None else Path("runs") / spec.study.name
+    out = check_output_folder(options.out_dir) if options.out_dir is not None else Path("runs") / spec.study.name
     if init_from is not None:
         trial = replace(trial, model=replace(trial.model, init_from=str(Path(init_from).resolve())))
     check_init(trial.model)
-    where = default_device(device)
+    where = default_device(options.device)
     # Looked up on the package when called, not bound at import, so a test can patch it there.
-    data = search.data.load_dataset(spec.data, data_dir=data_dir, download=download)
+    data = search.data.load_dataset(spec.data, data_dir=data_dir, download=options.download)
     _check_fits(spec, trial, data)
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
-    seeds = seeds or [trial.train.seed]
+    seeds = options.seeds or [trial.train.seed]
     several = len(seeds) > 1
     lines, val_accs, test_accs = [], [], []
     for seed in seeds:
@@ -88,7 +79,7 @@ def train_spec(
             out / f"seed{seed}" if several else out,
             source,
             where,
-            epochs=epochs,
+            epochs=options.epochs,
             checkpoint=True,
             resume=resume,
             prefix=f"seed {seed}: " if several else "",
