@@ -88,22 +88,25 @@ def time_loader(dataset: Dataset, count: int, batch_size: int, workers: int) -> 
     return done / (time.perf_counter() - start)
 
 
-def time_feed(split: MappedSplit, on_device: bool, batch_size: int) -> float:
-    """Images/s of one epoch of a feed's batches, augmented and normalized (the loop minus the model)."""
-    feed = TrainFeed(split, torch.device("cpu"), Decision(on_device, "benchmark"))
+def time_feed(split: MappedSplit, on_device: bool, batch_size: int, device: torch.device) -> float:
+    """Images/s of one epoch of a feed's batches on ``device``, augmented and normalized (the
+    loop minus the model); the copy of an on-device set is not counted (the caller times it)."""
+    feed = TrainFeed(split, device, Decision(on_device, "benchmark"))
     augment = Augment(crop_padding=4, padding_mode="reflect", flip=True)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(feed), generator=gen)
+    gen = torch.Generator(device=device).manual_seed(0)
+    perm = torch.randperm(len(feed), generator=gen, device=device)
     start = time.perf_counter()
     done = 0
     for _, images, _ in feed.batches(perm, batch_size):
         normalize(augment_batch(images, augment, gen), (0.5,) * 3, (0.25,) * 3)
         done += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the device's queued work counts
     return done / (time.perf_counter() - start)
 
 
-def stream_part(batch_size: int) -> None:
-    """Streamed vs on-device batches at 32 and 128 px, from a generated memory-mapped file."""
+def stream_part(batch_size: int, device: torch.device) -> None:
+    """Streamed vs on-device batches at 32 and 128 px on ``device``, from a generated memory-mapped file."""
     import tempfile
 
     for side, count in ((32, 20_000), (128, 4_000)):
@@ -115,11 +118,11 @@ def stream_part(batch_size: int) -> None:
             source = torch.from_file(str(raw), shared=False, size=count * 3 * side * side, dtype=torch.uint8)
             split = MappedSplit(source.view(shape), torch.arange(count), torch.zeros(count, dtype=torch.int64))
             t0 = time.perf_counter()
-            whole = time_feed(split, True, batch_size)
+            whole = time_feed(split, True, batch_size, device)
             copy_s = time.perf_counter() - t0
-            streamed = time_feed(split, False, batch_size)
+            streamed = time_feed(split, False, batch_size, device)
             print(
-                f"{side}px, {count:,} images, batch {batch_size}: on device {whole:,.0f} images/s "
+                f"{device.type}, {side}px, {count:,} images, batch {batch_size}: on device {whole:,.0f} images/s "
                 f"(copy and epoch {copy_s:.1f} s), streamed {streamed:,.0f} images/s "
                 f"-> streamed/on-device {streamed / whole:.2f}"
             )
@@ -202,12 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--part", choices=("loaders", "stream", "cache"), default="loaders")
     parser.add_argument("--build-images", type=int, default=20_000, help="generated 224-px images of --part cache")
+    parser.add_argument("--device", default="cpu", help="where --part stream's batches go (cpu, cuda)")
     args = parser.parse_args(argv)
     # One thread: each DataLoader worker also runs one torch thread, and on a busy machine
     # two OpenMP threads on 1.5 MB batches spend most of their time waiting for each other.
     torch.set_num_threads(args.threads)
     if args.part == "stream":
-        return stream_part(args.batch_size)
+        return stream_part(args.batch_size, torch.device(args.device))
     if args.part == "cache":
         return cache_part(args.build_images)
 

@@ -3,17 +3,22 @@
 #
 #   benchmarks/gpu.sh [CIFAR-10 archive or folder] [log folder] [step ...]
 #
-# Steps (default: all, in this order): trainer, trainer_compiled, trainer_small_compiled,
-# trainer_graph, mfu_graph, packing, packing_graph, time_to_accuracy. Each runs under its
-# own time limit (a hang costs that step, not the rest) and writes its log to the log
-# folder (default benchmarks/out/gpu). The first five and packing took about 8 minutes on
-# an H100; the rows of the fast-training recipe (docs/performance.md, "Time to accuracy")
-# are `trainer_graph mfu_graph time_to_accuracy`, at most 7 minutes by their limits.
+# Steps (default: `lent`, the checks for a short loan of a GPU, at most 11.5 minutes by
+# their limits): cuda_tests (the tests that need CUDA), mfu_graph, time_to_accuracy,
+# streaming (data.on_device: streamed vs on-device batches on the GPU), run_5m (a 4-minute
+# `resnet-search run spaces/cifar_5m.yaml` through Ray, trials packed on the GPU).
+# `all` adds trainer, trainer_compiled, trainer_small_compiled, trainer_graph, packing and
+# packing_graph (about 8 more minutes on an H100). Each step runs under its own time limit
+# (a hang costs that step, not the rest) and writes its log to the log folder (default
+# benchmarks/out/gpu).
 set -u
 data=$(realpath -m "${1:-$(dirname "$0")/../../shared/data/cifar10-jpeg.tar.gz}")
 logs=$(realpath -m "${2:-$(dirname "$0")/out/gpu}")
 shift $(($# < 2 ? $# : 2))
-steps=${*:-trainer trainer_compiled trainer_small_compiled trainer_graph mfu_graph packing packing_graph time_to_accuracy}
+lent="cuda_tests mfu_graph time_to_accuracy streaming run_5m"
+steps=${*:-lent}
+steps=${steps/#lent/$lent}
+steps=${steps/#all/$lent trainer trainer_compiled trainer_small_compiled trainer_graph packing packing_graph}
 cd "$(dirname "$0")/.."
 mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
@@ -29,6 +34,21 @@ run() {  # run NAME SECONDS SCRIPT ARGS...
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$logs/gpu.txt"
 for step in $steps; do
     case $step in
+        # The tests that skip without CUDA: CUDA-graph steps, pinned streaming.
+        cuda_tests) echo "== cuda_tests ($(date +%T))"
+            timeout 150 python -m pytest -q -p no:cacheprovider tests/test_recipe.py tests/test_streaming.py \
+                -k "cuda or graphed" 2>&1 | tee "$logs/cuda_tests.log"
+            echo "== cuda_tests: exit ${PIPESTATUS[0]}" ;;
+        # Streamed vs on-device training batches (gather, augment, normalize) on the GPU.
+        streaming) echo "== streaming ($(date +%T))"
+            timeout 60 python benchmarks/data_pipeline.py --part stream --device cuda 2>&1 | tee "$logs/streaming.log"
+            echo "== streaming: exit ${PIPESTATUS[0]}" ;;
+        # The main search for 4 minutes through Ray, trials packed on the one GPU.
+        run_5m) echo "== run_5m ($(date +%T))"
+            study=$(mktemp -d)
+            timeout 330 python -m search.cli run spaces/cifar_5m.yaml --data-dir "$data" --timeout 4m \
+                --storage "sqlite:///$study/cifar_5m.db" 2>&1 | tee "$logs/run_5m.log"
+            echo "== run_5m: exit ${PIPESTATUS[0]}" ;;
         # Images/s and MFU, ours vs the plain loop, at each model's own batch size (eager),
         # and a profile of ours (how busy the GPU is).
         trainer) run trainer 180 benchmarks/trainer.py --device cuda --steps 50 --rounds 2 --workers 8 --profile ;;
