@@ -110,6 +110,8 @@ def test_a_fractional_rung_reports_mid_epoch_and_the_trial_trains_on_without_ret
     first = reports[0]
     assert (first.rung, first.epoch) == (0, 0)  # half-way through epoch 1
     assert first.full_epochs == 0.5 and math.isfinite(first.val_loss)
+    # Every objective is there at a rung, as at an epoch: the pruner may follow any of them.
+    assert math.isfinite(first.balanced_acc) and math.isfinite(first.macro_f1)
     assert [(m.epoch, m.rung) for m in reports] == [(0, 0), (1, None), (2, 1)]  # rung 1 is epoch 2's own report
     assert [m.full_epochs for m in reports] == [0.5, 1.0, 2.0]
     # The rung's validation changed nothing: the same steps, the same weights as without rungs.

@@ -363,18 +363,8 @@ def _rung_report(
     """The report of a rung that is not an epoch's own: the epoch's training so far, validated at
     the rung's ``val_image_size`` (unset: the images' own size)."""
     val = evaluate(state.eval_model, run.val, run.fmt, run.evaluation, size=run.fidelity.rungs[rung].val_image_size)
-    so_far = merge_parts(parts)
     seconds = time.perf_counter() - t_epoch
-    return EpochMetrics(
-        epoch=epochs_done,
-        train_loss=so_far.train_loss,
-        train_acc=so_far.train_acc,
-        val_loss=val.loss,
-        val_acc=val.acc,
-        lr=so_far.lr,
-        images_per_s=so_far.images / max(seconds, 1e-9),
-        elapsed_s=state.train_time_s + state.compile_time_s + seconds,
-    )
+    return _metrics(epochs_done, merge_parts(parts), val, seconds, state.train_time_s + state.compile_time_s + seconds)
 
 
 def _with(metrics: EpochMetrics, full_epochs: float, rung: int | None) -> EpochMetrics:
@@ -403,7 +393,15 @@ def _record(
     state.train_images += trained.images
     state.train_seconds += train_s
     state.train_time_s += epoch_s
-    metrics = EpochMetrics(
+    metrics = _metrics(epoch, trained, val, train_s, state.train_time_s + state.compile_time_s)
+    state.history.append(metrics)
+    return metrics
+
+
+def _metrics(epoch: int, trained: TrainedEpoch, val: Evaluation, train_s: float, elapsed_s: float) -> EpochMetrics:
+    """What an epoch's (or a rung's) training and validation measured, as one report: every
+    validation metric, so that a rung reports the objective an epoch does."""
+    return EpochMetrics(
         epoch=epoch,
         train_loss=trained.train_loss,
         train_acc=trained.train_acc,
@@ -411,12 +409,10 @@ def _record(
         val_acc=val.acc,
         lr=trained.lr,
         images_per_s=trained.images / max(train_s, 1e-9),
-        elapsed_s=state.train_time_s + state.compile_time_s,
+        elapsed_s=elapsed_s,
         balanced_acc=val.balanced_acc,
         macro_f1=val.macro_f1,
     )
-    state.history.append(metrics)
-    return metrics
 
 
 def _result(state: TrainState, status: Status, reason: str | None, classes: tuple[str, ...]) -> TrainResult:
