@@ -49,27 +49,23 @@ def _tpe(config: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler
         )
 
 
+def _quiet(
+    cls: Callable[..., optuna.samplers.BaseSampler],
+) -> Callable[[SamplerConfig, int | None], optuna.samplers.BaseSampler]:
+    """How a model-based sampler that draws conditional parameters at random (GP, CMA-ES) is
+    made: without its warning per parameter drawn so, which would flood a conditional space's log."""
+    return lambda config, seed: cls(
+        n_startup_trials=config.n_startup_trials, seed=seed, warn_independent_sampling=False
+    )
+
+
 SAMPLERS: dict[str, SamplerKind] = {
     "tpe": SamplerKind(optuna.samplers.TPESampler, _tpe, True, True),
     "random": SamplerKind(
         optuna.samplers.RandomSampler, lambda c, seed: optuna.samplers.RandomSampler(seed), True, False
     ),
-    "gp": SamplerKind(
-        optuna.samplers.GPSampler,
-        lambda c, seed: optuna.samplers.GPSampler(
-            n_startup_trials=c.n_startup_trials, seed=seed, warn_independent_sampling=False
-        ),
-        False,
-        True,
-    ),
-    "cmaes": SamplerKind(
-        optuna.samplers.CmaEsSampler,
-        lambda c, seed: optuna.samplers.CmaEsSampler(
-            n_startup_trials=c.n_startup_trials, seed=seed, warn_independent_sampling=False
-        ),
-        False,
-        False,
-    ),
+    "gp": SamplerKind(optuna.samplers.GPSampler, _quiet(optuna.samplers.GPSampler), False, True),
+    "cmaes": SamplerKind(optuna.samplers.CmaEsSampler, _quiet(optuna.samplers.CmaEsSampler), False, False),
     "nsgaii": SamplerKind(
         optuna.samplers.NSGAIISampler, lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed), False, True
     ),
