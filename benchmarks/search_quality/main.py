@@ -238,7 +238,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Mode]:
         default=",".join(ROUND3_KEYS),
         help=f"a subset, e.g. a,c,g (default: round 3's; all: {','.join(s.key for s in STRATEGIES)})",
     )
-    parser.add_argument("--tuning-seeds", help="search seeds looked at while tuning, e.g. 0,1,2,3,4")
+    parser.add_argument("--tuning-seeds", help="search seeds looked at while tuning, e.g. 0,1,2,3,4; 'none' skips them")
     parser.add_argument("--held-out-seeds", help="search seeds for confirmation, e.g. 5,6,7,8,9; 'none' skips them")
     parser.add_argument("--budgets", help="full-epoch equivalents per strategy and seed, e.g. 60,180")
     parser.add_argument("--retrain-seeds", help="training seeds of the winners' retraining; 'none' skips it")
@@ -251,12 +251,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Mode]:
         parser.error("--background runs a plan's queue: add --plan round3")
     mode: dict[str, Any] = dict(QUICK if args.quick else FULL)
     groups: dict[str, tuple[int, ...]] = dict(mode["seed_groups"])
-    if args.tuning_seeds:
-        groups["tuning"] = _ints(args.tuning_seeds)
-    if args.held_out_seeds:
-        groups.pop("held-out", None)
-        if args.held_out_seeds != "none":
-            groups["held-out"] = _ints(args.held_out_seeds)
+    for group, given in (("tuning", args.tuning_seeds), ("held-out", args.held_out_seeds)):
+        if given:
+            groups[group] = () if given == "none" else _ints(given)
+    groups = {group: seeds for group, seeds in groups.items() if seeds}  # tuning first, as given
     mode["seed_groups"] = groups
     if args.budgets:
         mode["budgets"] = _ints(args.budgets)

@@ -128,9 +128,9 @@ BY_KEY = {s.key: s for s in STRATEGIES}
 class Settings:
     """One benchmark run.
 
-    ``data`` and ``train`` are merged into the spec's sections (the validation split's
-    size, the quick mode's smaller subsets and shorter trials); they are written into the
-    stored spec, so retraining uses them too. ``budgets`` are full-epoch equivalents per
+    ``data``, ``train`` and ``model`` are merged into the spec's sections (the validation
+    split's size, global pooling, the quick mode's smaller subsets and shorter trials); they
+    are written into the stored spec, so retraining uses them too. ``budgets`` are full-epoch equivalents per
     strategy and seed; ``seed_groups`` name the seeds that are looked at while tuning and
     those held out. ``records``: the finished runs, the retrained winners and the report
     (small files, kept in git); ``out``: everything else (figures, Ray's folders, studies).
@@ -147,6 +147,7 @@ class Settings:
     records: Path
     data: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -160,11 +161,16 @@ class Settings:
 # 5,000 validation images (the whole held-out tenth of CIFAR-10's training set) instead of
 # 1,000: docs/search-quality.md, "Noise", measures why.
 VAL_IMAGES = 5000
+# Global average pooling instead of cifar_cpu.yaml's fixed 4x4 window: the same model at 16 px
+# (the last feature map is 4x4), and one that fits the 8-px rung (a 2x2 map, which a fixed
+# 4x4 window refuses: every sample would be rejected).
+GLOBAL_POOL = {"pool_kernel": None}
 FULL = dict(
     seed_groups={"tuning": (0, 1, 2, 3, 4), "held-out": (5, 6, 7, 8, 9)},
     budgets=(60, 180),
     retrain_seeds=(0, 1, 2),
     data={"val_subset": VAL_IMAGES},
+    model=GLOBAL_POOL,
 )
 QUICK = dict(
     seed_groups={"tuning": (0,)},
@@ -172,6 +178,7 @@ QUICK = dict(
     retrain_seeds=(0,),
     data={"train_subset": 300, "val_subset": 200},
     train={"epochs": 2},
+    model=GLOBAL_POOL,
 )
 
 
@@ -189,7 +196,10 @@ def strategy_spec(settings: Settings, strategy: Strategy, seed: int, budget: int
         designs = [_relative(design, settings.spec_path.parent) for design in study["prior"]["designs"]]
         study["prior"] = {**study["prior"], "designs": designs}
     raw.update(
-        study=study, data={**raw.get("data", {}), **settings.data}, train={**raw.get("train", {}), **settings.train}
+        study=study,
+        data={**raw.get("data", {}), **settings.data},
+        train={**raw.get("train", {}), **settings.train},
+        model={**raw.get("model", {}), **settings.model},
     )
     raw["resources"] = {**raw.get("resources", {}), "max_concurrent": strategy.concurrency}
     # The source stays the file's, so that enqueued files resolve beside it.
