@@ -40,7 +40,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = os.environ.get("RESNET_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESNET_SEARCH_CACHE": cache}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--data-dir", str(REAL_ARCHIVE)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -49,6 +49,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (out / "stdout.txt").write_text(done.stdout)
+    (out / "cache.txt").write_text(cache)
     return out
 
 
@@ -97,9 +98,9 @@ def test_every_run_is_recorded_and_read_back(quick_run: Path) -> None:
     assert set(document) == {"fingerprint", "repeats", "run"} and "wall_s" in document["run"]
     written = {path: path.stat().st_mtime_ns for path in records}
     again = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(quick_run), "--retrain-seeds", "none"],
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(quick_run), "--data-dir", str(REAL_ARCHIVE)],
         cwd=REPO,
-        env={**os.environ, "RESNET_SEARCH_CACHE": str(quick_run / "cache")},
+        env={**os.environ, "RESNET_SEARCH_CACHE": (quick_run / "cache.txt").read_text()},
         capture_output=True,
         text=True,
         timeout=300,
