@@ -61,7 +61,11 @@ def summary_rows(all_cells: Sequence[Cell]) -> list[dict]:
 
 
 def table(rows: Sequence[dict], expected_seeds: int) -> str:
-    """One group and budget's rows as a Markdown table; rows with missing seeds are marked."""
+    """One group and budget's rows as a Markdown table; rows with missing seeds are marked, and
+    strategies with no run recorded left out (said plainly where none has one)."""
+    rows = [row for row in rows if row["seeds"]]
+    if not rows:
+        return "No run of these seeds at this budget is recorded yet."
     lines = [
         f"| strategy | seeds | best val: mean [95% CI] | {UNIT} to (a)'s final best (mean curve) | per seed "
         "| trials: complete / pruned / rejected / cut / repeats | retrained winner test (mean ± std, 3 seeds) |",
