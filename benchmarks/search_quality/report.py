@@ -76,8 +76,9 @@ def table(rows: Sequence[dict], expected_seeds: int) -> str:
         mark = "" if seeds == expected_seeds else f" (unfinished: {seeds} of {expected_seeds} seeds)"
         ci = f"{pct(row['best_val_mean'])} [{pct(row['best_val_ci_low'])}, {pct(row['best_val_ci_high'])}]"
         reach = "never" if row["compute_to_target"] is None else str(row["compute_to_target"])
-        reach = reach if seeds else "-"
         per_seed = " / ".join("never" if e is None else str(e) for e in row["seed_compute_to_target"]) or "-"
+        if row["target"] is None:  # no run of (a) to set the target yet
+            reach = per_seed = "-"
         test = "-" if row["test_acc_mean"] is None else f"{pct(row['test_acc_mean'])} ± {pct(row['test_acc_std'])}"
         trials = " / ".join(str(row[f"trials_{k}"]) for k in ("complete", "pruned", "rejected", "cut", "repeat"))
         lines.append(
