@@ -1,13 +1,16 @@
 """Search quality: our strategies and the peers (BOHB, DEHB, SMAC3, Optuna's Hyperband, Ray
-Tune's ASHA) at equal epoch budgets, over several search seeds (the package
+Tune's ASHA) at equal compute in full-epoch equivalents, over several search seeds (the package
 ``benchmarks/search_quality``; docs/search-quality.md).
 
-    python benchmarks/search_efficiency.py [--quick] [--out DIR] [--strategies a,c,g]
-        [--budgets 60,180] [--tuning-seeds 0,1,2,3,4] [--held-out-seeds 5,6,7,8,9] [--report-only]
+    python benchmarks/search_efficiency.py --plan round3 --background   # round 3's queue, detached
+    python benchmarks/search_efficiency.py --report-only                # report.md from the records
+    python benchmarks/search_efficiency.py [--quick] [--out DIR] [--records DIR] [--strategies c,c-old,i]
+        [--budgets 60,180] [--tuning-seeds 0,1,2,3,4] [--held-out-seeds 5,6,7,8,9]
 
-Finished runs are kept in ``--out``'s ``runs/`` (default ``benchmarks/out/search_quality``)
-and read back, so the same command again resumes. Writes ``report.md``, ``summary.csv``,
-``curves.csv``, ``results.json`` and the anytime figures ``anytime_<budget>.html`` / ``.png``.
+Each finished run's record is kept in ``--records`` (default ``benchmarks/results/search_quality``,
+kept in git) and read back, so the same command again resumes. Writes ``report.md``,
+``summary.csv`` and ``anytime_<budget>.png`` there, and ``curves.csv``, ``results.json`` and
+``anytime_<budget>.html`` into ``--out`` (default ``benchmarks/out/search_quality``).
 """
 
 from __future__ import annotations

@@ -1,27 +1,45 @@
-"""The search benchmark's bookkeeping: a shorter budget read from a longer run's prefix, and
-the intervals and paired comparison over seeds."""
+"""The search benchmark's bookkeeping: compute counted in full-epoch equivalents exactly as the
+tool counts it, a shorter budget read from a longer run's prefix, the intervals and paired
+comparison over seeds, records read back instead of rerun, and round 3's queue order."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+from benchmarks.search_quality import store
 from benchmarks.search_quality.analysis import Cell, curve_band, mean_ci, paired
+from benchmarks.search_quality.ours import drive
+from benchmarks.search_quality.plan import ROUND3_KEYS, ROUND3_TIERS, queue
 from benchmarks.search_quality.records import SearchRun
-from benchmarks.search_quality.settings import BY_KEY
+from benchmarks.search_quality.sessions import EpochSession
+from benchmarks.search_quality.settings import BY_KEY, CANDIDATES, Settings, Strategy, strategy_spec
+from search.budget.compute import flops_counter, full_epochs, rung_costs, schedule
+from search.config import Rung
+from search.data import load_dataset
+from search.engine.bridge import StudyBridge, TrialSetup
+from search.engine.samplers import create_study
+from search.study.keys import FULL_EPOCHS, REPEAT_OF
 
 
 def a_run(strategy: str, seed: int, values: list[float]) -> SearchRun:
     """A 12-epoch run: a rejection, then 3-epoch trials completing with ``values``, each followed
     by a trial pruned after two epochs, until the budget cuts the one running."""
-    run = SearchRun(strategy, seed, budget_epochs=12)
+    run = SearchRun(strategy, seed, budget=12)
     run.ended(0, "rejected")
     trials = [(3, value) for value in values]
     plan = [step for trial in trials for step in (trial, (2, None))]
     for epochs, value in plan:
-        started = run.epochs_spent
+        started = run.spent
         for _ in range(epochs):
-            run.spend_epoch()
+            run.spend(1.0)
             if run.exhausted:
                 break
-        if run.epochs_spent - started < epochs:
+        if run.spent - started < epochs:
             run.ended(started, "cut")
             break
         if value is None:
@@ -36,7 +54,7 @@ def a_run(strategy: str, seed: int, values: list[float]) -> SearchRun:
 
 def test_a_shorter_budget_is_the_prefix_of_a_longer_run() -> None:
     run = a_run("c", 0, [0.3, 0.5, 0.6])  # completes at 3 and 8, prunes at 5 and 10; the 3rd is cut at 12
-    assert run.epochs_spent == 12
+    assert run.spent == 12
     assert run.counts_at(12) == {"complete": 2, "pruned": 2, "rejected": 1, "cut": 1, "failed": 0, "repeat": 0}
     # At 6 epochs: the trial that ran from 5 to 8 is cut there; the later ones never started.
     assert run.counts_at(6) == {"complete": 1, "pruned": 1, "rejected": 1, "cut": 1, "failed": 0, "repeat": 0}
@@ -58,3 +76,112 @@ def test_intervals_and_the_paired_comparison_over_seeds() -> None:
     assert list(comparison.diffs) == expected
     assert comparison.wins == sum(d > 0 for d in expected) and comparison.losses == sum(d < 0 for d in expected)
     assert comparison.p_value is not None and 0 < comparison.p_value <= 1
+
+
+SPEC = """
+study: {{name: rungs, objectives: [{{metric: val_acc, direction: maximize}}], seed: 0}}
+data: {{dataset: imagefolder, root: {root}, val_fraction: 0.25}}
+model:
+  num_classes: 3
+  stem: {{width: {{choice: [4, 8]}}}}
+  stages: [{{blocks: {{range: [1, 2]}}, width: 8}}, {{blocks: 1, width: 16}}]
+train:
+  epochs: 2
+  batch_size: 6
+  optimizer: {{name: sgd, lr: {{range: [0.01, 0.2], log: true}}}}
+budget: {{max_params: 10000}}
+"""
+RUNGS = ({"fraction": 0.5, "image_size": 16}, {"epochs": 1})  # half the first epoch at half the side
+
+
+def settings_for(tmp_path: Path, root: Path, strategies: tuple[Strategy, ...] = ()) -> Settings:
+    spec = tmp_path / "rungs.yaml"
+    spec.write_text(SPEC.format(root=root))
+    return Settings(
+        spec_path=spec,
+        data_dir=None,
+        strategies=strategies,
+        seed_groups={"tuning": (0,)},
+        budgets=(3,),
+        retrain_seeds=(),
+        workers=1,
+        out=tmp_path / "out",
+        records=tmp_path / "records",
+    )
+
+
+def test_the_benchmark_spends_full_epoch_equivalents_as_the_tool_counts_them(tmp_path: Path, tiny_imagefolder: Path):
+    rungs_study = {"pruner": {"name": "successive_halving", "reduction_factor": 2, "rungs": list(RUNGS)}}
+    strategy = Strategy("c", "rungs", rungs_study)
+    settings = settings_for(tmp_path, tiny_imagefolder, (strategy,))
+    spec = strategy_spec(settings, strategy, 0, 3)
+    data = load_dataset(spec.data, download=False)
+    study = create_study(spec, optuna.storages.InMemoryStorage())
+    bridge = StudyBridge(study, spec, TrialSetup(data.image_size))
+    run = SearchRun("c", 0, 3)
+    drive(bridge, data, run, slots=1, epochs=2)
+    assert data.image_size == 32 and len(data.train) // 6 == 4 and run.exhausted
+    trained = [t for t in study.get_trials() if FULL_EPOCHS in t.user_attrs]
+    assert len(trained) >= 2 and run.repeats == sum(REPEAT_OF in t.user_attrs for t in study.get_trials())
+    assert sorted(trained[0].intermediate_values) == [0, 1]  # reported at both rungs, by their indices
+    rungs = tuple(Rung(**rung) for rung in RUNGS)
+    steps = len(data.train) // 6
+    stretches = schedule(2, steps, rungs)
+    for trial in trained:
+        # What each trial may have cost: its rungs' and its whole run's, in the tool's own numbers.
+        config = spec.space.sample(optuna.trial.FixedTrial(trial.params))
+        flops_at = flops_counter(config.model, data.image_size)
+        allowed = [*rung_costs(stretches, steps, flops_at), full_epochs(stretches, steps, flops_at)]
+        assert trial.user_attrs[FULL_EPOCHS] in allowed
+    assert run.spent == pytest.approx(sum(t.user_attrs[FULL_EPOCHS] for t in trained), abs=1e-6)
+    assert run.spent - 3 < 1.0  # the last step may pass the budget: the trial it ends is cut there
+    # A look at the first rung costs half an epoch at half the side: about 1/8 of an epoch.
+    config = spec.space.sample(optuna.trial.FixedTrial(trained[0].params))
+    flops_at = flops_counter(config.model, data.image_size)
+    session = EpochSession(config, data, rungs)
+    first = session.advance()
+    session.close(stop=True)
+    assert first is not None and first.rung == 0 and first.epoch == 0
+    assert session.cost == pytest.approx(0.5 * flops_at(16) / flops_at(32), rel=1e-12) and session.cost < 0.2
+
+
+def test_a_recorded_run_is_read_back_not_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(tmp_path, tmp_path / "images", (BY_KEY["c"],))
+    strategy = BY_KEY["c"]
+    ran: list[int] = []
+
+    def fake_search(settings: Settings, strategy: Strategy, seed: int, budget: int) -> SearchRun:
+        ran.append(seed)
+        run = a_run(strategy.key, seed, [0.3, 0.5, 0.6])
+        run.budget = budget
+        return run
+
+    monkeypatch.setattr(store, "search", fake_search)
+    first = store.saved_search(settings, strategy, 0, 12)
+    path = store.run_path(settings, strategy, 0, 12)
+    again = store.saved_search(settings, strategy, 0, 12)
+    assert ran == [0] and again == first and path.exists() and path.stat().st_size < 2_000
+    document = json.loads(path.read_text())
+    assert document["repeats"] == 0 and document["run"]["spent"] == 12
+    # Only the new bests keep their parameters: a record stays small.
+    assert [params for _, _, params in document["run"]["completions"]] == [{"x": 0}, {"x": 1}]
+    changed = replace(settings, data={"val_subset": 100})  # another task: another fingerprint, run again
+    store.saved_search(changed, strategy, 0, 12)
+    assert ran == [0, 0]
+    path.write_text("{not json")  # a damaged record is run again, never a traceback
+    store.saved_search(changed, strategy, 0, 12)
+    assert ran == [0, 0, 0]
+
+
+def test_round3_queue_puts_the_candidates_first_and_the_longest_budget_first(tmp_path: Path) -> None:
+    settings = replace(
+        settings_for(tmp_path, tmp_path / "images", tuple(BY_KEY[k] for k in ROUND3_KEYS)),
+        seed_groups={"tuning": (0, 1), "held-out": (5,)},
+        budgets=(60, 180),
+    )
+    jobs = [(s.key, seed, budget) for s, seed, budget in queue(settings, ROUND3_TIERS)]
+    assert jobs[:5] == [(key, 0, 180) for key in (*CANDIDATES, "c-old")]
+    assert jobs.index(("i", 0, 180)) < jobs.index(("i", 0, 60)) < jobs.index(("a", 0, 180)) < jobs.index(("c", 5, 180))
+    assert ("c", 0, 60) not in jobs  # its 60 is the 180 run's prefix
+    assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: (c), (c-old) and the tied peers
+    assert jobs[-1][0] == "f" and len(jobs) == len(set(jobs))

@@ -1,6 +1,7 @@
 """From runs to figures: best validation accuracy at each budget with a 95% confidence interval
-(bootstrap over search seeds), the anytime curve, the epochs to reach random search's final
-best, the paired comparison of the default with each peer, and the verdict."""
+(bootstrap over search seeds), the anytime curve (at every whole full-epoch equivalent of
+compute), the compute to reach random search's final best, the paired comparison of the
+default with each peer, and the verdict."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .records import OUTCOMES, SearchRun
+from .records import OUTCOMES, UNIT, SearchRun
 from .retraining import Retrained
 from .settings import BASELINE, OURS, Settings, Strategy
 
 RESAMPLES = 10_000
-# The goal, per budget: the default's epochs to reach (a)'s final best, as a share of (a)'s.
+# The goal, per budget: the default's compute to reach (a)'s final best, as a share of (a)'s.
 GOAL_SHARE = {60: 1 / 3, 180: 1 / 5}
-PEER_KEYS = ("e", "f", "g", "h", "i")  # the other tools a user would pick instead
+PEER_KEYS = ("e", "e-rungs", "f", "g", "h", "i", "i-rungs")  # the other tools a user would pick instead
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -33,8 +34,8 @@ def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None, float 
 
 
 def curve_band(runs: Sequence[SearchRun], budget: int) -> tuple[list, list, list]:
-    """Mean and 95% bootstrap band over seeds of the best-so-far at 0..budget epochs (None
-    until every seed has completed a trial)."""
+    """Mean and 95% bootstrap band over seeds of the best-so-far at 0..budget full-epoch
+    equivalents (None until every seed has completed a trial)."""
     matrix = np.array(
         [[np.nan if (v := r.best_at(e)) is None else v for e in range(budget + 1)] for r in runs], dtype=float
     )
@@ -101,6 +102,10 @@ class Cell:
         return totals
 
     @property
+    def repeats(self) -> int:
+        return self.counts["repeat"]
+
+    @property
     def complete(self) -> bool:
         """Every seed of the group ran."""
         return all(run is not None for run in self.runs)
@@ -119,11 +124,7 @@ def cells(
                 run_budget = budget_runs[(strategy.key, budget)]
                 own = tuple(
                     sorted(
-                        (
-                            r
-                            for r in runs
-                            if r.strategy == strategy.key and r.seed in seeds and r.budget_epochs == run_budget
-                        ),
+                        (r for r in runs if r.strategy == strategy.key and r.seed in seeds and r.budget == run_budget),
                         key=lambda r: r.seed,
                     )
                 )
@@ -142,7 +143,7 @@ def _target(runs: Sequence[SearchRun], seeds: Sequence[int], run_budget: int | N
     finals = [
         v
         for r in runs
-        if r.strategy == BASELINE and r.seed in seeds and r.budget_epochs == run_budget
+        if r.strategy == BASELINE and r.seed in seeds and r.budget == run_budget
         if (v := r.best_at(budget)) is not None
     ]
     return statistics.fmean(finals) if finals else None
@@ -182,10 +183,27 @@ def verdict(group_cells: Sequence[Cell], test_noise: float | None) -> list[str]:
     for budget in sorted({c.budget for c in group_cells}):
         at = {c.strategy.key: c for c in group_cells if c.budget == budget}
         if OURS not in at or BASELINE not in at or not at[OURS].runs or not at[BASELINE].runs:
-            lines.append(f"{budget} epochs: not assessed (needs finished runs of {BASELINE} and {OURS})")
+            lines.append(f"{budget} {UNIT}: not assessed (needs finished runs of {BASELINE} and {OURS})")
             continue
-        lines.append(f"{budget} epochs: " + "; ".join(_goals(at, budget, test_noise)))
+        lines.append(f"{budget} {UNIT}: " + "; ".join(_goals(at, budget, test_noise)))
     return lines
+
+
+def _beyond_noise(at: dict[str, Cell]) -> str:
+    """Whether (c) is ahead of the best peer (by mean best validation accuracy) beyond the noise:
+    the paired 95% interval of (c) minus that peer lies above zero."""
+    peers = {k: m for k in PEER_KEYS if k in at and (m := at[k].best[0]) is not None}
+    if not peers:
+        return "ahead of the best peer beyond the noise: not assessed (no peer ran)"
+    best = max(peers, key=lambda key: peers[key])
+    p = paired(at[OURS], at[best])
+    if p.low is None or p.mean is None:
+        return f"ahead of the best peer ({best}) beyond the noise: not assessed (too few paired seeds)"
+    ok = p.low > 0
+    return (
+        f"ahead of the best peer ({best}) beyond the noise: {p.mean:+.2%} [{p.low:+.2%}, {p.high:+.2%}] "
+        f"({'met' if ok else 'missed'})"
+    )
 
 
 def _goals(at: dict[str, Cell], budget: int, test_noise: float | None) -> list[str]:
@@ -193,14 +211,15 @@ def _goals(at: dict[str, Cell], budget: int, test_noise: float | None) -> list[s
     means = {key: c.best[0] for key, c in at.items() if c.best[0] is not None}
     first = max(means, key=lambda key: means[key]) if means else None
     parts = [f"rank 1 in mean best val: {'met' if first == OURS else f'missed ({first} is first)'}"]
+    parts.append(_beyond_noise(at))
     needed, own = baseline.epochs_to_target, ours.epochs_to_target
     share = GOAL_SHARE.get(budget)
     if needed and own is not None:
         ratio = own / needed
         ok = share is not None and ratio <= share + 1e-9
-        parts.append(f"epochs to (a)'s final best {own} vs {needed} = {ratio:.2f}x ({'met' if ok else 'missed'})")
+        parts.append(f"compute to (a)'s final best {own} vs {needed} = {ratio:.2f}x ({'met' if ok else 'missed'})")
     else:
-        parts.append("epochs to (a)'s final best: never reached (missed)")
+        parts.append("compute to (a)'s final best: never reached (missed)")
     tests = {k: rt.test_mean for k in PEER_KEYS if k in at and (rt := at[k].retrained) is not None}
     if ours.retrained is not None and tests and test_noise is not None:
         best_peer = max(tests, key=lambda key: tests[key])

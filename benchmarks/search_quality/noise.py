@@ -26,7 +26,7 @@ from search.config import parse_spec
 from search.data import load_dataset
 from search.train import TrainOptions, train
 
-from .settings import DEFAULT_ARCHIVE, DEFAULT_OUT, FULL, REPO, VAL_IMAGES
+from .settings import DEFAULT_ARCHIVE, DEFAULT_RECORDS, FULL, REPO, VAL_IMAGES
 
 CONFIGS = {
     "seed 003 (paper_se_443_cpu.yaml)": {},
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4,5", help="training seeds per config")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where noise.json goes")
+    parser.add_argument("--out", type=Path, default=DEFAULT_RECORDS, help="where noise.json goes (the records)")
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE) if DEFAULT_ARCHIVE.exists() else None)
     args = parser.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(","))

@@ -1,7 +1,10 @@
 """Our machinery, in-process: :class:`search.engine.bridge.StudyBridge` samples, checks the
 budget (fast count, then fvcore), records every epoch, asks the study's pruner and tells
 outcomes, as ``resnet-search run`` does; only Ray's scheduling is left out (seconds per
-trial, no epochs). ``concurrency`` trials run at once, an epoch each in turn (see
+trial, no compute). Each trial pauses at every report, an epoch's or a rung's within one
+(``study.pruner.rungs``), which reaches the bridge as :func:`search.engine.trainable.run_trial`
+sends it (with its ``rung`` and ``full_epochs``), and the run spends the report's cost in
+full-epoch equivalents. ``concurrency`` trials run at once, a report each in turn (see
 :mod:`.sessions`), so the sampler proposes while earlier trials are still running and
 their reports arrive interleaved, as with Ray and several workers."""
 
@@ -15,9 +18,8 @@ import optuna
 from search.data import ImageDataset, load_dataset
 from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
-from search.engine.trainable import TrialJob
+from search.engine.trainable import TrialJob, epoch_report
 from search.study.keys import ERROR, REPEAT_OF, trial_status
-from search.train import EpochMetrics
 
 from .records import CUT, SearchRun
 from .sessions import EpochSession
@@ -26,11 +28,11 @@ from .settings import Settings, Strategy, full_trial_epochs, strategy_spec
 
 @dataclass
 class Running:
-    """A trial in a slot: its job, its paused training, and the epochs spent when it started."""
+    """A trial in a slot: its job, its paused training, and the run's compute spent when it started."""
 
     job: TrialJob
     session: EpochSession
-    started: int
+    started: float
 
 
 class Rejections:
@@ -45,14 +47,14 @@ class Rejections:
         trials = self.study.get_trials(deepcopy=False)
         for trial in trials[self.seen :]:
             if trial_status(trial) == "rejected":
-                run.ended(run.epochs_spent, "rejected")
+                run.ended(run.spent, "rejected")
             elif REPEAT_OF in trial.user_attrs:
-                run.ended(run.epochs_spent, "repeat")
+                run.ended(run.spent, "repeat")
         self.seen = len(trials)
 
 
 def search_with_bridge(settings: Settings, strategy: Strategy, seed: int, budget: int) -> SearchRun:
-    """One search through our StudyBridge until the epoch budget is spent."""
+    """One search through our StudyBridge until the compute budget is spent."""
     start = time.monotonic()
     spec = strategy_spec(settings, strategy, seed, budget)
     data = load_dataset(spec.data, data_dir=settings.data_dir, download=False)
@@ -65,7 +67,7 @@ def search_with_bridge(settings: Settings, strategy: Strategy, seed: int, budget
 
 
 def drive(bridge: StudyBridge, data: ImageDataset, run: SearchRun, *, slots: int, epochs: int) -> None:
-    """Keep ``slots`` trials running, an epoch each in turn, until the budget is spent or the
+    """Keep ``slots`` trials running, a report each in turn, until the budget is spent or the
     study has no trial left; the trials running when the budget runs out are cut."""
     rejections = Rejections(bridge.study)
     running: list[Running] = []
@@ -75,7 +77,7 @@ def drive(bridge: StudyBridge, data: ImageDataset, run: SearchRun, *, slots: int
             rejections.record(run)
             if job is None:
                 break
-            running.append(Running(job, EpochSession(job.trial, data), run.epochs_spent))
+            running.append(Running(job, EpochSession(job.trial, data, job.rungs), run.spent))
         if not running:
             return
         for slot in list(running):
@@ -90,21 +92,19 @@ def drive(bridge: StudyBridge, data: ImageDataset, run: SearchRun, *, slots: int
 
 
 def step(bridge: StudyBridge, slot: Running, run: SearchRun, epochs: int) -> bool:
-    """Train one epoch of ``slot``'s trial and report it; True when the trial has ended."""
+    """Train ``slot``'s trial up to its next report (a rung or an epoch's end), spend its cost and
+    report it; True when the trial has ended."""
+    before = slot.session.cost
     metrics = slot.session.advance()
     if metrics is None:  # non-finite loss or an exception
         end_trial(bridge, slot, run, epochs, pruned=False)
         return True
-    run.spend_epoch()
+    run.spend(metrics.full_epochs - before)
     pruned = bridge.report(slot.job.number, epoch_report(metrics))
     if pruned or metrics.epoch >= epochs or run.exhausted:
         end_trial(bridge, slot, run, epochs, pruned=pruned)
         return True
     return False
-
-
-def epoch_report(metrics: EpochMetrics) -> dict:
-    return {"epoch": metrics.epoch, "val_acc": metrics.val_acc, "val_loss": metrics.val_loss}
 
 
 def end_trial(bridge: StudyBridge, slot: Running, run: SearchRun, epochs: int, *, pruned: bool) -> None:

@@ -4,37 +4,45 @@
   (:func:`config_space`): a categorical per choice, an integer or float range per range
   (log scale kept), a categorical per conditional choice whose options' parameters are
   active only under their label (ConfigSpace conditions). Parameter names are Optuna's.
-- Fidelity: epochs of the space's own trial (5), from ``epochs / eta**2`` to ``epochs``
-  with ``eta = 3`` as each method computes its rungs; a budget becomes ``round(budget)``
-  epochs (at least 1): rungs of 1, 2 and 5 epochs, where our successive halving has 1
-  and 3 (a geometric ladder cannot hold 1, 3 and 5).
-- Cost: every evaluation runs through :class:`PeerEvaluator`, which tells our
-  StudyBridge about it as ``resnet-search run`` would (the budget check, every epoch's
-  report, the outcome), so a peer's trials land in the same records as ours. A config
-  evaluated again at a larger budget continues from where it stopped (it pays only the
-  extra epochs, as a promotion in our successive halving does); an over-budget config is
-  told the worst value (accuracy 0) at zero cost. One trial at a time.
+- Fidelity (:class:`Ladder`): epochs of the space's own trial (5), from ``epochs / eta**2``
+  to ``epochs`` with ``eta = 3`` as each method computes its rungs; a budget becomes
+  ``round(budget)`` epochs (at least 1): rungs of 1, 2 and 5 epochs, where our successive
+  halving has 1 and 3 (a geometric ladder cannot hold 1, 3 and 5). A strategy with
+  cheaper fidelities (``Strategy.rungs``) maps the peer's budgets onto our rung ladder
+  instead: its lowest budget is the first rung (a quarter epoch at 8 px), then each rung,
+  then the whole trial.
+- Cost, in full-epoch equivalents: every evaluation runs through :class:`PeerEvaluator`,
+  which tells our StudyBridge about it as ``resnet-search run`` would (the budget check,
+  every report, the outcome), so a peer's trials land in the same records as ours. A
+  config evaluated again at a larger budget continues from where it stopped (it pays only
+  the extra compute, as a promotion in our successive halving does); one evaluated again
+  at a budget it already reached is answered from its reports at no cost (a repeat); an
+  over-budget config is told the worst value (accuracy 0) at zero cost. One trial at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from search.config import Spec
+from search.config import Rung, Spec
 from search.config.distributions import Branches, Categorical, Fixed, Node, Range, Sequence, Struct
 from search.data import load_dataset
 from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
+from search.engine.trainable import epoch_report
+from search.study.keys import CONFIG_KEY, REPEAT_OF
+from search.train import EpochMetrics
 
-from .ours import Rejections, Running, end_trial, epoch_report, final_report
+from .ours import Rejections, Running, end_trial, final_report
 from .records import SearchRun
 from .sessions import EpochSession, PausedSessions
 from .settings import Settings, Strategy, full_trial_epochs, strategy_spec
@@ -133,11 +141,60 @@ def fidelity_epochs(budget: float) -> int:
     return max(1, round(float(budget)))
 
 
+@dataclass(frozen=True)
+class Stop:
+    """Where a peer's evaluation at one of its fidelities stops training: at the report of rung
+    ``rung`` (the strategy's cheaper fidelity), else after ``epoch`` whole epochs."""
+
+    epoch: int | None = None
+    rung: int | None = None
+
+    def reached_by(self, report: EpochMetrics) -> bool:
+        if self.rung is not None:
+            return report.rung == self.rung
+        assert self.epoch is not None
+        return report.epoch >= self.epoch  # a rung within an epoch reports the epochs before it
+
+
+def value_at(reports: list[EpochMetrics], stop: Stop) -> float | None:
+    """The validation accuracy of the first report that reaches ``stop`` (None: not reached)."""
+    return next((r.val_acc for r in reports if stop.reached_by(r)), None)
+
+
+class Ladder:
+    """A peer's fidelities as points of our training.
+
+    Without rungs: epochs of the space's trial, ``round(budget)`` (at least 1), from
+    ``epochs / eta**2``: stops after 1, 2 and 5 epochs of a 5-epoch trial. With the strategy's
+    rungs (:attr:`~.settings.Strategy.rungs`): each rung, then the whole trial, one per power of
+    ``eta`` from the top, so the peer's lowest budget is the first rung.
+    """
+
+    def __init__(self, epochs: int, rungs: tuple[Rung, ...]) -> None:
+        self.epochs = epochs
+        reached = [Stop(rung=k) for k, rung in enumerate(rungs) if rung.position < epochs]  # before the end
+        self.points = [*reached, Stop(epoch=epochs)] if rungs else []
+
+    @property
+    def min_fidelity(self) -> float:
+        return self.epochs / ETA ** (len(self.points) - 1 if self.points else 2)
+
+    def stop(self, budget: float) -> Stop:
+        if not self.points:
+            return Stop(epoch=min(fidelity_epochs(budget), self.epochs))
+        down = round(math.log(self.epochs / max(float(budget), 1e-12)) / math.log(ETA))
+        return self.points[max(0, len(self.points) - 1 - down)]
+
+    def is_full(self, stop: Stop) -> bool:
+        return stop.rung is None and stop.epoch == self.epochs
+
+
 # --------------------------------------------------------------------------- one evaluation
 
 
 class PeerEvaluator:
-    """A peer's evaluations of configs at a budget in epochs, through our StudyBridge.
+    """A peer's evaluations of configs at a fidelity, through our StudyBridge; compute in
+    full-epoch equivalents.
 
     Args:
         settings, strategy, seed, budget: The run.
@@ -156,7 +213,10 @@ class PeerEvaluator:
         self.rejections = Rejections(self.study)
         self.run = SearchRun(strategy.key, seed, budget)
         self.epochs = full_trial_epochs(self.spec)
+        self.rungs = strategy.fidelity_rungs
+        self.ladder = Ladder(self.epochs, self.rungs)
         self.paused = PausedSessions()
+        self.reports: dict[tuple, list[EpochMetrics]] = {}  # every config trained: its reports so far
         self.space, self.codec = config_space(self.spec, seed)
 
     @property
@@ -165,55 +225,71 @@ class PeerEvaluator:
 
     @property
     def min_fidelity(self) -> float:
-        return self.epochs / ETA**2
+        return self.ladder.min_fidelity
 
-    def evaluate(self, config: Any, budget: float) -> tuple[float, int]:
-        """Train ``config`` to ``budget`` epochs (continuing a paused run of it if there is one).
+    def evaluate(self, config: Any, budget: float) -> tuple[float, float]:
+        """Train ``config`` to the fidelity ``budget`` (continuing a paused run of it if there
+        is one); a config already trained that far is answered from its reports at no cost
+        (a repeat, as our bridge answers one).
 
         Returns:
-            The validation accuracy at that epoch (``WORST`` for an over-budget or failed
-            config) and the epochs it cost.
+            The validation accuracy there (``WORST`` for an over-budget or failed config) and
+            the compute it cost.
         """
         if self.run.exhausted:  # a peer's last request after the budget ran out: nothing trains
-            return WORST, 0
+            return WORST, 0.0
         params = self.codec.decode(config)
-        epochs = min(fidelity_epochs(budget), self.epochs)
-        spent = self.run.epochs_spent
+        stop = self.ladder.stop(budget)
+        key = tuple(sorted(params.items()))
+        known = value_at(self.reports.get(key, []), stop)
+        if known is not None:
+            self.run.ended(self.run.spent, "repeat")
+            return known, 0.0
+        spent = self.run.spent
         self.study.enqueue_trial(params)
         job = self.bridge.next_job()
         self.rejections.record(self.run)
-        if job is None:  # over the budget: the bridge recorded it
+        if job is None:  # over the budget (or a repeat of a config ours keys alike): recorded
             self.bridge.stop_reason, self.bridge.rejections_in_a_row = None, 0
-            return WORST, 0
-        key = tuple(sorted(params.items()))
+            return self._answered(), 0.0
         session = self.paused.take(key)
-        if session is not None and (session.epoch > epochs or session.done):  # a smaller budget: afresh
-            session.close(stop=True)
-            session = None
-        if session is None:
-            session = EpochSession(job.trial, self.data)
+        if session is None or session.done:
+            session = EpochSession(job.trial, self.data, self.rungs)
         slot = Running(job, session, spent)
         for trained in session.history:  # what it already trained: reported again, free
             self.bridge.report(job.number, epoch_report(trained))
-        while session.epoch < epochs and not self.run.exhausted:
+        while value_at(session.history, stop) is None and not self.run.exhausted:
+            before = session.cost
             metrics = session.advance()
             if metrics is None:
                 break
-            self.run.spend_epoch()
+            self.run.spend(metrics.full_epochs - before)
             self.bridge.report(job.number, epoch_report(metrics))
-        reached = session.epoch >= epochs and session.error is None
-        value = session.history[epochs - 1].val_acc if reached else WORST
-        if reached and epochs < self.epochs:
+        self.reports[key] = list(session.history)
+        value = value_at(session.history, stop) if session.error is None else None
+        if value is not None and not self.ladder.is_full(stop):
             self._pause(slot, key)
         else:
             end_trial(self.bridge, slot, self.run, self.epochs, pruned=False)
-        return value, self.run.epochs_spent - spent
+        return (WORST if value is None else value), self.run.spent - spent
+
+    def _answered(self) -> float:
+        """The value of a config the bridge did not train: a repeat's record, else (over the
+        budget) the worst."""
+        last = self.study.get_trials(deepcopy=False)[-1]
+        if REPEAT_OF in last.user_attrs and last.state == optuna.trial.TrialState.COMPLETE:
+            return float(last.values[0])
+        return WORST
 
     def _pause(self, slot: Running, key: tuple) -> None:
-        """The peer stopped the trial at one of its rungs: PRUNED in the study, kept for a promotion."""
+        """The peer stopped the trial at one of its fidelities: PRUNED in the study, kept for a
+        promotion (so its record answers no repeat: the promotion trains on)."""
         self.bridge.mark_pruned(slot.job.number)
         self.bridge.finish(slot.job.number, final_report(slot.session, self.epochs, pruned=True), error=False)
         self.run.ended(slot.started, "pruned")
+        stored = self.study.get_trials(deepcopy=False)[slot.job.number].user_attrs.get(CONFIG_KEY)
+        if self.bridge.trained.by_key.get(stored) == slot.job.number:
+            del self.bridge.trained.by_key[stored]
         self.paused.keep(key, slot.session)
 
     def close(self, start: float) -> SearchRun:
@@ -226,7 +302,7 @@ class PeerEvaluator:
 
 
 def search_with_peer(settings: Settings, strategy: Strategy, seed: int, budget: int) -> SearchRun:
-    """One search by a peer package until the epoch budget is spent."""
+    """One search by a peer package until the compute budget is spent."""
     start = time.monotonic()
     evaluator = PeerEvaluator(settings, strategy, seed, budget)
     with tempfile.TemporaryDirectory(prefix=f"{strategy.engine}_") as scratch:
@@ -254,14 +330,15 @@ def run_dehb(evaluator: PeerEvaluator, seed: int, scratch: Path) -> None:
     while not evaluator.exhausted:
         job = optimizer.ask()
         value, cost = evaluator.evaluate(job["config"], job["fidelity"])
-        optimizer.tell(job, {"fitness": 1.0 - value, "cost": float(cost)})
+        optimizer.tell(job, {"fitness": 1.0 - value, "cost": cost})
 
 
 def run_smac(evaluator: PeerEvaluator, seed: int, scratch: Path) -> None:
     """SMAC3's multi-fidelity facade (Hyperband with a random forest) through its ask/tell interface.
 
-    ``n_trials`` is the epoch budget (every evaluation but a continued one costs an epoch
-    at least); SMAC sizes its initial design from it.
+    ``n_trials`` is the compute budget in full-epoch equivalents (as in round 2, where every
+    evaluation but a continued one cost an epoch at least); SMAC sizes its initial design
+    from it and never stops asking by it here.
     """
     from smac import MultiFidelityFacade, Scenario
     from smac.runhistory.dataclasses import TrialValue
@@ -269,7 +346,7 @@ def run_smac(evaluator: PeerEvaluator, seed: int, scratch: Path) -> None:
     scenario = Scenario(
         evaluator.space,
         deterministic=True,
-        n_trials=evaluator.run.budget_epochs,
+        n_trials=evaluator.run.budget,
         min_budget=evaluator.min_fidelity,
         max_budget=evaluator.epochs,
         seed=seed,
@@ -305,10 +382,10 @@ def run_bohb(evaluator: PeerEvaluator, seed: int, scratch: Path) -> None:
     class EvaluatorWorker(Worker):
         def compute(self, config: dict, budget: float, **kwargs: Any) -> dict:
             value, cost = evaluator.evaluate(config, budget)
-            return {"loss": 1.0 - value, "info": {"epochs": cost}}
+            return {"loss": 1.0 - value, "info": {"full_epochs": cost}}
 
     class BudgetedBOHB(BOHB):
-        """BOHB that starts nothing more once the epoch budget is spent."""
+        """BOHB that starts nothing more once the compute budget is spent."""
 
         def active_iterations(self) -> list:
             return [] if evaluator.exhausted else super().active_iterations()
@@ -332,7 +409,7 @@ def run_bohb(evaluator: PeerEvaluator, seed: int, scratch: Path) -> None:
             eta=ETA,
             logger=quiet,
         )
-        optimizer.run(n_iterations=10 * evaluator.run.budget_epochs)
+        optimizer.run(n_iterations=10 * evaluator.run.budget)
         optimizer.shutdown(shutdown_workers=True)
     finally:
         server.shutdown()

@@ -6,18 +6,20 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .analysis import PEER_KEYS, Cell, paired, verdict
-from .records import SearchRun
-from .settings import OURS, Settings
+from .records import UNIT, SearchRun
+from .settings import CANDIDATES, OLD_DEFAULT, OURS, Settings
 
 GOAL = (
-    "Goal: at every budget the default (c) ranks first in mean best validation accuracy among all "
-    "strategies; it reaches (a)'s final best within 1/3 of (a)'s epochs at 60 epochs and 1/5 at 180; "
-    "and its retrained winner tests better than the best peer's by more than the measured noise."
+    "Goal (round 3): at both budgets (60 and 180 full-epoch equivalents per seed) the default (c) "
+    "ranks first in mean best validation accuracy among all strategies, ahead of the best peer beyond "
+    "the noise (the paired 95% interval of (c) minus that peer above zero); it reaches (a)'s final best "
+    "within 1/3 of (a)'s compute at 60 and 1/5 at 180; and its retrained winner tests better than the "
+    "best peer's by more than the measured noise. Compute is counted in full-epoch equivalents: "
+    "images x FLOPs per image at the side trained, over one epoch at full size."
 )
 
 
@@ -44,8 +46,8 @@ def summary_rows(all_cells: Sequence[Cell]) -> list[dict]:
                 "best_val_ci_low": low,
                 "best_val_ci_high": high,
                 "target": c.target,
-                "epochs_to_target": c.epochs_to_target,
-                "seed_epochs_to_target": c.seed_epochs,
+                "compute_to_target": c.epochs_to_target,
+                "seed_compute_to_target": c.seed_epochs,
                 **{f"trials_{k}": n for k, n in counts.items()},
                 "winner_seed": rt.winner.search_seed if rt else None,
                 "winner_val": rt.winner.val_acc if rt else None,
@@ -59,53 +61,64 @@ def summary_rows(all_cells: Sequence[Cell]) -> list[dict]:
 
 
 def table(rows: Sequence[dict], expected_seeds: int) -> str:
-    """One group and budget's rows as a Markdown table; rows with missing seeds are marked."""
+    """One group and budget's rows as a Markdown table; rows with missing seeds are marked, and
+    strategies with no run recorded left out (said plainly where none has one)."""
+    rows = [row for row in rows if row["seeds"]]
+    if not rows:
+        return "No run of these seeds at this budget is recorded yet."
     lines = [
-        "| strategy | seeds | best val: mean [95% CI] | epochs to (a)'s final best (mean curve) | per seed "
-        "| trials: complete / pruned / rejected / cut | retrained winner test (mean ± std, 3 seeds) |",
+        f"| strategy | seeds | best val: mean [95% CI] | {UNIT} to (a)'s final best (mean curve) | per seed "
+        "| trials: complete / pruned / rejected / cut / repeats | retrained winner test (mean ± std, 3 seeds) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         seeds = len(row["seeds"])
         mark = "" if seeds == expected_seeds else f" (unfinished: {seeds} of {expected_seeds} seeds)"
         ci = f"{pct(row['best_val_mean'])} [{pct(row['best_val_ci_low'])}, {pct(row['best_val_ci_high'])}]"
-        reach = "never" if row["epochs_to_target"] is None else str(row["epochs_to_target"])
-        reach = reach if seeds else "-"
-        per_seed = " / ".join("never" if e is None else str(e) for e in row["seed_epochs_to_target"]) or "-"
+        reach = "never" if row["compute_to_target"] is None else str(row["compute_to_target"])
+        per_seed = " / ".join("never" if e is None else str(e) for e in row["seed_compute_to_target"]) or "-"
+        if row["target"] is None:  # no run of (a) to set the target yet
+            reach = per_seed = "-"
         test = "-" if row["test_acc_mean"] is None else f"{pct(row['test_acc_mean'])} ± {pct(row['test_acc_std'])}"
-        trials = " / ".join(str(row[f"trials_{k}"]) for k in ("complete", "pruned", "rejected", "cut"))
+        trials = " / ".join(str(row[f"trials_{k}"]) for k in ("complete", "pruned", "rejected", "cut", "repeat"))
         lines.append(
             f"| ({row['strategy']}) {row['label']}{mark} | {seeds} | {ci} | {reach} | {per_seed} | {trials} | {test} |"
         )
     return "\n".join(lines)
 
 
-def paired_table(group_cells: Sequence[Cell]) -> str:
-    """The default against every other strategy, seed by seed, at each budget."""
+def paired_table(group_cells: Sequence[Cell], reference: str, others: Sequence[str] | None = None) -> str:
+    """``reference`` against every other strategy (or ``others`` against ``reference``: each of
+    them minus it), seed by seed, at each budget."""
     lines = [
-        "| budget | (c) minus | mean difference [95% CI] | (c) better / worse (seeds) | Wilcoxon p |",
-        "| --- | --- | --- | --- | --- |",
+        "| budget | difference | seeds | mean difference [95% CI] | better / worse (seeds) | Wilcoxon p |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for budget in sorted({c.budget for c in group_cells}):
         at = {c.strategy.key: c for c in group_cells if c.budget == budget}
-        if OURS not in at:
+        if reference not in at:
             continue
-        for key in [k for k in at if k != OURS]:
-            p = paired(at[OURS], at[key])
+        if others is None:
+            pairs = [(reference, key) for key in at if key != reference]
+        else:
+            pairs = [(key, reference) for key in others if key in at and key != reference]
+        for mine, theirs in pairs:
+            p = paired(at[mine], at[theirs])
             if not p.diffs:
                 continue
             p_text = "-" if p.p_value is None else f"{p.p_value:.3f}"
+            peer = " (peer)" if theirs in PEER_KEYS else ""
+            interval = "" if p.low is None or p.high is None else f" [{p.low:+.2%}, {p.high:+.2%}]"
+            mean = "-" if p.mean is None else f"{p.mean:+.2%}"
             lines.append(
-                f"| {budget} | ({key}){' peer' if key in PEER_KEYS else ''} | {p.mean:+.2%} [{p.low:+.2%}, "
-                f"{p.high:+.2%}] | {p.wins} / {p.losses} | {p_text} |"
-                if p.low is not None and p.mean is not None
-                else f"| {budget} | ({key}) | {pct(p.mean)} | {p.wins} / {p.losses} | {p_text} |"
+                f"| {budget} | ({mine}) minus ({theirs}){peer} | {len(p.diffs)} | {mean}{interval} "
+                f"| {p.wins} / {p.losses} | {p_text} |"
             )
     return "\n".join(lines)
 
 
 def report_text(settings: Settings, all_cells: Sequence[Cell], test_noise: float | None) -> str:
-    """Every group's tables, its paired comparison and its verdict, as Markdown."""
+    """Every group's tables, its paired comparisons and its verdict, as Markdown."""
     rows = summary_rows(all_cells)
     parts = [GOAL + "\n"]
     for group, seeds in settings.seed_groups.items():
@@ -114,10 +127,12 @@ def report_text(settings: Settings, all_cells: Sequence[Cell], test_noise: float
         for budget in settings.budgets:
             own = [r for r in rows if r["group"] == group and r["budget"] == budget]
             target = own[0]["target"] if own else None
-            parts.append(f"{budget} epochs per seed; (a)'s final best, mean over seeds: {pct(target)}\n")
+            parts.append(f"{budget} {UNIT} per seed; (a)'s final best, mean over seeds: {pct(target)}\n")
             parts.append(table(own, len(seeds)) + "\n")
-        parts.append("Paired comparison, seed by seed, best validation accuracy:\n")
-        parts.append(paired_table(group_cells) + "\n")
+        parts.append("Paired comparison, seed by seed, best validation accuracy: (c) against every other strategy\n")
+        parts.append(paired_table(group_cells, OURS) + "\n")
+        parts.append(f"Each candidate default against round 2's default ({OLD_DEFAULT}):\n")
+        parts.append(paired_table(group_cells, OLD_DEFAULT, CANDIDATES) + "\n")
         parts.append("Goal: " + " | ".join(verdict(group_cells, test_noise)) + "\n")
     return "\n".join(parts)
 
@@ -132,20 +147,22 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 def write_outputs(settings: Settings, all_cells: Sequence[Cell], runs: Sequence[SearchRun], noise: Any) -> str:
-    """summary.csv, curves.csv, results.json, report.md and the figures into ``settings.out``.
+    """report.md, summary.csv and the PNG figures into ``settings.records`` (kept in git);
+    curves.csv, results.json and the HTML figures (plotly inlined: megabytes) into ``settings.out``.
 
     Returns:
         The text of report.md.
     """
     test_noise = noise.get("test_noise_threshold") if isinstance(noise, dict) else None
     rows = summary_rows(all_cells)
-    write_csv(settings.out / "summary.csv", rows)
+    settings.records.mkdir(parents=True, exist_ok=True)
+    write_csv(settings.records / "summary.csv", rows)
     curves = [
         {
             "group": c.group,
             "budget": c.budget,
             "strategy": c.strategy.key,
-            "epochs": e,
+            "full_epochs": e,
             "mean": m,
             "low": lo,
             "high": hi,
@@ -155,11 +172,11 @@ def write_outputs(settings: Settings, all_cells: Sequence[Cell], runs: Sequence[
     ]
     write_csv(settings.out / "curves.csv", curves)
     text = report_text(settings, all_cells, test_noise)
-    (settings.out / "report.md").write_text(text, encoding="utf-8")
+    (settings.records / "report.md").write_text(text, encoding="utf-8")
     for budget in settings.budgets:
         budget_cells = [c for c in all_cells if c.budget == budget]
         (settings.out / f"anytime_{budget}.html").write_text(figure_html(budget_cells, budget), encoding="utf-8")
-        figure_png(budget_cells, budget, settings.out / f"anytime_{budget}.png")
+        figure_png(budget_cells, budget, settings.records / f"anytime_{budget}.png")
     document = {
         "spec": settings.spec_path.name,
         "budgets": list(settings.budgets),
@@ -170,7 +187,7 @@ def write_outputs(settings: Settings, all_cells: Sequence[Cell], runs: Sequence[
         "noise": noise,
         "verdict": {g: verdict([c for c in all_cells if c.group == g], test_noise) for g in settings.seed_groups},
         "strategies": rows,
-        "runs": [asdict(run) for run in runs],
+        "runs": [run.compact() for run in runs],
     }
     (settings.out / "results.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return text
@@ -214,8 +231,8 @@ def figure_html(budget_cells: Sequence[Cell], budget: int) -> str:
             )
         )
     fig.update_layout(
-        title=f"Best validation accuracy vs compute, {budget} epochs per seed (mean; band: 95% CI over seeds)",
-        xaxis_title="training epochs spent",
+        title=f"Best validation accuracy vs compute, {budget} {UNIT} per seed (mean; band: 95% CI over seeds)",
+        xaxis_title=f"compute spent ({UNIT})",
         yaxis_title="best validation accuracy",
         yaxis_tickformat=".0%",
         template="plotly_white",
@@ -244,8 +261,8 @@ def figure_png(budget_cells: Sequence[Cell], budget: int, path: Path) -> None:
             ax.fill_between(
                 epochs, [c.low[e] for e in epochs], [c.high[e] for e in epochs], step="post", color=colour, alpha=0.12
             )
-        ax.set_title(f"seeds: {group}, {budget} epochs per seed")
-        ax.set_xlabel("training epochs spent")
+        ax.set_title(f"seeds: {group}, {budget} {UNIT} per seed")
+        ax.set_xlabel(f"compute spent ({UNIT})")
         ax.set_ylabel("best validation accuracy (mean, 95% CI)")
         ax.legend(fontsize=7)
     fig.tight_layout()
