@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_model import cli
 
 from search.budget import count_spec
 from search.config import load_spec, random_samples
@@ -43,6 +41,8 @@ train:
   class_weights: balanced
 """
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
 
 def photo_folder(root: Path) -> Path:
     """``train/<class>/*`` and ``test/<class>/*``: noisy solid colours, JPEG and PNG, of ``SHAPES``."""
@@ -58,22 +58,13 @@ def photo_folder(root: Path) -> Path:
     return root
 
 
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
 def test_mixed_sizes_imbalanced_streamed_then_evaluated_per_class_and_predicted(tmp_path: Path) -> None:
     photos = photo_folder(tmp_path / "photos")
     (tmp_path / "own.yaml").write_text(SPEC)
 
-    trained = cli(tmp_path, "train", "own.yaml", "--data-dir", str(photos), "--out", "model", "--device", "cpu")
+    trained = cli(
+        ["train", "own.yaml", "--data-dir", str(photos), "--out", "model", "--device", "cpu"], tmp_path, ONE_THREAD
+    )
     assert trained.returncode == 0, trained.stderr
     assert "training set: streamed (" in trained.stderr and "data.on_device: false" in trained.stderr
     model = tmp_path / "model"
@@ -85,7 +76,7 @@ def test_mixed_sizes_imbalanced_streamed_then_evaluated_per_class_and_predicted(
     for name in ("balanced_acc", "macro_f1"):  # the objective's value, as the history has it
         assert 0.0 <= metrics[name] <= 1.0 and metrics[name] == pytest.approx(float(last[name]))
 
-    evaluated = cli(tmp_path, "evaluate", str(model), "--device", "cpu", "--json")
+    evaluated = cli(["evaluate", str(model), "--device", "cpu", "--json"], tmp_path, ONE_THREAD)
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert result["split"] == "test" and result["images"] == sum(COUNTS["test"].values())
@@ -98,7 +89,9 @@ def test_mixed_sizes_imbalanced_streamed_then_evaluated_per_class_and_predicted(
     assert (model / "evaluation_test.json").is_file()
 
     tall = next((photos / "test" / "ok").glob("001.png"))  # 18 x 40: predict letterboxes it too
-    predicted = cli(tmp_path, "predict", str(model), str(tall), "--top-k", "2", "--device", "cpu", "--json")
+    predicted = cli(
+        ["predict", str(model), str(tall), "--top-k", "2", "--device", "cpu", "--json"], tmp_path, ONE_THREAD
+    )
     assert predicted.returncode == 0, predicted.stderr
     (prediction,) = json.loads(predicted.stdout)["predictions"]
     assert prediction["label"] in ("defect", "ok") and prediction["file"] == str(tall)

@@ -5,14 +5,13 @@ timed; ``evaluate`` and ``predict`` take the ``.onnx`` files; bad requests are o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_CLASSES, write_class_images
+from tiny_model import cli
 
 from search.outputs.model import load_model
 
@@ -28,17 +27,6 @@ model:
 train: {epochs: 3, batch_size: 16, optimizer: {name: sgd, lr: 0.05}, tta: {flip: true}}
 """
 TRAIN, TEST = 40, 40  # per class: 120 test images, so that 2 points are 2.4 images
-
-
-def cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
