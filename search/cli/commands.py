@@ -102,15 +102,12 @@ def _seed_options(args: argparse.Namespace) -> SeedOptions:
     """The flags ``train`` and ``retrain`` share, as the library takes them."""
     from search.train.options import SeedOptions  # torch: only training needs it
 
-    return SeedOptions(
-        data_dir=args.data_dir,
-        download=not args.no_download,
-        epochs=args.epochs,
-        seeds=args.seeds,
-        out_dir=args.out,
-        device=args.device,
-        log=to_stderr,
-    )
+    return SeedOptions(**_where(args), epochs=args.epochs, seeds=args.seeds, out_dir=args.out)
+
+
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``run``, ``train`` and ``retrain`` take alike: where the data is, where to train, the log."""
+    return {"data_dir": args.data_dir, "download": not args.no_download, "device": args.device, "log": to_stderr}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,16 +129,13 @@ def run(args: argparse.Namespace) -> int:
     )
     with _progress_view() as view:
         options = RunOptions(
+            **_where(args),
             storage=args.storage,
-            data_dir=args.data_dir,
-            download=not args.no_download,
             address=args.address,
-            device=args.device,
             timeout=args.timeout,
             n_trials=args.n_trials,
             keep=args.keep,
             observers=[view],
-            log=to_stderr,
         )
         summary = run_search(replace(spec, tracking=tracking), options)
     print(summary_table(summary))
