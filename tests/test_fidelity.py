@@ -14,7 +14,7 @@ import torch
 from searching import load, sqlite_url
 from tiny_model import cli
 
-from search.budget import count_model, fast_count
+from search.budget import count_model, count_spec, fast_count
 from search.budget.compute import Stretch, flops_counter, full_epochs, schedule
 from search.config import (
     Augment,
@@ -173,6 +173,24 @@ def test_a_bad_rung_is_one_spec_error_naming_its_key(pruner: str, key: str):
     with pytest.raises(SpecError) as caught:
         parse_spec(text, "s.yaml")
     assert key in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_sample_that_does_not_fit_a_rungs_side_is_left_out_and_a_space_of_none_is_one_error():
+    pool = "{choice: [null, 8]}"  # a fixed 8x8 pooling window fits 32 px (8x8 last map), not 16 px (4x4)
+    stages = "{blocks: 1, width: 8}, {blocks: 1, width: 16}, {blocks: 1, width: 16}"
+    text = (
+        "study: {pruner: {name: successive_halving, rungs: [{fraction: 0.5, image_size: 16}, {epochs: 1}]}}\n"
+        f"model: {{num_classes: 3, pool_kernel: {pool}, stages: [{stages}]}}\n"
+        "train: {epochs: 2}\n"
+    )
+    report = count_spec(parse_spec(text, "s.yaml"), image_size=32, samples=40)
+    assert report.sizes and {s.config.model.pool_kernel for s in report.sizes} == {None}
+    with pytest.raises(SpecError) as caught:
+        count_spec(parse_spec(text.replace(pool, "8").replace("width: 8", "width: {choice: [8, 12]}"), "s.yaml"))
+    message = str(caught.value)
+    assert "model.pool_kernel" in message and "32x32, 16x16" in message and "rung" in message and "\n" not in message
+    with pytest.raises(SpecError, match="a rung of study.pruner trains at 16px"):  # a fixed config: the same rule
+        count_spec(parse_spec(text.replace(pool, "8"), "s.yaml"), image_size=32)
 
 
 def test_the_rung_pruner_compares_trials_at_the_same_rung():

@@ -214,7 +214,7 @@ def count_spec(
     if spec.is_fixed:
         config = spec.fixed()
         try:
-            check_fits(config, image_size)
+            check_fits_everywhere(spec, config, image_size)
         except InvalidValue as error:
             raise SpecError(spec.source, error.key, error.message) from None
         model = build_model(config.model, image_size)
@@ -256,20 +256,43 @@ def sample_space(spec: Spec, samples: int = 2000, seed: int = 0) -> tuple[TrialC
     return (*_low_end(spec), *random_samples(spec.space, samples, seed))
 
 
+def trained_sides(spec: Spec, image_size: int) -> tuple[int, ...]:
+    """Every side a trial of ``spec`` trains or validates at: its input's, and its rungs'
+    (``study.pruner.rungs``' ``image_size`` and ``val_image_size``), largest first."""
+    rungs = getattr(spec.study.pruner, "rungs", ())
+    return tuple(sorted({image_size, *(s for r in rungs for s in (r.image_size, r.val_image_size) if s)}, reverse=True))
+
+
+def check_fits_everywhere(spec: Spec, config: TrialConfig, image_size: int) -> None:
+    """:func:`check_fits` at every side a trial trains at (:func:`trained_sides`): a sample that
+    does not fit one of them is rejected untrained, by the survey and by the run alike.
+
+    Raises:
+        InvalidValue: what does not fit, the side named where it is a rung's.
+    """
+    for side in trained_sides(spec, image_size):
+        try:
+            check_fits(config, side)  # e.g. a pool kernel larger than the last feature map
+        except InvalidValue as error:
+            if side == image_size:
+                raise
+            raise InvalidValue(error.key, f"{error.message} (a rung of study.pruner trains at {side}px)") from None
+
+
 def _survey(spec: Spec, configs: Sequence[TrialConfig], image_size: int) -> tuple[SizedConfig, ...]:
-    """Fast counts and footprints of ``configs`` (those that fit ``image_size``), smallest first."""
+    """Fast counts and footprints of ``configs`` (those that fit every side they train at), smallest first."""
     sizes, misfit = [], InvalidValue("model", "no valid config could be sampled from the space")
     for config in configs:
         try:
-            check_fits(config, image_size)  # e.g. a pool kernel larger than the last feature map
+            check_fits_everywhere(spec, config, image_size)
             counts = fast_count(config.model, image_size)
         except InvalidValue as error:
             misfit = error
             continue  # a run rejects such a sample untrained
         sizes.append(_sized(config, counts, footprint(config.model, image_size), spec.budget))
     if not sizes:
-        size = f"{image_size}x{image_size}"
-        raise SpecError(spec.source, misfit.key, f"no sampled config fits {size} input: {misfit.message}")
+        sides = ", ".join(f"{side}x{side}" for side in trained_sides(spec, image_size))
+        raise SpecError(spec.source, misfit.key, f"no sampled config fits {sides} input: {misfit.message}")
     sizes.sort(key=lambda s: (s.counts.params, s.counts.flops))
     return tuple(sizes)
 

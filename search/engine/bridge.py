@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import Counts, check_budget, constraint_values, count_model, fast_count
+from search.budget.survey import check_fits_everywhere
 from search.config import InvalidSample, InvalidValue, Rung, Spec, TorchvisionResNetConfig, TrialConfig
 from search.config.secrets import mask_secrets
 from search.engine.deployment import DeploymentBudget
@@ -30,7 +31,6 @@ from search.engine.samplers import learns_from_rejections, uses_constraints
 from search.engine.startup import startup_seconds
 from search.engine.trainable import TrialJob
 from search.models import build_model
-from search.models.geometry import check_fits
 from search.study.keys import (
     CONFIG_KEY,
     EPOCHS_RUN,
@@ -239,8 +239,7 @@ class StudyBridge:
             trial = self.study.ask()
             try:
                 config = self.spec.space.sample(trial)
-                for side in {self.setup.image_size, *(r.image_size for r in self.rungs if r.image_size)}:
-                    check_fits(config, side)  # a sample that does not fit its input (or a rung's) is rejected
+                check_fits_everywhere(self.spec, config, self.setup.image_size)  # else rejected untrained
                 return trial, (config, fast_count(config.model, self.setup.image_size))
             except (InvalidSample, InvalidValue) as error:
                 return trial, str(error)
