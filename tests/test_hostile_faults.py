@@ -138,7 +138,9 @@ def test_sigterm_ends_train_with_its_checkpoint_and_resume_continues(tmp_path: P
         "train: {epochs: 150, batch_size: 8}\n"
     )
     args = ["train", str(spec), "--data-dir", str(tiny_imagefolder), "--out", "out", "--device", "cpu"]
-    process = run_cli(args, cwd=tmp_path)
+    # One thread: two OpenMP threads beside other work spin at every barrier (5x slower measured).
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    process = run_cli(args, cwd=tmp_path, env=one_thread)
     checkpoint = tmp_path / "out" / "checkpoint.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -151,7 +153,7 @@ def test_sigterm_ends_train_with_its_checkpoint_and_resume_continues(tmp_path: P
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 1 <= epoch < 150
 
-    resumed = run_cli([*args, "--resume", "--epochs", "150"], cwd=tmp_path)
+    resumed = run_cli([*args, "--resume", "--epochs", "150"], cwd=tmp_path, env=one_thread)
     resumed_output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, resumed_output
     assert f"epoch {epoch + 1:>3}/150" in resumed_output and "epoch   1/150" not in resumed_output  # resumed
