@@ -83,8 +83,9 @@ def fingerprint(data: ImageDataset, location: str | Path) -> DataRecord:
     """
     digest = hashlib.sha256()
     for split in (data.train, data.val, data.test):
-        for tensor in (split.images, split.labels):
-            digest.update(tensor.contiguous().numpy().data)
+        for block in split.image_blocks():  # the same bytes as the whole split's, a block in memory at a time
+            digest.update(block.contiguous().numpy().data)
+        digest.update(split.labels.contiguous().numpy().data)
     return DataRecord(
         location=str(Path(location).resolve()),
         classes=tuple(data.classes),

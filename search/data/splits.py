@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,12 @@ class TensorSplit:
     def read(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The images at ``rows`` (int64 on the CPU), into ``out`` if given."""
         return torch.index_select(self.images, 0, rows, out=out) if out is not None else self.images[rows]
+
+    def image_blocks(self, rows_per_block: int = 4096) -> Iterator[torch.Tensor]:
+        """The images in order, a block of rows at a time: what reads every image (a hash) holds
+        one block in memory, not the whole split, however it is stored."""
+        for start in range(0, len(self), rows_per_block):
+            yield self.read(torch.arange(start, min(start + rows_per_block, len(self))))
 
 
 class MappedSplit(TensorSplit):

@@ -129,10 +129,11 @@ def _calibration_batches(
     """``count`` training images (a seeded draw), normalised as the model's inputs, in batches."""
     owner = f"model {folder.path}"
     data, record = load_recorded(folder.spec.data, folder.data, data_dir, owner=owner, download=download, log=log)
-    images = data.train.images
-    if len(images) == 0:
+    train = data.train
+    if len(train) == 0:
         raise UserError(f"{record.location}: the training split is empty: nothing to calibrate on")
-    chosen = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]]
+    # Only the drawn rows are read: the training set may be larger than memory.
+    chosen = train.read(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count])
     mean = torch.tensor(folder.mean).view(1, -1, 1, 1)
     std = torch.tensor(folder.std).view(1, -1, 1, 1)
     normalised = ((chosen.float() / 255 - mean) / std).contiguous()
