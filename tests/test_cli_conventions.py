@@ -220,3 +220,13 @@ def test_the_python_api_names_its_parameter_and_the_cli_its_flag(tmp_path: Path)
 )
 def test_the_cli_says_the_flag_where_the_library_says_its_parameter(library: str, cli_line: str) -> None:
     assert in_flags(library) == cli_line
+
+
+def test_retrain_that_diverges_everywhere_exits_1_not_0(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    (tmp_path / "studies").mkdir()
+    text = spec_text("wild", n_trials=3).replace("range: [0.001, 0.3]", "range: [1.0e+8, 1.0e+9]")
+    run_study(f"sqlite:///{tmp_path / 'studies' / 'wild.db'}", text, made_up_fit)
+    retrained = cli(["retrain", "--data-dir", str(tiny_imagefolder), "--epochs", "1", "--out", "out"], tmp_path)
+    assert retrained.returncode == 1, retrained.stdout + retrained.stderr
+    assert retrained.stderr.strip().splitlines()[-1].startswith("resnet-search: error: every retraining diverged")
+    assert "Traceback" not in retrained.stderr and (tmp_path / "out" / "leaderboard.csv").is_file()

@@ -427,7 +427,7 @@ train: {epochs: 1, batch_size: 16, eval_batch_size: 32}
     lines: list[str] = []
     summary = train_spec(spec, SeedOptions(seeds=[0, 1], out_dir=tmp_path, device="cpu", log=lines.append))
     assert len(lines) == 2 and lines[0].startswith("seed 0: epoch 1/1")
-    assert "seed 1: completed" in summary and "test_acc: mean" in summary
+    assert "seed 1: completed" in summary.text and "test_acc: mean" in summary.text and not summary.diverged
     for seed in (0, 1):
         metrics = json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())
         assert metrics["config"]["train"]["seed"] == seed and metrics["params"] > 0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from tiny_model import FIXED
 
 from search.config import load_spec
@@ -71,3 +74,35 @@ def test_no_data_and_no_download_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--data-dir" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_channel_that_never_varies_trains_finite_not_nan(tmp_path: Path) -> None:
+    """Every image's blue channel is 0: its std is 0, and dividing by it would make every input NaN."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name, red in (("dark", 40), ("light", 200)):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+                pixels[..., :2] = np.clip(red + rng.normal(0, 20, size=(32, 32, 2)), 0, 255)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(CONFIG.replace("num_classes: 3", "num_classes: 2"))
+    result = train_cli(str(spec), "--data-dir", "data", "--out", "out", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert math.isfinite(metrics["val_loss"]) and math.isfinite(metrics["test_acc"]), metrics
+    std = json.loads((tmp_path / "out" / "model.json").read_text())["normalization"]["std"]
+    assert std[2] > 0 and all(s > 0.01 for s in std[:2]), std
+
+
+def test_a_training_that_diverges_exits_1_with_its_reason_and_no_model(tmp_path: Path, tiny_imagefolder: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(CONFIG.replace("lr: 0.05", "lr: 100000000.0"))
+    result = train_cli(str(spec), "--data-dir", str(tiny_imagefolder), "--out", "out", "--epochs", "2", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("resnet-search: error:")]
+    assert len(errors) == 1 and "non-finite loss" in errors[0] and "lower the learning rate" in errors[0], errors
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()

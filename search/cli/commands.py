@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from search.engine.events import RunObserver
     from search.train.options import SeedOptions
 
+EXIT_FAILED = 1  # the input was fine, the work was not: a training that diverged
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 INTERRUPTED_HINT = "resnet-search: interrupted; finished trials are kept, run the same command to continue"
@@ -95,7 +96,9 @@ def train(args: argparse.Namespace) -> int:
 
     summary = train_spec(load_spec(args.spec), _seed_options(args), resume=args.resume, init_from=args.init)
     print(summary)
-    return 0
+    for reason in summary.diverged:
+        print(f"resnet-search: error: {one_line(reason)}", file=sys.stderr)
+    return EXIT_FAILED if summary.diverged else 0
 
 
 def _seed_options(args: argparse.Namespace) -> SeedOptions:
@@ -233,6 +236,9 @@ def retrain(args: argparse.Namespace) -> int:
     _, study = _open_study(args)
     board = retrain(study, _seed_options(args), top=args.top)
     show(args, {**board.as_dict(), "csv": str(board.csv_path)}, board.table())
+    if board.rows and not any(row.trained_seeds for row in board.rows):
+        print("resnet-search: error: every retraining diverged (non-finite loss); see leaderboard.csv", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

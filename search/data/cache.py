@@ -108,7 +108,7 @@ class ImageWriter:
                 self._squares = self._squares + x.square().sum(dim=(0, 2, 3))
 
     def stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images on the [0, 1] scale (as :func:`channel_stats`)."""
+        """Per-channel mean and std of the training images on the [0, 1] scale (0 for a constant channel)."""
         if not self._train or self.shape is None:
             channels = 3 if self.shape is None else self.shape[0]
             return [0.5] * channels, [0.25] * channels

@@ -14,6 +14,10 @@ from search.data.readers import build, fingerprint
 from search.data.sources import locate
 from search.data.splits import ImageDataset, TensorSplit, balanced, stratified_split, take, take_mapped
 
+# A channel that never varies (a constant background, a blank alpha-derived channel) has std 0:
+# normalizing by it would turn every pixel into NaN. One grey level keeps it a constant 0 instead.
+MIN_STD = 1 / 255
+
 
 def load_dataset(config: DataConfig, data_dir: str | Path | None = None, download: bool = True) -> ImageDataset:
     """Load a dataset as uint8 tensors, decoding images only the first time.
@@ -49,7 +53,7 @@ def load_dataset(config: DataConfig, data_dir: str | Path | None = None, downloa
 
     channels = int(images.shape[1])
     mean = _per_channel(config.mean, "mean", channels) or tuple(tensors["mean"])
-    std = _per_channel(config.std, "std", channels) or tuple(tensors["std"])
+    std = _per_channel(config.std, "std", channels) or tuple(max(s, MIN_STD) for s in tensors["std"])
     placement = Placement(config.on_device, config.device_memory_budget_mb)
     return ImageDataset(train, val, test, classes, mean, std, placement)
 

@@ -193,27 +193,3 @@ def take(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> Tenso
 def take_mapped(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> MappedSplit:
     """The images and labels at ``idx`` as a split that reads its images from ``images`` on demand."""
     return MappedSplit(images, idx, labels.index_select(0, idx))
-
-
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std on the [0, 1] scale, accumulated in float64 chunk by chunk.
-
-    Args:
-        images: uint8 ``N x C x H x W``.
-
-    Returns:
-        ``(mean, std)``, one per channel; ``([0.5] * C, [0.25] * C)`` for no images.
-    """
-    channels = images.shape[1]
-    if images.shape[0] == 0:
-        return [0.5] * channels, [0.25] * channels
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = (squares / n - mean.square()).clamp_min(0).sqrt()
-    return (mean / 255).tolist(), (std / 255).tolist()

@@ -31,7 +31,7 @@ def train_spec(
     *,
     resume: bool = False,
     init_from: str | Path | None = None,
-) -> str:
+) -> TrainSummary:
     """Train a fixed spec's config once per seed and write each run's outputs (``train`` command).
 
     Each run trains on the training split, validates every epoch and evaluates the test
@@ -48,7 +48,8 @@ def train_spec(
         init_from: A model folder to start from (``train --init``); beats ``model.init_from``.
 
     Returns:
-        A summary: one line per seed, and mean +- std over seeds when there are several.
+        A summary: one line per seed, and mean +- std over seeds when there are several; the
+        seeds whose loss went non-finite (their folders hold no model) are in ``diverged``.
 
     Raises:
         SpecError: The spec is not fixed, or its config does not fit the images (see ``check_fits``).
@@ -70,7 +71,7 @@ def train_spec(
     source = ModelSource(data=fingerprint(data, source_location(spec.data, data_dir)))
     seeds = options.seeds or [trial.train.seed]
     several = len(seeds) > 1
-    lines, val_accs, test_accs = [], [], []
+    lines, val_accs, test_accs, diverged = [], [], [], []
     for seed in seeds:
         run = SeedRun(
             spec,
@@ -88,13 +89,27 @@ def train_spec(
         val_accs.append(result.final_val_acc)
         test_accs.append(result.test_acc if result.test_acc is not None else math.nan)
         lines.append(_seed_line(run, result))
+        if result.status == "nan":
+            diverged.append(f"seed {seed}: {result.reason}")
     if several:
         for name, accs in (("val_acc", val_accs), ("test_acc", test_accs)):
             mean, std = statistics.fmean(accs), statistics.stdev(accs)
             lines.append(f"{name}: mean {mean:.2%} +- {std:.2%} over {len(accs)} seeds")
     folders = [out / f"seed{seed}" if several else out for seed in seeds]
     lines += [f"model folder: {folder}" for folder in folders if (folder / WEIGHTS_FILE).exists()]
-    return "\n".join(lines)
+    return TrainSummary("\n".join(lines), tuple(diverged))
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What ``train`` prints (``text``) and the seeds that diverged, each with its reason: a run
+    with one of those failed, whatever the others did."""
+
+    text: str
+    diverged: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _check_fits(spec: Spec, trial: TrialConfig, data: ImageDataset) -> None:
