@@ -15,7 +15,7 @@ from searching import load, sqlite_url
 from tiny_model import cli
 
 from search.budget import count_model, count_spec, fast_count
-from search.budget.compute import Stretch, flops_counter, full_epochs, schedule
+from search.budget.compute import Stretch, flops_counter, full_epochs, halving_cost, halving_rungs, rung_costs, schedule
 from search.config import (
     Augment,
     ProgressiveResize,
@@ -99,6 +99,20 @@ def test_the_cost_counter_is_exact_on_a_known_schedule():
     assert full_epochs(stretches, 8, flops_at) == (2 * f32 + 6 * f16 + 16 * f32) / (8 * f32)
     assert full_epochs(stretches[:1], 8, flops_at) == 0.25
     assert full_epochs(stretches[:2], 8, flops_at) == (2 * f32 + 6 * f16) / (8 * f32)
+
+
+def test_the_cost_after_successive_halving_pays_each_stretch_by_the_share_that_reaches_it():
+    # Optuna's rungs at 6 and 18 of 30 epochs, 1 in 3 going on: 6 + 12 / 3 + 12 / 9.
+    assert halving_rungs(6, 3, 30) == [Rung(epochs=6), Rung(epochs=18)]
+    assert halving_rungs(1, 3, 3) == [Rung(epochs=1)] and halving_rungs(5, 3, 5) == []
+    assert halving_cost([6.0, 18.0], 30.0, 3) == pytest.approx(6 + 4 + 12 / 9)
+    # The ladder of rungs on a known schedule: each stretch's cost times the share that trains it.
+    stretches = schedule(4, 8, (Rung(fraction=0.25, image_size=16), Rung(epochs=1), Rung(epochs=2)))
+    flops_at = flops_counter(TINY, 32)
+    costs, whole = rung_costs(stretches, 8, flops_at), full_epochs(stretches, 8, flops_at)
+    expected = costs[0] + (costs[1] - costs[0]) / 2 + (costs[2] - costs[1]) / 4 + (whole - costs[2]) / 8
+    assert halving_cost(costs, whole, 2) == pytest.approx(expected) and expected < whole / 4
+    assert halving_cost([], 5.0, 3) == 5.0  # no rung before the end: every trial trains whole
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -258,6 +272,12 @@ def test_a_search_with_rungs_reports_at_them_and_stores_each_trials_cost(tmp_pat
     assert float(found.group(1)) < 2 / 3 and float(found.group(2)) - float(found.group(1)) == pytest.approx(
         1 / 3, abs=0.01
     )
+    # The estimate after pruning: each stretch paid by the share that reaches it (1 in 2 goes on).
+    first, second = float(found.group(1)), float(found.group(2))
+    whole = float(re.search(r"per trial of 2 epochs \(([\d.]+) full-epoch", plan.stdout).group(1))
+    after = re.search(r"after pruning \(([\d.]+) full-epoch equivalents a trial on average, 1 in 2 ", plan.stdout)
+    assert after, plan.stdout
+    assert float(after.group(1)) == pytest.approx(first + (second - first) / 2 + (whole - second) / 4, abs=0.01)
     done = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = [t for t in load(sqlite_url(tmp_path, "rungs"), "rungs").trials if t.state.is_finished()]

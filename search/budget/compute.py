@@ -105,3 +105,29 @@ def rung_costs(
         for index, stretch in enumerate(stretches)
         for _ in stretch.rungs
     ]
+
+
+def halving_cost(rung_costs: Sequence[float], whole: float, reduction_factor: int) -> float:
+    """What a trial costs on average under successive halving that lets 1 in ``reduction_factor``
+    go on at each rung: every trial pays up to the first rung, a third (at 3) the stretch to the
+    second, a ninth the next, and so on to ``whole``. All three in the same unit.
+
+    The share is the asymptotic one: a study's first trials at a rung all go on, and an
+    asynchronous pruner compares a trial only with those that reached the rung before it.
+    """
+    total, share, reached = 0.0, 1.0, 0.0
+    for cost in (*rung_costs, whole):
+        total += share * max(0.0, cost - reached)
+        reached = max(reached, cost)
+        share /= reduction_factor
+    return total
+
+
+def halving_rungs(min_resource: int, reduction_factor: int, epochs: int) -> list[Rung]:
+    """Optuna's successive halving without explicit rungs: it compares trials after
+    ``min_resource * reduction_factor**k`` epochs, those before the last epoch."""
+    rungs, at = [], min_resource
+    while at < epochs:
+        rungs.append(Rung(epochs=at))
+        at *= reduction_factor
+    return rungs

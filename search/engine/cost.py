@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial
 
-from search.config import Spec, TrialConfig, UserError
+from search.config import Rung, Spec, TrialConfig, UserError
+from search.config.schema import SuccessiveHalvingPruner
 from search.engine.startup import (
     StartUp,
     machine_key,
@@ -122,6 +123,7 @@ class TrialCost:
     startup: StartUp
     full_epochs: float | None = None
     rung_costs: tuple[float, ...] = ()
+    reduction_factor: int | None = None
 
     @property
     def trial_epochs(self) -> float:
@@ -129,17 +131,29 @@ class TrialCost:
         return self.epochs if self.full_epochs is None else self.full_epochs
 
     @property
+    def pruned_epochs(self) -> float | None:
+        """A trial's training on average under the spec's successive halving, in full-epoch
+        equivalents (None: no successive halving)."""
+        if self.reduction_factor is None or not self.rung_costs:
+            return None
+        from search.budget.compute import halving_cost
+
+        return halving_cost(self.rung_costs, self.trial_epochs, self.reduction_factor)
+
+    @property
     def epoch_s(self) -> float:
         return self.step_s * math.ceil(self.n_train / self.batch_size)
 
-    def run_s(self, trials: int, slots: int) -> float:
+    def run_s(self, trials: int, slots: int, trial_epochs: float | None = None) -> float:
         """Seconds for ``trials`` trials on ``slots`` slots, before pruning: each slot's first
-        trial starts a worker, the others reuse it, and every trial trains all its epochs."""
+        trial starts a worker, the others reuse it, and every trial trains all its epochs (or
+        ``trial_epochs`` full-epoch equivalents each, as :attr:`pruned_epochs` on average)."""
         if trials <= 0:
             return 0.0
         waves = math.ceil(trials / max(1, slots))
         warm_s = self.startup.warm_s or 0.0
-        return self.startup.cold_s + (waves - 1) * warm_s + waves * self.trial_epochs * self.epoch_s
+        epochs = self.trial_epochs if trial_epochs is None else trial_epochs
+        return self.startup.cold_s + (waves - 1) * warm_s + waves * epochs * self.epoch_s
 
     def probe_line(self) -> str:
         """``probe: a median-size config (...) takes 519 ms per step on cpu with 1 thread(s): ...``."""
@@ -166,10 +180,19 @@ class TrialCost:
         )
 
     def estimate_line(self, trials: int, slots: int) -> str:
-        """``estimate: 8 trials x 4 epochs on 2 slot(s) = 3m45s before pruning, start-up included``."""
-        return (
+        """``estimate: 8 trials x 4 epochs on 2 slot(s) = 3m45s before pruning, start-up included``,
+        then what successive halving leaves of it, where the spec prunes so."""
+        line = (
             f"estimate: {_count(trials, 'trial')} x {_count(self.epochs, 'epoch')}{self._equivalents()} "
             f"on {slots} slot(s) = {seconds_text(self.run_s(trials, slots))} before pruning, start-up included"
+        )
+        pruned = self.pruned_epochs
+        if pruned is None:
+            return line
+        return (
+            f"{line}; about {seconds_text(self.run_s(trials, slots, pruned))} after pruning "
+            f"({pruned:.3g} full-epoch equivalents a trial on average, 1 in {self.reduction_factor} "
+            f"going on at each rung: {pruned * trials:,.0f} for {_count(trials, 'trial')})"
         )
 
 
@@ -234,15 +257,19 @@ def probe_cost(
 
 def _full_epochs(spec: Spec, config: TrialConfig, image_size: int, n_train: int) -> dict:
     """The median config's training and its rungs in full-epoch equivalents (TrialCost's fields)."""
-    from search.budget.compute import flops_counter, full_epochs, rung_costs, schedule
+    from search.budget.compute import flops_counter, full_epochs, halving_rungs, rung_costs, schedule
 
     steps = max(1, n_train // max(1, min(config.train.batch_size, n_train)))
-    rungs = getattr(spec.study.pruner, "rungs", ())
+    pruner = spec.study.pruner
+    rungs: Sequence[Rung] = ()
+    if isinstance(pruner, SuccessiveHalvingPruner):
+        rungs = pruner.rungs or halving_rungs(pruner.min_resource, pruner.reduction_factor, config.train.epochs)
     stretches = schedule(config.train.epochs, steps, rungs, config.train.progressive_resize)
     flops_at = flops_counter(config.model, image_size)
     return {
         "full_epochs": full_epochs(stretches, steps, flops_at),
         "rung_costs": tuple(rung_costs(stretches, steps, flops_at)),
+        "reduction_factor": pruner.reduction_factor if isinstance(pruner, SuccessiveHalvingPruner) else None,
     }
 
 
