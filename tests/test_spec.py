@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from search.config import (
     SGD,
@@ -21,6 +23,7 @@ from search.config import (
     parse_spec,
     random_samples,
 )
+from search.models import build_model
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
@@ -98,7 +101,15 @@ def test_a_fixed_config_maps_back_to_parameters_of_the_space() -> None:
     study = optuna.create_study()
     study.enqueue_trial(space.params_of(paper))
     config = space.sample(study.ask())
-    assert config.model == paper.model
+    # The space pools globally (its 16-px rung needs it); on the 8x8 map of a 32-px image that is
+    # the paper's AvgPool2d(8): the same model, the same outputs.
+    assert config.model == replace(paper.model, pool_kernel=None) and paper.model.pool_kernel == 8
+    torch.manual_seed(0)
+    ours = build_model(config.model, 32).eval()
+    torch.manual_seed(0)
+    theirs = build_model(paper.model, 32).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(ours(images), theirs(images), atol=1e-5)  # summed in another order
     assert config.train.optimizer == paper.train.optimizer
     assert config.train.epochs == 30 != paper.train.epochs  # the space keeps its own epoch budget
 
