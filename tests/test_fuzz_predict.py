@@ -36,7 +36,7 @@ from tiny_model import train_tiny_model
 from search.cli import main
 from search.config.errors import one_line
 
-DEFAULT_EXAMPLES = 300
+DEFAULT_EXAMPLES = 150
 FUZZ_SLOW_EXAMPLES = 5_000
 SECONDS_PER_EXAMPLE = 5.0  # generous: the machine is shared; a hang is minutes
 EXIF_ORIENTATION = 0x0112
