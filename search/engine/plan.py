@@ -14,7 +14,7 @@ from search.config import Spec, UserError
 from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.checks import require_space, trial_image_size
 from search.engine.cost import local_resources, probe_cost, trial_concurrency
-from search.engine.samplers import create_study
+from search.engine.samplers import check_designs, create_study
 from search.train.result import VALIDATION_METRICS
 
 
@@ -40,6 +40,7 @@ def plan_search(spec: Spec, *, data_dir: str | None = None, samples: int = 2000)
     from search.budget.survey import budget_lines
 
     require_space(spec)
+    check_designs(spec)
     image_size = trial_image_size(spec.data, data_dir)
     report = count_spec(spec, samples=samples, image_size=image_size)
     if not report.fitting:

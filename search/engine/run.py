@@ -55,7 +55,7 @@ from search.engine.options import RunOptions
 from search.engine.preflight import RunPlan, preflight_lines, training_set_placement
 from search.engine.progress import PlainProgress
 from search.engine.ray_runtime import local_ray_bound, logs_to, ray_session, stop_if_ray_is_lost
-from search.engine.samplers import create_study
+from search.engine.samplers import check_designs, create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
 from search.study.keys import REJECTED, REPEAT_OF, is_finished
@@ -122,6 +122,7 @@ def run_search(spec: Spec, options: RunOptions | None = None) -> SearchSummary:
     started = time.monotonic()
     spec = with_device(with_budgets(spec, options.timeout, options.n_trials), options.device)
     require_space(spec)
+    check_designs(spec)
     check_weights(spec, configs := sample_space(spec))  # the run's one sample of its space; all read it
     if (bound := local_ray_bound(options.address)) is not None:
         check_resources(spec, bound, ignore, require_gpu=options.device == "cuda")

@@ -196,6 +196,18 @@ def max_epochs(spec: Spec) -> int:
     return max((c.train.epochs for c in random_samples(spec.space, 20, seed=0)), default=1)
 
 
+def check_designs(spec: Spec) -> None:
+    """Before anything loads or starts: every ``study.enqueue`` file and ``study.prior`` design
+    is a fixed config of the space (the study maps them again when it is made).
+
+    Raises:
+        SpecError: naming the file's key.
+    """
+    warm_start_params(spec)
+    if spec.study.prior is not None:
+        design_params(spec, spec.study.prior.designs, "study.prior.designs")
+
+
 def warm_start_params(spec: Spec) -> list[dict]:
     """The Optuna parameters of each ``study.enqueue`` file, mapped into the spec's space.
 
