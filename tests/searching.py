@@ -106,3 +106,16 @@ def kill(process: subprocess.Popen, how: signal.Signals) -> str:
     os.killpg(process.pid, how)
     output, _ = process.communicate(timeout=120)
     return output
+
+
+def files_containing(root: Path, secret: str) -> list[Path]:
+    """The files under ``root`` whose bytes contain ``secret``. A file that goes while the tree
+    is read (a live Ray session moves its logs to ``old/``) is not one."""
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and secret.encode() in path.read_bytes():
+                found.append(path)
+        except FileNotFoundError:
+            continue
+    return found

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import torch
 from optuna.trial import TrialState
-from searching import load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
+from searching import files_containing, load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
 from services import POSTGRES_PASSWORD
 
 from search.study.keys import INTERRUPTED, RETRY_OF, is_finished
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.slow
 
 EXIT_TERMINATED = 143
 RAY_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")  # a line of Ray's own (C++ or Python) logs
-
-
-def files_containing(root: Path, secret: str) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 def test_sigterm_ends_the_run_like_ctrl_c_and_the_same_command_finishes_the_study(

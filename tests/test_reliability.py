@@ -18,17 +18,13 @@ from pathlib import Path
 import faults
 import pytest
 from optuna.trial import TrialState
-from searching import kill, load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
+from searching import files_containing, kill, load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
 from services import POSTGRES_PASSWORD
 from test_search_cli import stop_and_rerun
 
 from search.study.keys import ERROR, INTERRUPTED, is_finished
 
 pytestmark = pytest.mark.slow
-
-
-def files_containing(root: Path, secret: str) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 # --------------------------------------------------------------------------- faults on a cluster

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from searching import load, run_cli, sqlite_url, write_spec
+from searching import files_containing, load, run_cli, sqlite_url, write_spec
 from services import free_port
 
 from search.config import parse_spec
@@ -24,10 +24,6 @@ from search.config.secrets import mask_secrets, without_secrets
 from search.study.keys import SPEC_TEXT
 
 SECRET = "SECRETPW-h3x"  # a password a test hands in; it must appear nowhere afterwards
-
-
-def files_containing(root: Path, secret: str) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 # --------------------------------------------------------------------------- the masking function
