@@ -24,6 +24,7 @@ from pathlib import Path
 POSTGRES_USER = "rs_test"
 # A throwaway password for a throwaway server on the loopback; tests check it never leaks.
 POSTGRES_PASSWORD = "s3cret-Pw-for-tests"
+STOP_GRACE_S = 10  # what the cluster's nodes get, together, to end on SIGTERM before SIGKILL
 
 
 def free_port() -> int:
@@ -145,11 +146,13 @@ class RayCluster:
         for node in reversed(self.nodes):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
         for node in self.nodes:
             try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                node.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # `ray start --block` can take half a minute to go
                 os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def resources(self) -> tuple[dict, dict]:
