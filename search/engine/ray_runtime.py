@@ -30,17 +30,12 @@ RAY_CHECK_S = 0.5  # how often, once SIGTERM came, the driver checks that Ray is
 _terminated = threading.Event()  # SIGTERM came while the run's Ray was up
 
 
-def local_ray_bound(address: str | None) -> dict | None:
-    """What a local Ray started for this run would have at most (``ray_session`` with no
-    address and no Ray up yet): every CPU of the machine, the GPUs torch sees; None where the
-    run joins a cluster, whose resources only Ray can tell. A spec that asks for more fails
-    before the data loads and Ray starts; :func:`ray_session`'s count is checked again."""
+def starts_local_ray(address: str | None) -> bool:
+    """Whether :func:`ray_session` will start a local Ray (no address, no Ray up yet), whose
+    resources this machine's own count bounds before it starts."""
     import ray
-    import torch
 
-    if address is not None or ray.is_initialized():
-        return None
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return address is None and not ray.is_initialized()
 
 
 @contextmanager

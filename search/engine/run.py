@@ -54,7 +54,7 @@ from search.engine.keep import ModelKeeper, record_run_data
 from search.engine.options import RunOptions
 from search.engine.preflight import RunPlan, preflight_lines, training_set_placement
 from search.engine.progress import PlainProgress
-from search.engine.ray_runtime import local_ray_bound, logs_to, ray_session, stop_if_ray_is_lost
+from search.engine.ray_runtime import logs_to, ray_session, starts_local_ray, stop_if_ray_is_lost
 from search.engine.samplers import check_designs, create_study
 from search.engine.startup import StartUp, machine_key, record_startup, stored_startup
 from search.engine.tracking import tracking_observers
@@ -124,7 +124,8 @@ def run_search(spec: Spec, options: RunOptions | None = None) -> SearchSummary:
     require_space(spec)
     check_designs(spec)
     check_weights(spec, configs := sample_space(spec))  # the run's one sample of its space; all read it
-    if (bound := local_ray_bound(options.address)) is not None:
+    if starts_local_ray(options.address):  # fail before the data loads and Ray starts; Ray's count is checked again
+        bound = {**local_resources(), "CPU": float(os.cpu_count() or 1)}  # every CPU: Ray may count more than ours
         check_resources(spec, bound, ignore, require_gpu=options.device == "cuda")
     views = options.observers if options.observers is not None else [PlainProgress(log)]
     told = [*views, *tracking_observers(spec)]
