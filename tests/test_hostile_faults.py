@@ -8,6 +8,7 @@ string, looked for in everything printed or written.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 from searching import files_containing, load, run_cli, sqlite_url, study_exists, wait_for_finished, write_spec
 from services import POSTGRES_PASSWORD
 
+from search.config.files import signals_held
 from search.study.keys import INTERRUPTED, RETRY_OF, is_finished
 
 pytestmark = pytest.mark.slow
@@ -153,6 +155,39 @@ def test_sigterm_ends_train_with_its_checkpoint_and_resume_continues(tmp_path: P
     resumed_output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, resumed_output
     assert f"epoch {epoch + 1:>3}/150" in resumed_output and "epoch   1/150" not in resumed_output  # resumed
+
+
+class _SignalledFile(io.BytesIO):
+    """A file whose first write brings SIGTERM: a ``kill`` landing in the middle of a checkpoint."""
+
+    sent = False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().write(data)
+
+
+def test_a_sigterm_mid_write_lets_the_file_finish_then_stops_the_command() -> None:
+    """Unheld, the KeyboardInterrupt (what the CLI makes of SIGTERM) is swallowed inside
+    torch.save's writer and the file comes out damaged: the command ended as a write error."""
+
+    def as_ctrl_c(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    weights = torch.arange(1000)
+    file, finished = _SignalledFile(), False
+    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            torch.save({"w": weights}, file)
+            finished = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert finished and file.sent
+    file.seek(0)
+    assert torch.equal(torch.load(file)["w"], weights)
 
 
 def test_the_cache_deleted_while_trials_run_is_rebuilt_and_the_search_finishes(

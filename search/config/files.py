@@ -25,7 +25,10 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from search.config.errors import InvalidValue, UserError
@@ -166,6 +169,35 @@ def _check_can_create_in(path: Path, where: str, default: bool) -> None:
         raise UserError(f"{where}: {folder} cannot be written (permissions or a read-only file system){elsewhere}")
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the block: a file being written is finished (or its failure
+    reported) first, then the signal does what it would have done.
+
+    A ``KeyboardInterrupt`` raised inside ``torch.save``'s writer is swallowed by its C++ side,
+    which then reports a damaged write (``unexpected pos``): without this, a SIGTERM that lands
+    mid-checkpoint ends the command as a write error instead of a clean stop. Only the main
+    thread receives signals; elsewhere, and for a handler installed outside Python (which could
+    not be put back), the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            previous[signum] = signal.signal(signum, lambda received, _frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for received in dict.fromkeys(held):
+            signal.raise_signal(received)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: whole, or not at all.
 
@@ -183,11 +215,11 @@ def write_bytes(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary, fd = _temporary_beside(path)
-        with os.fdopen(fd, "wb") as file:
+        with signals_held(), os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+            os.replace(temporary, path)
     except OSError as error:
         _remove(temporary)
         raise UserError(f"{path}: cannot write ({error.strerror or error})") from None

@@ -41,6 +41,7 @@ from search.config import (
     to_plain,
 )
 from search.config.errors import one_line
+from search.config.files import signals_held
 from search.config.schema import Spec
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord
@@ -208,8 +209,9 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "resnet-search": __version__})
-    os.replace(tmp, path)
+    with signals_held():
+        save_file(state, str(tmp), metadata={"format": "pt", "resnet-search": __version__})
+        os.replace(tmp, path)
 
 
 def _info(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from search.config import UserError
+from search.config.files import signals_held
 from search.train.ema import WeightEma
 from search.train.result import EpochMetrics
 
@@ -109,12 +110,12 @@ class TrainState:
         tmp = path.with_name(path.name + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            with signals_held(), open(tmp, "wb") as f:
                 torch.save(state, f)
                 # On disk before the rename, or a power cut could leave a renamed empty file.
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+                os.replace(tmp, path)
         except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
             raise UserError(
