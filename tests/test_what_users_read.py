@@ -1,8 +1,8 @@
 """What a user reads is true, through the real CLI, Ray and SQLite on the tiny image folder:
-``--n-trials`` adds trials and a study with its trials says so in one line; an interrupted
-trial is ``interrupted`` in every view; the estimate counts each trial's start-up; the trials
-that run at once are those printed, and ``--dry-run`` probes as the run does; a rerun uses the
-study's recorded data; and the figures that used to mislead (one seed's spread, a validation
+``--n-trials`` adds trials and a study with its trials says so in one line (and the estimate
+of its first run counts each trial's start-up); an interrupted trial is ``interrupted`` in
+every view; the trials that run at once are those printed, and ``--dry-run`` probes as the
+run does; a rerun uses the study's recorded data; and the figures that used to mislead (one seed's spread, a validation
 that is not held out, an overhead with no trial, the best so far, an empty table) do not."""
 
 from __future__ import annotations
@@ -42,14 +42,35 @@ def finished(storage: str, name: str) -> int:
     return sum(is_finished(t) for t in load(storage, name).trials)
 
 
+def assert_startup_counted(result: subprocess.CompletedProcess, took: float, storage: str, name: str) -> None:
+    """The estimate of a fresh 2-trial, 1-epoch run counts each trial's start-up, and the summary
+    reports the start-ups the trials stored."""
+    block = result.stderr
+    startup = float(re.search(r"start-up: ([\d.]+)s per trial on a new Ray worker", block).group(1))
+    estimate = float(re.search(r"estimate: 2 trials x 1 epoch on \d slot\(s\) = ([\d.]+)s", block).group(1))
+    assert startup > 0 and estimate >= startup  # the start-up is in the estimate: not just training steps
+    assert estimate > took / 20, (estimate, took)  # not off by the factor of 40 it was
+
+    trials = [t for t in load(storage, name).trials if is_finished(t)]
+    assert all(t.user_attrs[STARTUP_S] > 0 and t.user_attrs[FRESH_WORKER] in (True, False) for t in trials)
+    assert any(t.user_attrs[FRESH_WORKER] for t in trials)  # the first trial starts a worker
+    assert "per trial on a new Ray worker" in result.stdout  # the summary: the run's start-ups
+    rows = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s", line)}
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            assert rows[str(trial.number)] == f"{trial.user_attrs[STARTUP_S]:.1f}s"
+
+
 def test_n_trials_adds_trials_and_a_study_with_its_trials_says_so_in_one_line(
     tmp_path: Path, tiny_imagefolder: Path
 ) -> None:
     spec = write_spec(tmp_path, "more", n_trials=2, epochs=1)
     storage = sqlite_url(tmp_path, "more")
+    began = time.monotonic()
     first = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path)
     assert first.returncode == 0, first.stderr
     assert finished(storage, "more") == 2
+    assert_startup_counted(first, time.monotonic() - began, storage, "more")
 
     ray_log = tmp_path / "studies" / "more" / "ray.log"
     seen = ray_log.stat().st_mtime_ns
@@ -108,30 +129,6 @@ def test_an_interrupted_trial_is_interrupted_in_every_view(tmp_path: Path, tiny_
 
     study = optuna.load_study(study_name="stop", storage=storage)
     assert trial_note(study, stopped[0], None).startswith("**interrupted**")  # the dashboard's note
-
-
-def test_the_estimate_counts_each_trials_start_up_and_the_summary_reports_it(
-    tmp_path: Path, tiny_imagefolder: Path
-) -> None:
-    spec = write_spec(tmp_path, "startup", n_trials=2, epochs=1)
-    began = time.monotonic()
-    result = cli(["run", str(spec), "--data-dir", str(tiny_imagefolder)], tmp_path)
-    took = time.monotonic() - began
-    assert result.returncode == 0, result.stderr
-    block = result.stderr
-    startup = float(re.search(r"start-up: ([\d.]+)s per trial on a new Ray worker", block).group(1))
-    estimate = float(re.search(r"estimate: 2 trials x 1 epoch on \d slot\(s\) = ([\d.]+)s", block).group(1))
-    assert startup > 0 and estimate >= startup  # the start-up is in the estimate: not just training steps
-    assert estimate > took / 20, (estimate, took)  # not off by the factor of 40 it was
-
-    trials = [t for t in load(sqlite_url(tmp_path, "startup"), "startup").trials if is_finished(t)]
-    assert all(t.user_attrs[STARTUP_S] > 0 and t.user_attrs[FRESH_WORKER] in (True, False) for t in trials)
-    assert any(t.user_attrs[FRESH_WORKER] for t in trials)  # the first trial starts a worker
-    assert "per trial on a new Ray worker" in result.stdout  # the summary: the run's start-ups
-    rows = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s", line)}
-    for trial in trials:
-        if trial.state == TrialState.COMPLETE:
-            assert rows[str(trial.number)] == f"{trial.user_attrs[STARTUP_S]:.1f}s"
 
 
 def test_the_trials_at_once_are_those_printed_and_the_dry_run_probes_as_the_run(
