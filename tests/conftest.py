@@ -4,9 +4,12 @@ and the real services some tests need (PostgreSQL, a `ray start` cluster; see se
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from services import PostgresServer, RayCluster
 # Distinct base colours, so that even a tiny model can learn the classes.
 TINY_CLASSES = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
 TINY_TRAIN, TINY_TEST, TINY_SIZE = 12, 6, 32
+REAL_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def write_class_images(
@@ -70,6 +74,36 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_imagefolder: Path, 
 @pytest.fixture(scope="session")
 def _session_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("resnet_search_cache")
+
+
+@dataclass(frozen=True)
+class RealCifar10:
+    """The real CIFAR-10 as the session's first load left it: its cache, that load's seconds
+    (extract and decode) and its dataset."""
+
+    archive: Path
+    cache: Path
+    build_s: float
+    first: object  # search.data.ImageDataset (imported late: collecting the tests stays light)
+
+
+@pytest.fixture(scope="session")
+def real_cifar10(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCifar10]:
+    """The real CIFAR-10 (``../shared/data`` beside the repository), extracted and decoded once
+    into a cache of the session's own, for every test that trains on it or loads it again."""
+    if not REAL_CIFAR10.exists():
+        pytest.skip(f"needs the real CIFAR-10 at {REAL_CIFAR10} (../shared/data beside the repository)")
+    from search.config import DataConfig
+    from search.data import load_dataset
+
+    cache = tmp_path_factory.mktemp("real_cifar10_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESNET_SEARCH_CACHE", str(cache))
+        start = time.perf_counter()
+        first = load_dataset(DataConfig(dataset="cifar10"), data_dir=REAL_CIFAR10, download=False)
+        built = time.perf_counter() - start
+    yield RealCifar10(REAL_CIFAR10, cache, built, first)
+    shutil.rmtree(cache / "extracted", ignore_errors=True)  # 60k small files: not left to pytest's tmp cleanup
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import RealCifar10
 from PIL import Image
 
 import search.data as data
@@ -36,7 +37,6 @@ def write_class_images(
         Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
 
 
-REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 FOLDER = DataConfig(dataset="imagefolder")
 
 
@@ -446,24 +446,23 @@ def test_normalize() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason=f"real CIFAR-10 archive not at {REAL_ARCHIVE}")
-def test_real_cifar10_archive_decodes_once_then_loads_fast(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = DataConfig(dataset="cifar10")
-    start = time.perf_counter()
-    first = load_dataset(config, data_dir=REAL_ARCHIVE, download=False)
-    build = time.perf_counter() - start
+def test_real_cifar10_archive_decodes_once_then_loads_fast(
+    real_cifar10: RealCifar10, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = real_cifar10.first
+    assert isinstance(first, ImageDataset)
     assert len(first.train) == 45_000 and len(first.val) == 5_000 and len(first.test) == 10_000
     assert first.classes[0] == "airplane" and first.image_size == 32
     assert np.allclose(first.mean, (0.4913, 0.4821, 0.4465), atol=0.003)
 
+    monkeypatch.setenv("RESNET_SEARCH_CACHE", str(real_cifar10.cache))
     monkeypatch.setattr(readers, "decode_into", lambda *a, **k: pytest.fail("decoded again"))
     start = time.perf_counter()
-    second = load_dataset(config, data_dir=REAL_ARCHIVE, download=False)
+    second = load_dataset(DataConfig(dataset="cifar10"), data_dir=real_cifar10.archive, download=False)
     load = time.perf_counter() - start
-    print(f"\nextract + decode: {build:.1f} s, cached load: {load:.3f} s", file=sys.stderr)
+    print(f"\nextract + decode: {real_cifar10.build_s:.1f} s, cached load: {load:.3f} s", file=sys.stderr)
     assert load < 1.0
     assert torch.equal(first.val.images, second.val.images)
-    shutil.rmtree(fresh_cache / "extracted")  # 60k small files: don't leave them to pytest's tmp cleanup
 
 
 class _NamedFiles(readers.ClassFolders):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REAL_CIFAR10, RealCifar10
 
 from benchmarks.search_quality.plan import ROUND3_KEYS
 
@@ -21,26 +22,25 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "search_efficiency.py"
-REAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 KEYS = list(ROUND3_KEYS)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def quick_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """The quick mode's output folder (one run for every test of this module).
 
     Module-scoped, so it runs before the per-test cache isolation of conftest: a caller's
-    ``RESNET_SEARCH_CACHE`` (a warm tensor cache) is used, else a fresh one, never ``~/.cache``.
+    ``RESNET_SEARCH_CACHE`` (a warm tensor cache) is used, else the session's decoded CIFAR-10,
+    never ``~/.cache``.
     """
-    if not REAL_ARCHIVE.exists():
-        pytest.skip(f"needs the real CIFAR-10 at {REAL_ARCHIVE} (../shared/data beside the repository)")
     for package in ("dehb", "smac", "hpbandster"):
         pytest.importorskip(package, reason=f"the peers need {package}: pip install -e '.[bench]'")
+    real: RealCifar10 = request.getfixturevalue("real_cifar10")  # skips where the data is absent
     out = tmp_path_factory.mktemp("search_efficiency")
-    cache = os.environ.get("RESNET_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    cache = os.environ.get("RESNET_SEARCH_CACHE") or str(real.cache)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESNET_SEARCH_CACHE": cache}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--data-dir", str(REAL_ARCHIVE)],
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--data-dir", str(REAL_CIFAR10)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -98,7 +98,7 @@ def test_every_run_is_recorded_and_read_back(quick_run: Path) -> None:
     assert set(document) == {"fingerprint", "repeats", "run"} and "wall_s" in document["run"]
     written = {path: path.stat().st_mtime_ns for path in records}
     again = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(quick_run), "--data-dir", str(REAL_ARCHIVE)],
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(quick_run), "--data-dir", str(REAL_CIFAR10)],
         cwd=REPO,
         env={**os.environ, "RESNET_SEARCH_CACHE": (quick_run / "cache.txt").read_text()},
         capture_output=True,
