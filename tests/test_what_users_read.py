@@ -2,8 +2,9 @@
 ``--n-trials`` adds trials and a study with its trials says so in one line (and the estimate
 of its first run counts each trial's start-up); an interrupted trial is ``interrupted`` in
 every view; the trials that run at once are those printed, and ``--dry-run`` probes as the
-run does; a rerun uses the study's recorded data; and the figures that used to mislead (one seed's spread, a validation
-that is not held out, an overhead with no trial, the best so far, an empty table) do not."""
+run does; a rerun uses the study's recorded data; and the figures that used to mislead (one
+seed's spread, a validation that is not held out, an overhead with no trial, the best so
+far, an empty table) do not."""
 
 from __future__ import annotations
 
