@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -330,6 +332,36 @@ def test_a_corrupt_sqlite_file_is_one_line_naming_it_and_what_to_do(
         db.write_bytes(bytes(range(256)) * 64)
     line = refused([command, "--storage", url], capsys, "is damaged")
     assert str(db) in line and "restore it from a backup" in line
+
+
+KILLED_MID_WRITE = """
+import os, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("PRAGMA cache_size = 1")  # spill to the file, so the journal must be synced: hot
+connection.execute("BEGIN")
+connection.execute("CREATE TABLE half_written (x BLOB)")
+for _ in range(100):
+    connection.execute("INSERT INTO half_written VALUES (?)", (os.urandom(4000),))
+os._exit(9)  # as SIGKILL would: no rollback, no close
+"""
+
+
+@pytest.mark.parametrize("command", ["studies", "report"])
+def test_a_database_left_mid_write_by_a_killed_driver_is_rolled_back_not_called_damaged(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGKILL mid-transaction leaves a hot journal; the next open must roll it back as SQLite
+    does, so the finished trials are all there and the rerun goes on."""
+    monkeypatch.chdir(tmp_path)
+    url = study_db(tmp_path)
+    db = tmp_path / "studies" / "there.db"
+    subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db)], check=False)
+    assert (tmp_path / "studies" / "there.db-journal").stat().st_size > 0  # the killed write's journal
+
+    code, out, err = cli([command, "--storage", url], capsys)
+    assert code == 0 and "damaged" not in err, err
+    assert not (tmp_path / "studies" / "there.db-journal").exists()  # rolled back
+    assert len(optuna.load_study(study_name="there", storage=url).trials) == 1
 
 
 def test_a_half_created_study_is_explained_then_completed_by_the_next_run(

@@ -150,7 +150,9 @@ def _check_sqlite_file(url: str) -> None:
     if not database or database == ":memory:" or not Path(database).is_file() or Path(database).stat().st_size == 0:
         return
     try:
-        uri = Path(database).resolve().as_uri() + "?mode=ro"
+        # Read-write, not read-only: a driver killed mid-write leaves a hot journal that SQLite
+        # rolls back on the next open; a read-only connection cannot, and would call it damaged.
+        uri = Path(database).resolve().as_uri() + "?mode=rw"
         # A driver writing the study holds its lock for milliseconds: wait for it, as Optuna would.
         with closing(sqlite3.connect(uri, uri=True, timeout=30)) as connection:
             problem = str(connection.execute("PRAGMA quick_check").fetchone()[0])
