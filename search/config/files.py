@@ -30,6 +30,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from search.config.errors import InvalidValue, UserError
 
@@ -198,34 +199,43 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(received)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: whole, or not at all.
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file, open for writing in binary, that replaces ``path`` whole when the block
+    ends, or not at all when it raises.
 
-    Through a temporary file in the same folder, flushed to the disk, then renamed over
-    ``path``: a reader (the dashboard, a resumed study, a user's script) never sees half a
-    file, and a full disk leaves the old file (if any) as it was and no temporary behind.
-    Missing folders are made.
+    A temporary file in the same folder, flushed to the disk, then renamed over ``path``: a
+    reader (the dashboard, a resumed study, a user's script) never sees half a file, and a
+    failed write (a full disk, Ctrl-C) leaves the old file as it was and no temporary behind.
+    Signals wait for the block (:func:`signals_held`). Missing folders are made.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary, fd = _temporary_beside(path)
+    try:
+        with signals_held(), os.fdopen(fd, "wb") as file:
+            yield file
+            # On disk before the rename, or a power cut could leave a renamed empty file.
+            file.flush()
+            os.fsync(file.fileno())
+            os.replace(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: whole, or not at all (:func:`atomic_file`).
 
     Raises:
         UserError: The write failed (a full disk, a read-only folder...): one line naming
             ``path`` and why.
     """
     path = Path(path)
-    temporary: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary, fd = _temporary_beside(path)
-        with signals_held(), os.fdopen(fd, "wb") as file:
+        with atomic_file(path) as file:
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-            os.replace(temporary, path)
     except OSError as error:
-        _remove(temporary)
         raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
-    except BaseException:
-        _remove(temporary)
-        raise
 
 
 def write_text(path: Path, text: str) -> None:

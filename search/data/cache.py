@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from search.config import UserError
-from search.config.files import signals_held
+from search.config.files import atomic_file
 from search.data.layout import ARCHIVE_SUFFIXES
 
 # Bump when the layout of the tensor cache, the one-tree test split or the decoding changes:
@@ -261,14 +261,8 @@ def write_cache(path: Path, rest: Tensors, writer: ImageWriter) -> None:
     entries = {"mean": mean, "std": std, **rest, "images_shape": shape, "images_crc": writer.crc}
     with _writable(path.parent):
         os.replace(writer.path, path.with_suffix(IMAGES_SUFFIX))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-        try:
-            with signals_held(), os.fdopen(fd, "wb") as f:
-                torch.save({**entries, CHECKSUM_KEY: checksum(entries)}, f)
-                os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path) as f:
+            torch.save({**entries, CHECKSUM_KEY: checksum(entries)}, f)
 
 
 @contextlib.contextmanager

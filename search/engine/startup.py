@@ -27,7 +27,8 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial
 
-from search.config import Spec, TrialConfig
+from search.config import Spec, TrialConfig, UserError
+from search.config.files import write_text
 from search.config.units import format_duration
 from search.study.keys import FRESH_WORKER, STARTUP_S
 
@@ -161,11 +162,8 @@ def record_startup(key: str, startup: StartUp) -> None:
         stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         stored = stored if isinstance(stored, dict) else {}
         stored[key] = asdict(startup)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stored, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except (OSError, ValueError):
+        write_text(path, json.dumps(stored, indent=1))
+    except (OSError, ValueError, UserError):
         pass
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.metadata
-import os
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from search.config import (
     to_plain,
 )
 from search.config.errors import one_line
-from search.config.files import signals_held
+from search.config.files import write_bytes
 from search.config.schema import Spec
 from search.data import ImageDataset
 from search.data.fingerprint import DataRecord
@@ -205,13 +204,10 @@ def write_run(folder: str | Path, result: TrainResult, contents: FolderContents)
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """The state dict as safetensors, on the CPU and contiguous (channels_last tensors are not)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    with signals_held():
-        save_file(state, str(tmp), metadata={"format": "pt", "resnet-search": __version__})
-        os.replace(tmp, path)
+    write_bytes(path, save(state, metadata={"format": "pt", "resnet-search": __version__}))
 
 
 def _info(

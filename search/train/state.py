@@ -17,7 +17,6 @@ Only tensors, numbers, strings, lists and dicts: it loads with ``weights_only=Tr
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from search.config import UserError
-from search.config.files import signals_held
+from search.config.files import atomic_file
 from search.train.ema import WeightEma
 from search.train.result import EpochMetrics
 
@@ -107,17 +106,10 @@ class TrainState:
             "train_seconds": self.train_seconds,
             "compile_time_s": self.compile_time_s,
         }
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with signals_held(), open(tmp, "wb") as f:
+            with atomic_file(path) as f:
                 torch.save(state, f)
-                # On disk before the rename, or a power cut could leave a renamed empty file.
-                f.flush()
-                os.fsync(f.fileno())
-                os.replace(tmp, path)
         except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
-            tmp.unlink(missing_ok=True)
             raise UserError(
                 f"{path}: cannot write the checkpoint ({_reason(error)}); the previous one, if any, is kept"
             ) from None
