@@ -12,10 +12,11 @@ import optuna
 import pytest
 
 from benchmarks.search_quality import store
-from benchmarks.search_quality.analysis import Cell, curve_band, mean_ci, paired
+from benchmarks.search_quality.analysis import Cell, cells, curve_band, mean_ci, paired, pooled
 from benchmarks.search_quality.ours import drive
 from benchmarks.search_quality.plan import ROUND3_KEYS, ROUND3_TIERS, queue
 from benchmarks.search_quality.records import SearchRun
+from benchmarks.search_quality.report import report_text
 from benchmarks.search_quality.sessions import EpochSession
 from benchmarks.search_quality.settings import BY_KEY, CANDIDATES, Settings, Strategy, strategy_spec
 from search.budget.compute import flops_counter, full_epochs, rung_costs, schedule
@@ -76,6 +77,26 @@ def test_intervals_and_the_paired_comparison_over_seeds() -> None:
     assert list(comparison.diffs) == expected
     assert comparison.wins == sum(d > 0 for d in expected) and comparison.losses == sum(d < 0 for d in expected)
     assert comparison.p_value is not None and 0 < comparison.p_value <= 1
+
+
+def test_the_report_pairs_every_seed_of_both_groups(tmp_path: Path) -> None:
+    """Over the tuning and the held-out seeds together, (c) and round 2's default (c-old) are
+    each compared seed by seed with every other strategy."""
+    values = {"c": 0.40, "c-old": 0.42, "e": 0.38}
+    runs = [a_run(key, seed, [0.30, value + 0.01 * (seed % 3)]) for key, value in values.items() for seed in range(4)]
+    settings = replace(
+        settings_for(tmp_path, tmp_path),
+        strategies=tuple(BY_KEY[key] for key in values),
+        seed_groups={"tuning": (0, 1), "held-out": (2, 3)},
+        budgets=(12,),
+    )
+    every = pooled(cells(settings, runs, {}, {(key, 12): 12 for key in values}))
+    comparison = paired(*(next(c for c in every if c.strategy.key == key) for key in ("c-old", "e")))
+    assert comparison.diffs == pytest.approx([0.04] * 4) and comparison.wins == 4  # all four seeds, both groups
+    report = report_text(settings, cells(settings, runs, {}, {(key, 12): 12 for key in values}), None)
+    pooled_part = report.split("### All search seeds (0, 1, 2, 3)")[1]
+    assert "| 12 | (c-old) minus (e) (peer) | 4 | +4.00%" in pooled_part
+    assert "| 12 | (c) minus (c-old) | 4 | -2.00%" in pooled_part
 
 
 SPEC = """

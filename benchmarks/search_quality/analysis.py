@@ -138,6 +138,21 @@ def cells(
     return out
 
 
+def pooled(all_cells: Sequence[Cell]) -> list[Cell]:
+    """Each strategy at each budget over every group's seeds together (group ``all``), for the
+    paired comparisons over all seeds; no curve, target or winner (those are per group)."""
+    by_key: dict[tuple[str, int], list[SearchRun]] = {}
+    first: dict[tuple[str, int], Cell] = {}
+    for cell in all_cells:
+        key = (cell.strategy.key, cell.budget)
+        by_key.setdefault(key, []).extend(cell.runs)
+        first.setdefault(key, cell)
+    return [
+        Cell(cell.strategy, "all", cell.budget, tuple(sorted(by_key[key], key=lambda r: r.seed)), (), (), (), None)
+        for key, cell in first.items()
+    ]
+
+
 def _target(runs: Sequence[SearchRun], seeds: Sequence[int], run_budget: int | None, budget: int) -> float | None:
     """(a)'s final best validation accuracy at ``budget``, the mean over the group's seeds."""
     finals = [

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import PEER_KEYS, Cell, paired, verdict
+from .analysis import PEER_KEYS, Cell, paired, pooled, verdict
 from .records import UNIT, SearchRun
 from .settings import CANDIDATES, OLD_DEFAULT, OURS, Settings
 
 GOAL = (
-    "Goal (round 3): at both budgets (60 and 180 full-epoch equivalents per seed) the default (c) "
+    "Goal (round 3): at both budgets (60 and 180 full-epoch equivalents per seed) the candidate default (c) "
     "ranks first in mean best validation accuracy among all strategies, ahead of the best peer beyond "
     "the noise (the paired 95% interval of (c) minus that peer above zero); it reaches (a)'s final best "
     "within 1/3 of (a)'s compute at 60 and 1/5 at 180; and its retrained winner tests better than the "
@@ -134,6 +134,12 @@ def report_text(settings: Settings, all_cells: Sequence[Cell], test_noise: float
         parts.append(f"Each candidate default against round 2's default ({OLD_DEFAULT}):\n")
         parts.append(paired_table(group_cells, OLD_DEFAULT, CANDIDATES) + "\n")
         parts.append("Goal: " + " | ".join(verdict(group_cells, test_noise)) + "\n")
+    if len(settings.seed_groups) > 1:
+        every = pooled(all_cells)
+        parts.append(f"### All search seeds ({', '.join(map(str, settings.seeds))}), paired seed by seed\n")
+        parts.append(f"(c) against every other strategy:\n\n{paired_table(every, OURS)}\n")
+        parts.append(f"Round 2's default ({OLD_DEFAULT}) against every other strategy:\n")
+        parts.append(paired_table(every, OLD_DEFAULT) + "\n")
     return "\n".join(parts)
 
 
