@@ -101,7 +101,7 @@ def test_a_fixed_config_maps_back_to_parameters_of_the_space() -> None:
     study = optuna.create_study()
     study.enqueue_trial(space.params_of(paper))
     config = space.sample(study.ask())
-    # The space pools globally (its 16-px rung needs it); on the 8x8 map of a 32-px image that is
+    # The space pools globally (a model for any side); on the 8x8 map of a 32-px image that is
     # the paper's AvgPool2d(8): the same model, the same outputs.
     assert config.model == replace(paper.model, pool_kernel=None) and paper.model.pool_kernel == 8
     torch.manual_seed(0)
