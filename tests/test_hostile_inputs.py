@@ -11,6 +11,7 @@ cache, images, and two answers to one question. Signals and faults during a run 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from conftest import TINY_CLASSES, write_class_images
 from PIL import Image
 
 from search.cli import main
-from search.config import DataConfig, UserError, load_spec
+from search.config import DataConfig, UserError, files, load_spec
 from search.config.secrets import mask_secrets
 from search.data import load_dataset
 from search.data.decode import decode_images
@@ -566,11 +567,21 @@ def test_a_full_disk_during_a_checkpoint_write_never_leaves_a_truncated_checkpoi
     assert cli([*train, "--epochs", "3"], capsys)[0] == 0
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     saved = checkpoint.read_bytes()
-    (tmp_path / "run" / "checkpoint.pt.tmp").symlink_to("/dev/full")
+    beside = files._temporary_beside
 
-    refused([*train, "--epochs", "3"], capsys, "cannot write the checkpoint (No space left on device)")
+    def on_a_full_disk(path: Path) -> tuple[Path, int]:
+        """The checkpoint's temporary file is /dev/full; every other file is written as usual."""
+        if path.name != checkpoint.name:
+            return beside(path)
+        temporary = path.with_name(f".{path.name}.full.tmp")
+        temporary.symlink_to("/dev/full")
+        return temporary, os.open(temporary, os.O_WRONLY)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "_temporary_beside", on_a_full_disk)
+        refused([*train, "--epochs", "3"], capsys, "cannot write the checkpoint (No space left on device)")
     assert checkpoint.read_bytes() == saved and torch.load(checkpoint, weights_only=True)["epoch"] == 3
-    assert not (tmp_path / "run" / "checkpoint.pt.tmp").exists()
+    assert not list((tmp_path / "run").glob("*.tmp"))  # no partial file left
 
     code, out, err = cli([*train, "--epochs", "3", "--resume"], capsys)  # room again: resumes from it
     assert code == 0 and "completed" in out, err
