@@ -132,11 +132,11 @@ class RayCluster:
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
     def start(self) -> RayCluster:
-        common = ["--disable-usage-stats", "--block"]
-        self._start_node(
-            ["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--include-dashboard=false", *common],
-            "head",
-        )
+        # Ports of this cluster's own (0: the system picks): ``ray start``'s defaults (workers
+        # from 10002, the client server on 10001) collide with another cluster on the machine.
+        common = ["--disable-usage-stats", "--block", "--min-worker-port=0", "--max-worker-port=0"]
+        head = ["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}"]
+        self._start_node([*head, f"--num-cpus={self.head_cpus}", "--include-dashboard=false", *common], "head")
         self._wait_for_nodes(1)
         self._start_node([f"--address={self.address}", f"--num-cpus={self.worker_cpus}", *common], "worker")
         self._wait_for_nodes(2)

@@ -8,10 +8,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
 from benchmarks.search_quality import store
+from benchmarks.search_quality.agreement import Look, agreement_table, kept_share
 from benchmarks.search_quality.analysis import Cell, cells, curve_band, mean_ci, paired, pooled
 from benchmarks.search_quality.ours import drive
 from benchmarks.search_quality.plan import ROUND3_KEYS, ROUND3_TIERS, queue
@@ -206,3 +208,18 @@ def test_round3_queue_puts_the_candidates_first_and_the_longest_budget_first(tmp
     assert ("c", 0, 60) not in jobs  # its 60 is the 180 run's prefix
     assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: (c), (c-old) and the tied peers
     assert jobs[-1][0] == "f" and len(jobs) == len(set(jobs))
+
+
+def test_the_rung_agreement_table_scores_each_look_against_the_final_accuracy() -> None:
+    finals = [0.30, 0.50, 0.40, 0.20, 0.60, 0.10]
+    configs = [
+        [Look("rung 0", 0.06, 1 - final), Look("epoch 1", 1.0, final / 2), Look("epoch 5", 5.0, final)]
+        for final in finals
+    ]
+    configs.append([Look("rung 0", 0.06, 0.9)])  # a non-finite loss ended it: no final accuracy
+    table = agreement_table(configs).splitlines()
+    assert table[0].startswith("6 configs trained to the end (1 stopped early")
+    reversed_look, same_order = table[-2].split(" | "), table[-1].split(" | ")
+    assert reversed_look[0] == "| rung 0" and reversed_look[2].startswith("-1.00") and reversed_look[3] == "0% |"
+    assert same_order[0] == "| epoch 1" and same_order[2].startswith("+1.00") and same_order[3] == "100% |"
+    assert kept_share(np.array([3.0, 2.0, 1.0]), np.array([1.0, 3.0, 2.0])) == 0.0  # the top third: one config

@@ -57,7 +57,9 @@ def ray_session(address: str | None) -> Iterator[dict]:
                 log_to_driver=False,
                 logging_level=logging.WARNING,
                 configure_logging=False,
-                runtime_env=worker_env(),
+                # A local Ray's workers inherit our environment from its raylet; an explicit
+                # runtime_env would also keep Ray from using the workers it starts in advance.
+                runtime_env=worker_env() if address else None,
             )
         # ray.init makes SIGTERM exit the driver at once (no summary, trials left RUNNING):
         # the caller's handler (the CLI's, which stops like Ctrl-C) is put back.

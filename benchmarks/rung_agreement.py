@@ -1,0 +1,18 @@
+"""How well each cheap look at a config ranks it (the package ``benchmarks/search_quality``,
+module ``agreement``; docs/search-quality.md).
+
+    python benchmarks/rung_agreement.py [--configs 36] [--seed 0] [--data-dir D]
+    python benchmarks/rung_agreement.py --report-only [--seed 0]   # the table from the recorded CSV
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs as a script from any folder
+
+from benchmarks.search_quality.agreement import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
