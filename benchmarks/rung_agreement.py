@@ -1,7 +1,7 @@
 """How well each cheap look at a config ranks it (the package ``benchmarks/search_quality``,
 module ``agreement``; docs/search-quality.md).
 
-    python benchmarks/rung_agreement.py [--configs 36] [--seed 0] [--data-dir D]
+    python benchmarks/rung_agreement.py [--configs 30] [--seed 0] [--data-dir D]
     python benchmarks/rung_agreement.py --report-only [--seed 0]   # the table from the recorded CSV
 """
 

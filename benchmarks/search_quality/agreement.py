@@ -1,6 +1,6 @@
 """How well each cheap look at a config ranks it: round 3's rung ladder, measured without pruning.
 
-Run: ``python benchmarks/rung_agreement.py [--configs 36] [--seed 0] [--data-dir D]``. On the
+Run: ``python benchmarks/rung_agreement.py [--configs 30] [--seed 0] [--data-dir D]``. On the
 search benchmark's task (``spaces/cifar_cpu.yaml`` as ``search_efficiency.py`` runs it:
 2,000 training and 5,000 validation images at 16 px, 5-epoch trials), it samples configs at
 random (the budget check as in a search), trains every one to its end with candidate (c)'s
@@ -52,7 +52,7 @@ BOOTSTRAP = 2000
 class Look:
     """One report of a trial: where it was taken and what it said."""
 
-    name: str  # "rung 0 (8 px)", "epoch 1", ...
+    name: str  # "rung 0 (epoch 0, 8 px)", "epoch 2", ...
     full_epochs: float
     val_acc: float
 
@@ -153,7 +153,7 @@ def agreement_table(configs: list[list[Look]], seed: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=int, default=36)
+    parser.add_argument("--configs", type=int, default=30, help="configs to train (the recorded run: 30)")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE), help="CIFAR-10 folder or archive")
     parser.add_argument("--csv", type=Path, help="every config's looks (default: beside the search records)")
