@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from benchmarks.search_quality import store
-from benchmarks.search_quality.agreement import Look, agreement_table, kept_share
+from benchmarks.search_quality.agreement import Look, agreement_table, extrapolate, kept_share
 from benchmarks.search_quality.analysis import Cell, cells, curve_band, mean_ci, paired, pooled
 from benchmarks.search_quality.ours import drive
 from benchmarks.search_quality.plan import ROUND3_KEYS, ROUND3_TIERS, queue
@@ -207,7 +207,8 @@ def test_round3_queue_puts_the_candidates_first_and_the_longest_budget_first(tmp
     assert jobs.index(("i", 0, 180)) < jobs.index(("i", 0, 60)) < jobs.index(("a", 0, 180)) < jobs.index(("c", 5, 180))
     assert ("c", 0, 60) not in jobs  # its 60 is the 180 run's prefix
     assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: (c), (c-old) and the tied peers
-    assert jobs[-1][0] == "f" and len(jobs) == len(set(jobs))
+    assert jobs.index(("f", 1, 180)) < jobs.index(("c-8px", 0, 180))  # measured after the first report: last
+    assert jobs[-1][0] == "c-old-s20" and len(jobs) == len(set(jobs))
 
 
 def test_the_rung_agreement_table_scores_each_look_against_the_final_accuracy() -> None:
@@ -220,6 +221,15 @@ def test_the_rung_agreement_table_scores_each_look_against_the_final_accuracy() 
     table = agreement_table(configs).splitlines()
     assert table[0].startswith("6 configs trained to the end (1 stopped early")
     reversed_look, same_order = table[-2].split(" | "), table[-1].split(" | ")
-    assert reversed_look[0] == "| rung 0" and reversed_look[2].startswith("-1.00") and reversed_look[3] == "0% |"
-    assert same_order[0] == "| epoch 1" and same_order[2].startswith("+1.00") and same_order[3] == "100% |"
+    assert reversed_look[0] == "| rung 0" and reversed_look[2].startswith("-1.00") and reversed_look[4] == "0% |"
+    assert same_order[0] == "| epoch 1" and same_order[2].startswith("+1.00") and same_order[4] == "100% |"
+    assert reversed_look[3] == same_order[3] == "-"  # under three looks: nothing to extrapolate from
     assert kept_share(np.array([3.0, 2.0, 1.0]), np.array([1.0, 3.0, 2.0])) == 0.0  # the top third: one config
+
+
+def test_the_extrapolation_recovers_a_power_law_curve_and_needs_three_looks() -> None:
+    costs = np.array([0.8, 1.8, 2.8])
+    curve = 0.6 - 0.3 * costs**-0.7
+    assert extrapolate(costs, curve, 4.8) == pytest.approx(0.6 - 0.3 * 4.8**-0.7, abs=1e-3)
+    assert extrapolate(costs, curve, 4.8) > curve[-1]  # still rising: the forecast is above the last look
+    assert extrapolate(costs[:2], curve[:2], 4.8) == curve[1]

@@ -1,31 +1,36 @@
 """How well each cheap look at a config ranks it: round 3's rung ladder, measured without pruning.
 
-Run: ``python benchmarks/rung_agreement.py [--configs 30] [--seed 0] [--data-dir D]``. On the
-search benchmark's task (``spaces/cifar_cpu.yaml`` as ``search_efficiency.py`` runs it:
-2,000 training and 5,000 validation images at 16 px, 5-epoch trials), it samples configs at
-random (the budget check as in a search), trains every one to its end with candidate (c)'s
-rungs (a quarter epoch at 8 px, 1 epoch, 3 epochs) and records the validation accuracy at
-every look: each rung and each epoch's end. It prints, for each look, its cost in full-epoch
-equivalents and how well its values rank the configs as their final accuracy does:
+Run: ``python benchmarks/rung_agreement.py [--ladder c] [--configs 30] [--seed 0] [--data-dir D]``.
+On the search benchmark's task (``spaces/cifar_cpu.yaml`` as ``search_efficiency.py`` runs
+it: 2,000 training and 5,000 validation images at 16 px, 5-epoch trials), it samples configs
+at random (the budget check as in a search), trains every one to its end with a candidate's
+rungs (``--ladder c``: a quarter epoch at 8 px, 1 epoch, 3 epochs; ``c-8px``: 1 epoch at
+8 px, 3 epochs) and records the validation accuracy at every look: each rung and each epoch's
+end. It prints, for each look, its cost in full-epoch equivalents and how well its values
+rank the configs as their final accuracy does:
 
 - Spearman's rank correlation with the final accuracy, with a bootstrap 95% interval over
   the configs;
+- the same for a learning-curve extrapolation of the final accuracy from the looks so far
+  (:func:`extrapolate`), the pruning signal that extrapolating pruners use;
 - the share of the final top third that halving at that look (keeping its top third, as
   reduction factor 3 does) would keep.
 
 Every config's values are written to ``--csv`` (default
-``benchmarks/results/search_quality/rung_agreement_seed<N>.csv``), and the table is printed
-again from that file with ``--report-only``.
+``benchmarks/results/search_quality/rung_agreement[_<ladder>]_seed<N>.csv``), and the table
+is printed again from that file with ``--report-only``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from .settings import (
     DEFAULT_ARCHIVE,
@@ -33,19 +38,22 @@ from .settings import (
     DEFAULT_RECORDS,
     DEFAULT_SPEC,
     FULL,
+    LADDERS,
     NO_WARM_START,
-    RUNG_HALVING,
     Settings,
     Strategy,
+    rung_halving,
     strategy_spec,
 )
 
-# Random sampling (every config independent of the others' results) with (c)'s rungs, which
-# the trials report at; nothing is pruned here: every config trains to its end.
-EVERY_LOOK = Strategy(
-    "rungs-unpruned", "random configs, every look", {**RUNG_HALVING, "sampler": {"name": "random"}, **NO_WARM_START}
-)
 BOOTSTRAP = 2000
+
+
+def every_look(ladder: str) -> Strategy:
+    """Random sampling (every config independent of the others' results) with a ladder's
+    rungs, which the trials report at; nothing is pruned here: every config trains to its end."""
+    study = {**rung_halving(LADDERS[ladder]), "sampler": {"name": "random"}, **NO_WARM_START}
+    return Strategy(f"{ladder}-unpruned", f"random configs, every look of ({ladder})'s rungs", study)
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class Look:
 
 
 def train_configs(settings: Settings, seed: int, count: int) -> list[list[Look]]:
-    """Sample ``count`` configs that fit the budget and train each to its end, every look recorded."""
+    """Sample ``count`` configs that fit the budget and train each to its end at the rungs of
+    the settings' one strategy, every look recorded."""
     import optuna
 
     from search.data import load_dataset
@@ -67,7 +76,7 @@ def train_configs(settings: Settings, seed: int, count: int) -> list[list[Look]]
 
     from .sessions import EpochSession
 
-    spec = strategy_spec(settings, EVERY_LOOK, seed, budget=count)
+    spec = strategy_spec(settings, settings.strategies[0], seed, budget=count)
     data = load_dataset(spec.data, data_dir=settings.data_dir, download=False)
     study = create_study(spec, optuna.storages.InMemoryStorage())
     bridge = StudyBridge(study, spec, TrialSetup(data.image_size, settings.data_dir))
@@ -125,46 +134,79 @@ def kept_share(look: np.ndarray, final: np.ndarray, keep: float = 1 / 3) -> floa
     return len(best_final & best_look) / top
 
 
+def _pow3(cost: np.ndarray, ceiling: float, scale: float, rate: float) -> np.ndarray:
+    return ceiling - scale * np.power(cost, -rate)
+
+
+def extrapolate(costs: np.ndarray, values: np.ndarray, target: float) -> float:
+    """The accuracy at ``target`` that a power law fitted to the looks so far predicts (the
+    "pow3" curve ``c - a * cost**-b`` of Domhan et al., IJCAI 2015, bounded to accuracies):
+    the signal a learning-curve-extrapolating pruner ranks by. With fewer than three looks (or
+    no fit) there is nothing to extrapolate from: the last look's value."""
+    if len(values) < 3:
+        return float(values[-1])
+    start = [min(1.0, values[-1] + 0.05), 0.1, 1.0]
+    try:
+        with warnings.catch_warnings():  # three looks fit three parameters exactly: no covariance
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(_pow3, costs, values, p0=start, bounds=([0, 0, 0.01], [1, 1, 5]), maxfev=5000)
+    except RuntimeError:  # no convergence
+        return float(values[-1])
+    return float(_pow3(np.asarray(target), *params))
+
+
+def _rho(look: np.ndarray, final: np.ndarray, samples: list[np.ndarray]) -> str:
+    """Spearman's rho of a look with the final accuracy and its bootstrap 95% interval."""
+    low, high = np.nanpercentile([spearman(look[s], final[s]) for s in samples], [2.5, 97.5])
+    return f"{spearman(look, final):+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def agreement_table(configs: list[list[Look]], seed: int = 0) -> str:
     """One row per look: its mean cost, Spearman's rho with the final accuracy [95% bootstrap
-    interval] and the share of the final top third it keeps. Configs that stopped early (a
-    non-finite loss) are left out: they have no final accuracy."""
+    interval], the same for the final accuracy extrapolated from the looks so far, and the
+    share of the final top third it keeps. Configs that stopped early (a non-finite loss) are
+    left out: they have no final accuracy."""
     whole = max(len(looks) for looks in configs)
     complete = [looks for looks in configs if len(looks) == whole]
     values = np.array([[look.val_acc for look in looks] for looks in complete])
-    costs = np.array([[look.full_epochs for look in looks] for looks in complete]).mean(axis=0)
+    costs = np.array([[look.full_epochs for look in looks] for looks in complete])
     final = values[:, -1]
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, len(final), len(final)) for _ in range(BOOTSTRAP)]
     lines = [
         f"{len(complete)} configs trained to the end ({len(configs) - len(complete)} stopped early, left out)",
         "",
-        "| look | cost, full-epoch equivalents | Spearman's rho with the final accuracy [95%] | final top third kept |",
-        "| --- | --- | --- | --- |",
+        "| look | cost, full-epoch equivalents | Spearman's rho with the final accuracy [95%] "
+        "| the same, extrapolated (pow3) | final top third kept |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for column, look in enumerate(complete[0][:-1]):
-        rho = spearman(values[:, column], final)
-        interval = np.nanpercentile([spearman(values[s, column], final[s]) for s in samples], [2.5, 97.5])
-        kept = kept_share(values[:, column], final)
-        low, high = interval
-        lines.append(f"| {look.name} | {costs[column]:.3f} | {rho:+.2f} [{low:+.2f}, {high:+.2f}] | {kept:.0%} |")
+        so_far = slice(0, column + 1)
+        predicted = np.array([extrapolate(c[so_far], v[so_far], c[-1]) for c, v in zip(costs, values, strict=True)])
+        extrapolated = _rho(predicted, final, samples) if column >= 2 else "-"
+        lines.append(
+            f"| {look.name} | {costs[:, column].mean():.3f} | {_rho(values[:, column], final, samples)} "
+            f"| {extrapolated} | {kept_share(values[:, column], final):.0%} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=int, default=30, help="configs to train (the recorded run: 30)")
+    parser.add_argument("--ladder", choices=sorted(LADDERS), default="c", help="whose rungs the trials report at")
+    parser.add_argument("--configs", type=int, default=30, help="configs to train (the recorded runs: 30)")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE), help="CIFAR-10 folder or archive")
     parser.add_argument("--csv", type=Path, help="every config's looks (default: beside the search records)")
     parser.add_argument("--report-only", action="store_true", help="print the table from --csv")
     args = parser.parse_args(argv)
-    path = args.csv or DEFAULT_RECORDS / f"rung_agreement_seed{args.seed}.csv"
+    name = "rung_agreement" if args.ladder == "c" else f"rung_agreement_{args.ladder}"
+    path = args.csv or DEFAULT_RECORDS / f"{name}_seed{args.seed}.csv"
     if not args.report_only:
         settings = Settings(
             spec_path=DEFAULT_SPEC,
             data_dir=str(Path(args.data_dir).resolve()),
-            strategies=(EVERY_LOOK,),
+            strategies=(every_look(args.ladder),),
             workers=1,
             out=DEFAULT_OUT,
             records=DEFAULT_RECORDS,

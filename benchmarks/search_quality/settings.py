@@ -72,7 +72,19 @@ def halving(reduction_factor: int) -> dict:
 # The cheaper looks at a config (round 3): a quarter of the first epoch at half the side
 # (8 px of 16: about 1/16 of an epoch's compute), then 1 and 3 whole epochs at full size.
 CHEAP_RUNGS: tuple[dict, ...] = ({"fraction": 0.25, "image_size": 8}, {"epochs": 1}, {"epochs": 3})
-RUNG_HALVING: dict = {"pruner": {"name": "successive_halving", "reduction_factor": 3, "rungs": list(CHEAP_RUNGS)}}
+# A first look of one whole epoch at half the side (about a quarter of an epoch's compute),
+# then 3 epochs at full size: the quarter epoch told little (benchmarks/rung_agreement.py).
+EPOCH_AT_8PX_RUNGS: tuple[dict, ...] = ({"epochs": 1, "image_size": 8}, {"epochs": 3})
+# The rung ladders rung_agreement.py measures, by the strategy that prunes on them.
+LADDERS: dict[str, tuple[dict, ...]] = {"c": CHEAP_RUNGS, "c-8px": EPOCH_AT_8PX_RUNGS}
+
+
+def rung_halving(rungs: tuple[dict, ...]) -> dict:
+    """A study section pruning by successive halving (reduction factor 3) at these rungs."""
+    return {"pruner": {"name": "successive_halving", "reduction_factor": 3, "rungs": list(rungs)}}
+
+
+RUNG_HALVING = rung_halving(CHEAP_RUNGS)
 SEED_DESIGN = "paper_se_443_cpu.yaml"  # beside cifar_cpu.yaml: seed 003's design
 POOR_DESIGN = DESIGNS / "poor_111_cpu.yaml"  # a design of the space that trains poorly
 
@@ -90,6 +102,13 @@ STRATEGIES = (
     Strategy("c-badprior", "(c) + prior on a poor design", {**RUNG_HALVING, **NO_WARM_START, **prior(POOR_DESIGN)}),
     Strategy("c-gp", "(c) with the GP sampler", {**RUNG_HALVING, "sampler": {"name": "gp"}, **NO_WARM_START}),
     Strategy("c-old", "TPE + successive halving from 1 epoch (round 2's default)", {**halving(3), **NO_WARM_START}),
+    # Measured after round 3's first report: a cheaper first look that ranks, and a TPE setting.
+    Strategy("c-8px", "TPE + rungs at 1 epoch (8 px), 3 epochs", {**rung_halving(EPOCH_AT_8PX_RUNGS), **NO_WARM_START}),
+    Strategy(
+        "c-old-s20",
+        "(c-old) with 20 random startup trials (TPE's default: 10)",
+        {**halving(3), "sampler": {"name": "tpe", "n_startup_trials": 20}, **NO_WARM_START},
+    ),
     Strategy("b", "random + successive halving", {"sampler": {"name": "random"}, **halving(3), **NO_WARM_START}),
     Strategy("d", "(c-old) + seed 003 enqueued", halving(3)),
     Strategy("e", "Ray Tune ASHA + OptunaSearch", {**halving(3), **NO_WARM_START}, engine="tune"),
