@@ -203,12 +203,12 @@ def test_round3_queue_puts_the_candidates_first_and_the_longest_budget_first(tmp
         budgets=(60, 180),
     )
     jobs = [(s.key, seed, budget) for s, seed, budget in queue(settings, ROUND3_TIERS)]
-    assert jobs[:5] == [(key, 0, 180) for key in (*CANDIDATES, "c-old")]
+    assert jobs[: len(CANDIDATES) + 1] == [(key, 0, 180) for key in (*CANDIDATES, "c-old")]
     assert jobs.index(("i", 0, 180)) < jobs.index(("i", 0, 60)) < jobs.index(("a", 0, 180)) < jobs.index(("c", 5, 180))
     assert ("c", 0, 60) not in jobs  # its 60 is the 180 run's prefix
-    assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: (c), (c-old) and the tied peers
-    assert jobs.index(("f", 1, 180)) < jobs.index(("c-8px", 0, 180))  # measured after the first report: last
-    assert jobs[-1][0] == "c-old-s20" and len(jobs) == len(set(jobs))
+    assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: the defaults, (c) and the tied peers
+    assert jobs.index(("c-8px", 5, 180)) < jobs.index(("c", 5, 180))
+    assert jobs[-1][0] == "f" and len(jobs) == len(set(jobs))
 
 
 def test_the_rung_agreement_table_scores_each_look_against_the_final_accuracy() -> None:

@@ -205,8 +205,8 @@ def verdict(group_cells: Sequence[Cell], test_noise: float | None) -> list[str]:
 
 
 def _beyond_noise(at: dict[str, Cell]) -> str:
-    """Whether (c) is ahead of the best peer (by mean best validation accuracy) beyond the noise:
-    the paired 95% interval of (c) minus that peer lies above zero."""
+    """Whether the candidate default is ahead of the best peer (by mean best validation accuracy)
+    beyond the noise: the paired 95% interval of its difference from that peer lies above zero."""
     peers = {k: m for k in PEER_KEYS if k in at and (m := at[k].best[0]) is not None}
     if not peers:
         return "ahead of the best peer beyond the noise: not assessed (no peer ran)"

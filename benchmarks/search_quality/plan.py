@@ -6,10 +6,10 @@ another with the records checked out) skips every recorded run.
 Priority: at the longest budget (whose prefix gives the shorter one for every strategy but
 SMAC's), on the tuning seeds, the candidate defaults and round 2's default first; then SMAC3
 and Ray's ASHA with their cheaper-fidelity rows; then random search; then the held-out seeds
-of (c), (c-old), SMAC3, Ray's ASHA and random search; then the other peers; then the
-candidates measured after the first report. Within a tier, seed by seed, so that a partial
-queue holds whole seeds. Then the noise measurement (if it is
-not recorded), the winners' retraining and the report.
+of the candidate default, round 3's first candidate (c), (c-old), SMAC3, Ray's ASHA and
+random search; then the other peers. Within a tier, seed by seed, so that a partial queue
+holds whole seeds. Then the noise
+measurement (if it is not recorded), the winners' retraining and the report.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ ROUND3_TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tuning", (*CANDIDATES, OLD_DEFAULT)),
     ("tuning", ("i", "i-rungs", "e", "e-rungs")),
     ("tuning", ("a",)),
-    ("held-out", (OURS, OLD_DEFAULT, "i", "e", "a")),
+    ("held-out", (OURS, "c", OLD_DEFAULT, "i", "e", "a")),
     ("tuning", ("g", "h", "f")),
-    ("tuning", ("c-8px", "c-old-s20")),
 )
 ROUND3_KEYS = tuple(dict.fromkeys(key for _, keys in ROUND3_TIERS for key in keys))
 PLANS = {"round3": ROUND3_TIERS}

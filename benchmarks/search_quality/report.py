@@ -14,9 +14,9 @@ from .records import UNIT, SearchRun
 from .settings import CANDIDATES, OLD_DEFAULT, OURS, Settings
 
 GOAL = (
-    "Goal (round 3): at both budgets (60 and 180 full-epoch equivalents per seed) the candidate default (c) "
+    f"Goal (round 3): at both budgets (60 and 180 full-epoch equivalents per seed) the candidate default ({OURS}) "
     "ranks first in mean best validation accuracy among all strategies, ahead of the best peer beyond "
-    "the noise (the paired 95% interval of (c) minus that peer above zero); it reaches (a)'s final best "
+    f"the noise (the paired 95% interval of ({OURS}) minus that peer above zero); it reaches (a)'s final best "
     "within 1/3 of (a)'s compute at 60 and 1/5 at 180; and its retrained winner tests better than the "
     "best peer's by more than the measured noise. Compute is counted in full-epoch equivalents: "
     "images x FLOPs per image at the side trained, over one epoch at full size."
@@ -129,7 +129,7 @@ def report_text(settings: Settings, all_cells: Sequence[Cell], test_noise: float
             target = own[0]["target"] if own else None
             parts.append(f"{budget} {UNIT} per seed; (a)'s final best, mean over seeds: {pct(target)}\n")
             parts.append(table(own, len(seeds)) + "\n")
-        parts.append("Paired comparison, seed by seed, best validation accuracy: (c) against every other strategy\n")
+        parts.append(f"Paired comparison, seed by seed, best validation accuracy: ({OURS}) against every other one\n")
         parts.append(paired_table(group_cells, OURS) + "\n")
         parts.append(f"Each candidate default against round 2's default ({OLD_DEFAULT}):\n")
         parts.append(paired_table(group_cells, OLD_DEFAULT, CANDIDATES) + "\n")
@@ -137,7 +137,7 @@ def report_text(settings: Settings, all_cells: Sequence[Cell], test_noise: float
     if len(settings.seed_groups) > 1:
         every = pooled(all_cells)
         parts.append(f"### All search seeds ({', '.join(map(str, settings.seeds))}), paired seed by seed\n")
-        parts.append(f"(c) against every other strategy:\n\n{paired_table(every, OURS)}\n")
+        parts.append(f"({OURS}) against every other strategy:\n\n{paired_table(every, OURS)}\n")
         parts.append(f"Round 2's default ({OLD_DEFAULT}) against every other strategy:\n")
         parts.append(paired_table(every, OLD_DEFAULT) + "\n")
     return "\n".join(parts)
