@@ -20,9 +20,9 @@ from benchmarks.search_quality.plan import ROUND3_KEYS, ROUND3_TIERS, queue
 from benchmarks.search_quality.records import SearchRun
 from benchmarks.search_quality.report import report_text
 from benchmarks.search_quality.sessions import EpochSession
-from benchmarks.search_quality.settings import BY_KEY, CANDIDATES, Settings, Strategy, strategy_spec
+from benchmarks.search_quality.settings import BY_KEY, CANDIDATES, DEFAULT_SPEC, OURS, Settings, Strategy, strategy_spec
 from search.budget.compute import flops_counter, full_epochs, rung_costs, schedule
-from search.config import Rung
+from search.config import Rung, load_spec
 from search.data import load_dataset
 from search.engine.bridge import StudyBridge, TrialSetup
 from search.engine.samplers import create_study
@@ -209,6 +209,16 @@ def test_round3_queue_puts_the_candidates_first_and_the_longest_budget_first(tmp
     assert ("c-gp", 5, 180) not in jobs and ("i", 5, 60) in jobs  # held out: the defaults, (c) and the tied peers
     assert jobs.index(("c-8px", 5, 180)) < jobs.index(("c", 5, 180))
     assert jobs[-1][0] == "f" and len(jobs) == len(set(jobs))
+
+
+def test_the_spaces_prune_as_the_benchmark_s_default_does(tmp_path: Path) -> None:
+    benchmark = replace(settings_for(tmp_path, tmp_path), spec_path=DEFAULT_SPEC)
+    ours = strategy_spec(benchmark, BY_KEY[OURS], seed=0, budget=60).study.pruner
+    assert load_spec(DEFAULT_SPEC).study.pruner == ours
+    # cifar_5m: the same ladder at its scale (30 epochs at 32 px): the first fifth at half the side.
+    main = load_spec(DEFAULT_SPEC.parent / "cifar_5m.yaml").study.pruner
+    assert main == replace(ours, rungs=(Rung(epochs=6, image_size=16), Rung(epochs=18)))
+    assert ours.rungs == (Rung(epochs=1, image_size=8), Rung(epochs=3))
 
 
 def test_the_rung_agreement_table_scores_each_look_against_the_final_accuracy() -> None:
