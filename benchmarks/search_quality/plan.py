@@ -8,8 +8,8 @@ SMAC's), on the tuning seeds, the candidate defaults and round 2's default first
 and Ray's ASHA with their cheaper-fidelity rows; then random search; then the held-out seeds
 of the candidate default, round 3's first candidate (c), (c-old), SMAC3, Ray's ASHA and
 random search; then the other peers. Within a tier, seed by seed, so that a partial queue
-holds whole seeds. Then the noise
-measurement (if it is not recorded), the winners' retraining and the report.
+holds whole seeds. Then the noise measurement (if it is not recorded), the winners'
+retraining and the report.
 """
 
 from __future__ import annotations
