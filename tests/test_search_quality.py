@@ -82,9 +82,9 @@ def test_intervals_and_the_paired_comparison_over_seeds() -> None:
 
 
 def test_the_report_pairs_every_seed_of_both_groups(tmp_path: Path) -> None:
-    """Over the tuning and the held-out seeds together, (c) and round 2's default (c-old) are
-    each compared seed by seed with every other strategy."""
-    values = {"c": 0.40, "c-old": 0.42, "e": 0.38}
+    """Over the tuning and the held-out seeds together, the candidate default and round 2's
+    default (c-old) are each compared seed by seed with every other strategy."""
+    values = {OURS: 0.40, "c-old": 0.42, "e": 0.38}
     runs = [a_run(key, seed, [0.30, value + 0.01 * (seed % 3)]) for key, value in values.items() for seed in range(4)]
     settings = replace(
         settings_for(tmp_path, tmp_path),
@@ -98,7 +98,7 @@ def test_the_report_pairs_every_seed_of_both_groups(tmp_path: Path) -> None:
     report = report_text(settings, cells(settings, runs, {}, {(key, 12): 12 for key in values}), None)
     pooled_part = report.split("### All search seeds (0, 1, 2, 3)")[1]
     assert "| 12 | (c-old) minus (e) (peer) | 4 | +4.00%" in pooled_part
-    assert "| 12 | (c) minus (c-old) | 4 | -2.00%" in pooled_part
+    assert f"| 12 | ({OURS}) minus (c-old) | 4 | -2.00%" in pooled_part
 
 
 SPEC = """
