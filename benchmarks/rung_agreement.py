@@ -1,8 +1,8 @@
 """How well each cheap look at a config ranks it (the package ``benchmarks/search_quality``,
 module ``agreement``; docs/search-quality.md).
 
-    python benchmarks/rung_agreement.py [--configs 30] [--seed 0] [--data-dir D]
-    python benchmarks/rung_agreement.py --report-only [--seed 0]   # the table from the recorded CSV
+    python benchmarks/rung_agreement.py [--ladder c|c-8px] [--configs 30] [--seed 0] [--data-dir D]
+    python benchmarks/rung_agreement.py --report-only [--ladder c-8px] [--seed 0]   # from the recorded CSV
 """
 
 from __future__ import annotations

@@ -33,26 +33,27 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from .settings import (
+    BY_KEY,
     DEFAULT_ARCHIVE,
     DEFAULT_OUT,
     DEFAULT_RECORDS,
     DEFAULT_SPEC,
     FULL,
-    LADDERS,
     NO_WARM_START,
     Settings,
     Strategy,
-    rung_halving,
     strategy_spec,
 )
 
 BOOTSTRAP = 2000
+LADDERS = ("c", "c-8px")  # the strategies whose rung ladders are measured
 
 
 def every_look(ladder: str) -> Strategy:
-    """Random sampling (every config independent of the others' results) with a ladder's
-    rungs, which the trials report at; nothing is pruned here: every config trains to its end."""
-    study = {**rung_halving(LADDERS[ladder]), "sampler": {"name": "random"}, **NO_WARM_START}
+    """Random sampling (every config independent of the others' results) with the rungs of the
+    strategy ``ladder``, which the trials report at; nothing is pruned here: every config trains
+    to its end."""
+    study = {"pruner": BY_KEY[ladder].study["pruner"], "sampler": {"name": "random"}, **NO_WARM_START}
     return Strategy(f"{ladder}-unpruned", f"random configs, every look of ({ladder})'s rungs", study)
 
 
@@ -193,7 +194,7 @@ def agreement_table(configs: list[list[Look]], seed: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ladder", choices=sorted(LADDERS), default="c", help="whose rungs the trials report at")
+    parser.add_argument("--ladder", choices=LADDERS, default="c", help="whose rungs the trials report at")
     parser.add_argument("--configs", type=int, default=30, help="configs to train (the recorded runs: 30)")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--data-dir", default=str(DEFAULT_ARCHIVE), help="CIFAR-10 folder or archive")

@@ -75,8 +75,6 @@ CHEAP_RUNGS: tuple[dict, ...] = ({"fraction": 0.25, "image_size": 8}, {"epochs":
 # A first look of one whole epoch at half the side (about a quarter of an epoch's compute),
 # then 3 epochs at full size: the quarter epoch told little (benchmarks/rung_agreement.py).
 EPOCH_AT_8PX_RUNGS: tuple[dict, ...] = ({"epochs": 1, "image_size": 8}, {"epochs": 3})
-# The rung ladders rung_agreement.py measures, by the strategy that prunes on them.
-LADDERS: dict[str, tuple[dict, ...]] = {"c": CHEAP_RUNGS, "c-8px": EPOCH_AT_8PX_RUNGS}
 
 
 def rung_halving(rungs: tuple[dict, ...]) -> dict:
